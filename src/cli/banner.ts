@@ -1,0 +1,40 @@
+/** The start-up banner: where tether listens and a command to try. */
+import type { Config } from "../config/load.ts";
+import type { Tether } from "../server/app.ts";
+
+export function printBanner(
+  tether: Tether,
+  config: Config,
+  out: (s: string) => void = (s) => process.stderr.write(s),
+) {
+  const lines: string[] = [];
+  let firstUrl = "";
+  for (const handle of tether.listeners.values()) {
+    const host = handle.server.hostname?.includes(":")
+      ? `[${handle.server.hostname}]`
+      : handle.server.hostname;
+    const url = `${handle.config.protocol}://${host}:${handle.server.port}/`;
+    firstUrl ||= url;
+    lines.push(`  ${handle.config.name.padEnd(12)} ${url}  → pool ${handle.config.pool}`);
+  }
+  const pools = Object.entries(config.pools).map(
+    ([name, p]) =>
+      `  ${name.padEnd(12)} ${p.backends.map((b) => `${b.id}${b.state === "ready" ? "" : ` (${b.state})`}`).join(", ")}`,
+  );
+  const k = firstUrl.startsWith("https") ? "-k " : "";
+  out(
+    [
+      "",
+      "tether is running",
+      ...lines,
+      "pools:",
+      ...pools,
+      ...(config.demo ? ['demo backends are running (delete the "demo" block in real deployments)'] : []),
+      "",
+      "try:",
+      `  curl ${k}-c /tmp/tether-jar -b /tmp/tether-jar ${firstUrl}`,
+      "",
+      "",
+    ].join("\n"),
+  );
+}

@@ -1,0 +1,241 @@
+/**
+ * Turns a config file into a validated, resolved Config: JSON parsed, schema
+ * checked, relative paths resolved against the config file's folder, "env:"
+ * secrets read, certificate files loaded. Every problem is collected with its
+ * JSON path, so `tether check` can list them all at once.
+ */
+import { readFileSync } from "node:fs";
+import { dirname, isAbsolute, resolve } from "node:path";
+import { type ParseError, parse as parseJsonc, printParseErrorCode } from "jsonc-parser";
+import type { z } from "zod";
+import {
+  type BackendConfig,
+  type ConfigShape,
+  configSchema,
+  type ListenerConfig,
+  type PoolConfig,
+} from "./schema.ts";
+
+export interface Problem {
+  path: string;
+  message: string;
+}
+
+export class ConfigError extends Error {
+  constructor(
+    readonly source: string,
+    readonly problems: Problem[],
+  ) {
+    super(
+      `${source}: ${problems.length} problem(s)\n${problems.map((p) => `  ${formatProblem(p)}`).join("\n")}`,
+    );
+    this.name = "ConfigError";
+  }
+}
+
+export const formatProblem = (p: Problem) => (p.path ? `${p.path}: ${p.message}` : p.message);
+
+export interface ResolvedBackend extends BackendConfig {
+  /** Parsed once here so the hot path never parses a URL. */
+  hostname: string;
+  port: number;
+  secure: boolean;
+  /** Origin with a trailing slash removed, e.g. "http://127.0.0.1:9001". */
+  origin: string;
+  caPem?: string;
+}
+
+export interface ResolvedCertificate {
+  cert: string;
+  key: string;
+  serverName?: string;
+  certFile: string;
+  keyFile: string;
+}
+
+export interface ResolvedListener extends Omit<ListenerConfig, "tls"> {
+  hostname: string;
+  port: number;
+  certificates: ResolvedCertificate[];
+}
+
+export interface ResolvedPool extends Omit<PoolConfig, "backends"> {
+  backends: ResolvedBackend[];
+}
+
+export interface Config extends Omit<ConfigShape, "listeners" | "pools" | "secrets"> {
+  listeners: ResolvedListener[];
+  pools: Record<string, ResolvedPool>;
+  secrets: { adminToken?: string };
+  /** Absolute path of the file this came from ("" when built from an object). */
+  file: string;
+  auditFile?: string;
+}
+
+/** ["pools", "app", "backends", 2, "url"] → "pools.app.backends[2].url" */
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = "";
+  for (const part of path) {
+    if (typeof part === "number") out += `[${part}]`;
+    else {
+      const s = String(part);
+      out += /^[A-Za-z_$][\w$-]*$/.test(s) ? (out ? `.${s}` : s) : `[${JSON.stringify(s)}]`;
+    }
+  }
+  return out;
+}
+
+function zodProblems(error: z.ZodError): Problem[] {
+  return error.issues.map((issue) => {
+    let message = issue.message;
+    if (issue.code === "unrecognized_keys") {
+      message = `unknown key${issue.keys.length > 1 ? "s" : ""} ${issue.keys.map((k) => `"${k}"`).join(", ")}`;
+    } else if (issue.code === "invalid_type" && message.includes("received undefined")) {
+      message = "is required";
+    }
+    return { path: formatPath(issue.path), message };
+  });
+}
+
+/**
+ * Parses JSON text. Bun's JSON.parse gives no position for a syntax error, so
+ * errors are located with jsonc-parser (strict mode: no comments, no trailing commas).
+ */
+function parseJson(text: string): { value?: unknown; problem?: Problem } {
+  const errors: ParseError[] = [];
+  const value = parseJsonc(text, errors, { disallowComments: true, allowTrailingComma: false });
+  const first = errors[0];
+  if (!first) return { value };
+  const before = text.slice(0, first.offset);
+  const line = before.split("\n").length;
+  const col = before.length - before.lastIndexOf("\n");
+  return {
+    problem: {
+      path: "",
+      message: `invalid JSON at line ${line}, column ${col}: ${printParseErrorCode(first.error)}`,
+    },
+  };
+}
+
+/** Reads `env:NAME` references; any other string is returned as written. */
+function resolveSecret(
+  value: string,
+  env: Record<string, string | undefined>,
+  path: string,
+  problems: Problem[],
+): string | undefined {
+  if (!value.startsWith("env:")) return value;
+  const varName = value.slice(4);
+  const found = env[varName];
+  if (found === undefined || found === "") {
+    problems.push({ path, message: `environment variable ${varName} is not set` });
+    return undefined;
+  }
+  return found;
+}
+
+function readText(file: string, path: string, problems: Problem[]): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    problems.push({ path, message: `cannot read ${file}${code ? ` (${code})` : ""}` });
+    return "";
+  }
+}
+
+export interface LoadOptions {
+  /** Folder that relative paths resolve against. */
+  baseDir: string;
+  env?: Record<string, string | undefined>;
+  /** Source name used in error messages. */
+  source?: string;
+}
+
+/** Validates and resolves a config object (already parsed from JSON). */
+export function resolveConfig(raw: unknown, opts: LoadOptions): Config {
+  const source = opts.source ?? "config";
+  const parsed = configSchema.safeParse(raw);
+  if (!parsed.success) throw new ConfigError(source, zodProblems(parsed.error));
+  const shape = parsed.data;
+  const env = opts.env ?? process.env;
+  const problems: Problem[] = [];
+  const abs = (p: string) => (isAbsolute(p) ? p : resolve(opts.baseDir, p));
+
+  const listeners: ResolvedListener[] = shape.listeners.map((l, i) => {
+    const { tls, ...rest } = l;
+    const { hostname, port } = splitAddress(l.address);
+    const certificates = (tls?.certificates ?? []).map((c, j) => {
+      const at = `listeners[${i}].tls.certificates[${j}]`;
+      const certFile = abs(c.cert);
+      const keyFile = abs(c.key);
+      const cert = readText(certFile, `${at}.cert`, problems);
+      const key = readText(keyFile, `${at}.key`, problems);
+      if (cert && !cert.includes("-----BEGIN CERTIFICATE-----"))
+        problems.push({ path: `${at}.cert`, message: `${certFile} is not a PEM certificate` });
+      if (key && !/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(key))
+        problems.push({ path: `${at}.key`, message: `${keyFile} is not a PEM private key` });
+      return { cert, key, certFile, keyFile, ...(c.serverName ? { serverName: c.serverName } : {}) };
+    });
+    return { ...rest, hostname, port, certificates };
+  });
+
+  const pools: Config["pools"] = {};
+  for (const [poolName, pool] of Object.entries(shape.pools)) {
+    pools[poolName] = {
+      ...pool,
+      backends: pool.backends.map((b, i) => {
+        const u = new URL(b.url);
+        const secure = u.protocol === "https:";
+        const resolved: ResolvedBackend = {
+          ...b,
+          hostname: u.hostname.replace(/^\[|\]$/g, ""),
+          port: u.port ? Number(u.port) : secure ? 443 : 80,
+          secure,
+          origin: u.origin,
+        };
+        if (b.tls?.ca)
+          resolved.caPem = readText(abs(b.tls.ca), `pools.${poolName}.backends[${i}].tls.ca`, problems);
+        return resolved;
+      }),
+    };
+  }
+
+  const secrets: Config["secrets"] = {};
+  if (shape.secrets.adminToken !== undefined) {
+    const v = resolveSecret(shape.secrets.adminToken, env, "secrets.adminToken", problems);
+    if (v !== undefined) secrets.adminToken = v;
+  }
+
+  if (problems.length) throw new ConfigError(source, problems);
+  const { listeners: _l, pools: _p, secrets: _s, ...top } = shape;
+  return {
+    ...top,
+    listeners,
+    pools,
+    secrets,
+    file: opts.source && isAbsolute(opts.source) ? opts.source : "",
+    ...(shape.audit && shape.audit !== "stdout" ? { auditFile: abs(shape.audit) } : {}),
+  };
+}
+
+/** Reads, validates and resolves a config file. Throws ConfigError. */
+export function loadConfigFile(file: string, env: Record<string, string | undefined> = process.env): Config {
+  const absFile = resolve(file);
+  let text: string;
+  try {
+    text = readFileSync(absFile, "utf8");
+  } catch (e) {
+    throw new ConfigError(absFile, [
+      { path: "", message: `cannot read config file (${(e as NodeJS.ErrnoException).code ?? "error"})` },
+    ]);
+  }
+  const { value, problem } = parseJson(text);
+  if (problem) throw new ConfigError(absFile, [problem]);
+  return resolveConfig(value, { baseDir: dirname(absFile), env, source: absFile });
+}
+
+export function splitAddress(address: string): { hostname: string; port: number } {
+  const i = address.lastIndexOf(":");
+  return { hostname: address.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(address.slice(i + 1)) };
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env bun
+import pkg from "../package.json" with { type: "json" };
+/**
+ * tether's command line: parse arguments, load the config, then serve or check.
+ * Exit codes: 0 success, 1 runtime failure, 2 bad config or usage.
+ */
+import { type Command, parseArgs, USAGE, UsageError } from "./cli/args.ts";
+import { printBanner } from "./cli/banner.ts";
+import { ensureHeaderLimit } from "./cli/header-limit.ts";
+import { type Config, ConfigError, formatProblem, loadConfigFile } from "./config/load.ts";
+import { startDemo } from "./demo/start.ts";
+import { log } from "./log.ts";
+import { startTether } from "./server/app.ts";
+
+function fail(code: number, message: string): never {
+  process.stderr.write(`${message}\n`);
+  process.exit(code);
+}
+
+function load(file: string): Config {
+  try {
+    return loadConfigFile(file);
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      fail(
+        2,
+        `tether: invalid config ${e.source}\n${e.problems.map((p) => `  ${formatProblem(p)}`).join("\n")}`,
+      );
+    }
+    throw e;
+  }
+}
+
+async function serve(file: string): Promise<void> {
+  const config = load(file);
+  // Bun's header limit is per process: re-run under the configured limit if it differs.
+  const exitCode = await ensureHeaderLimit(config.maxHeaderBytes);
+  if (exitCode !== null) process.exit(exitCode);
+
+  const demo = config.demo ? startDemo(config.demo, log) : null;
+  const tether = startTether(config, log);
+  printBanner(tether, config);
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info("shutting down", { signal, graceMs: tether.runtime.config.shutdownGraceMs });
+    await tether.stop();
+    demo?.stop();
+    log.info("stopped");
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+  process.on("SIGHUP", () => {
+    try {
+      const next = loadConfigFile(file);
+      tether
+        .reload(next)
+        .then(() => log.info("config reloaded", { file: next.file }))
+        .catch((e) => log.error("reload failed; the previous config keeps serving", { error: String(e) }));
+    } catch (e) {
+      if (!(e instanceof ConfigError)) throw e;
+      log.error("reload rejected; the previous config keeps serving", {
+        problems: e.problems.map(formatProblem),
+      });
+    }
+  });
+}
+
+async function run(cmd: Command): Promise<void> {
+  switch (cmd.kind) {
+    case "help":
+      process.stdout.write(`${USAGE}\n`);
+      return;
+    case "version":
+      process.stdout.write(`tether ${pkg.version} (bun ${Bun.version})\n`);
+      return;
+    case "check":
+      load(cmd.config);
+      process.stdout.write(`${cmd.config}: ok\n`);
+      return;
+    case "serve":
+      return serve(cmd.config);
+  }
+}
+
+let cmd: Command;
+try {
+  cmd = parseArgs(process.argv.slice(2));
+} catch (e) {
+  if (e instanceof UsageError) fail(2, `tether: ${e.message}\n\n${USAGE}`);
+  throw e;
+}
+run(cmd).catch((e) => {
+  log.error("fatal", { error: e instanceof Error ? e.message : String(e) });
+  process.exit(1);
+});

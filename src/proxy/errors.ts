@@ -1,0 +1,53 @@
+/**
+ * One error type for everything that can go wrong while proxying, with a
+ * stable string code (as undici does) instead of a class per failure. The
+ * status and the short body a client sees come from the code alone, so no
+ * error message can leak a backend address.
+ */
+export type ProxyErrorCode =
+  | "NO_BACKEND" // nothing eligible in the pool
+  | "CONNECT_FAILED" // refused, unreachable, TLS handshake failure
+  | "CONNECT_TIMEOUT" // connectTimeoutMs passed before the connection opened
+  | "RESET_BEFORE_RESPONSE" // connection closed or reset before a response byte arrived
+  | "RESPONSE_TIMEOUT" // responseTimeoutMs passed before response headers
+  | "BAD_RESPONSE" // the backend's response could not be parsed
+  | "BODY_TOO_LARGE"
+  | "BAD_REQUEST";
+
+const catalog: Record<ProxyErrorCode, { status: number; text: string }> = {
+  NO_BACKEND: { status: 503, text: "No backend is available to serve this request." },
+  CONNECT_FAILED: { status: 502, text: "The backend could not be reached." },
+  CONNECT_TIMEOUT: { status: 504, text: "The backend did not accept the connection in time." },
+  RESET_BEFORE_RESPONSE: { status: 502, text: "The backend closed the connection without answering." },
+  RESPONSE_TIMEOUT: { status: 504, text: "The backend did not answer in time." },
+  BAD_RESPONSE: { status: 502, text: "The backend sent an invalid response." },
+  BODY_TOO_LARGE: { status: 413, text: "The request body is too large." },
+  BAD_REQUEST: { status: 400, text: "The request is malformed." },
+};
+
+export class ProxyError extends Error {
+  readonly status: number;
+  constructor(
+    readonly code: ProxyErrorCode,
+    /** Internal detail for logs only; never sent to the client. */
+    readonly detail?: string,
+    /** True when no request byte can have reached the backend, so any request may be retried. */
+    readonly safeToRetry = code === "CONNECT_FAILED" || code === "CONNECT_TIMEOUT",
+  ) {
+    super(`${code}${detail ? `: ${detail}` : ""}`);
+    this.name = "ProxyError";
+    this.status = catalog[code].status;
+  }
+}
+
+/** The response a client gets for a failure: short, plain text, no internals. */
+export function errorResponse(status: number, text: string, extraHeaders?: Record<string, string>): Response {
+  return new Response(`${text}\n`, {
+    status,
+    headers: { "content-type": "text/plain; charset=utf-8", "cache-control": "no-store", ...extraHeaders },
+  });
+}
+
+export function proxyErrorResponse(err: ProxyError): Response {
+  return errorResponse(err.status, catalog[err.code].text);
+}

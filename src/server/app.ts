@@ -1,0 +1,119 @@
+/**
+ * The running proxy: its listeners, the live Runtime, reload and shutdown.
+ */
+import type { Config, ResolvedListener } from "../config/load.ts";
+import type { Logger } from "../log.ts";
+import { UpstreamClient } from "../proxy/upstream/client.ts";
+import { type ListenerHandle, startListener } from "./listener.ts";
+import { buildRuntime, type Runtime } from "./runtime.ts";
+
+export interface Tether {
+  readonly runtime: Runtime;
+  readonly listeners: ReadonlyMap<string, ListenerHandle>;
+  /** Swaps in a new config; listeners whose socket settings changed are reopened. */
+  reload(config: Config): Promise<void>;
+  /** Stops accepting, lets in-flight requests finish for up to graceMs, then closes everything. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+/**
+ * Keys a running listener cannot change: a change to any of them opens a new
+ * listener (Bun keeps a listener's certificate and socket options for life).
+ * Routes and the default pool are read per request and change in place.
+ */
+function socketSettings(l: ResolvedListener): string {
+  const { routes: _r, pool: _p, ...rest } = l;
+  return JSON.stringify({ ...rest, certificates: l.certificates.map((c) => [c.cert, c.key, c.serverName]) });
+}
+
+async function drain(handle: ListenerHandle, graceMs: number): Promise<void> {
+  handle.server.stop(false);
+  const deadline = Date.now() + graceMs;
+  while (Date.now() < deadline) {
+    if (
+      handle.inflight() === 0 &&
+      handle.server.pendingRequests === 0 &&
+      handle.server.pendingWebSockets === 0
+    )
+      break;
+    await Bun.sleep(20);
+  }
+  await handle.server.stop(true);
+}
+
+export function startTether(config: Config, log: Logger): Tether {
+  let runtime = buildRuntime(config);
+  const upstream = new UpstreamClient();
+  const deps = { upstream, log };
+  const listeners = new Map<string, ListenerHandle>();
+  const current = () => runtime;
+
+  const open = (l: ResolvedListener) => {
+    // reusePort lets a replacement listener bind the same port before the old one closes, so a reload drops nothing.
+    const handle = startListener(l, current, deps, { reusePort: true });
+    listeners.set(l.name, handle);
+    log.info("listening", {
+      name: l.name,
+      protocol: l.protocol,
+      address: handle.server.hostname,
+      port: handle.server.port,
+    });
+    return handle;
+  };
+
+  try {
+    for (const l of config.listeners) open(l);
+  } catch (e) {
+    for (const h of listeners.values()) h.server.stop(true);
+    throw e;
+  }
+
+  return {
+    get runtime() {
+      return runtime;
+    },
+    listeners,
+    async reload(next: Config) {
+      const nextNames = new Set(next.listeners.map((l) => l.name));
+      const retiring: ListenerHandle[] = [];
+      for (const [name, handle] of listeners) {
+        if (!nextNames.has(name)) {
+          retiring.push(handle);
+          listeners.delete(name);
+        }
+      }
+      const opened: ListenerHandle[] = [];
+      try {
+        for (const l of next.listeners) {
+          const old = listeners.get(l.name);
+          if (old && socketSettings(old.config) === socketSettings(l)) continue;
+          opened.push(open(l));
+          if (old) retiring.push(old);
+        }
+      } catch (e) {
+        // Could not bind a new listener: keep the old set serving and report.
+        for (const h of opened) {
+          h.server.stop(true);
+          listeners.delete(h.config.name);
+        }
+        for (const h of retiring) listeners.set(h.config.name, h);
+        throw e;
+      }
+      if (next.maxHeaderBytes !== runtime.config.maxHeaderBytes) {
+        log.warn("maxHeaderBytes changes need a restart; keeping the current limit", {
+          current: runtime.config.maxHeaderBytes,
+        });
+      }
+      runtime = buildRuntime(next, runtime);
+      for (const h of retiring) {
+        log.info("listener closing", { name: h.config.name, port: h.server.port });
+        void drain(h, next.shutdownGraceMs);
+      }
+    },
+    async stop(graceMs = runtime.config.shutdownGraceMs) {
+      await Promise.all([...listeners.values()].map((h) => drain(h, graceMs)));
+      listeners.clear();
+      upstream.close();
+    },
+  };
+}

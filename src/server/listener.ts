@@ -1,0 +1,110 @@
+/**
+ * One traffic listener: a Bun.serve bound to the listener's address, handing
+ * each request to the forwarder with the Runtime current at that moment.
+ */
+import type { Server, TLSOptions } from "bun";
+import type { ResolvedListener } from "../config/load.ts";
+import { errorResponse } from "../proxy/errors.ts";
+import { forwardHttp, type ProxyDeps, type RequestInfo } from "../proxy/forward.ts";
+import { normalizeIp } from "../proxy/trusted-proxies.ts";
+import { isWebSocketUpgrade, upgradeWebSocket, type WsData, websocketHandler } from "../proxy/websocket.ts";
+import type { Runtime } from "./runtime.ts";
+
+/**
+ * TLS 1.2 suites: AEAD with forward secrecy only (Mozilla "intermediate").
+ * Bun's default list still offers CBC, SHA-1 and static-RSA suites. TLS 1.3
+ * suites are all AEAD and are not affected by this list.
+ */
+export const TLS12_CIPHERS = [
+  "ECDHE-ECDSA-AES128-GCM-SHA256",
+  "ECDHE-RSA-AES128-GCM-SHA256",
+  "ECDHE-ECDSA-AES256-GCM-SHA384",
+  "ECDHE-RSA-AES256-GCM-SHA384",
+  "ECDHE-ECDSA-CHACHA20-POLY1305",
+  "ECDHE-RSA-CHACHA20-POLY1305",
+].join(":");
+
+export interface ListenerHandle {
+  readonly config: ResolvedListener;
+  readonly server: Server<WsData>;
+  /** Requests whose response has not been handed to Bun yet. */
+  inflight(): number;
+}
+
+function tlsOptions(l: ResolvedListener): TLSOptions[] | undefined {
+  if (l.protocol !== "https") return undefined;
+  return l.certificates.map((c) => ({
+    cert: c.cert,
+    key: c.key,
+    ciphers: TLS12_CIPHERS,
+    ...(c.serverName ? { serverName: c.serverName } : {}),
+  }));
+}
+
+function hstsValue(l: ResolvedListener): string | null {
+  if (l.protocol !== "https" || l.hsts === false) return null;
+  const h = l.hsts === true ? { maxAgeMs: 31_536_000_000, includeSubDomains: false, preload: false } : l.hsts;
+  let v = `max-age=${Math.floor(h.maxAgeMs / 1000)}`;
+  if (h.includeSubDomains) v += "; includeSubDomains";
+  if (h.preload) v += "; preload";
+  return v;
+}
+
+/** 308 keeps the method and body (RFC 9110 §15.4.9). */
+function redirectToHttps(req: Request, l: ResolvedListener): Response | null {
+  if (l.protocol !== "http" || l.redirectToHttps === false) return null;
+  const url = new URL(req.url);
+  url.protocol = "https:";
+  url.port = typeof l.redirectToHttps === "object" ? String(l.redirectToHttps.port) : "";
+  return new Response(null, { status: 308, headers: { location: url.href } });
+}
+
+export function startListener(
+  config: ResolvedListener,
+  currentRuntime: () => Runtime,
+  deps: ProxyDeps,
+  opts: { reusePort?: boolean } = {},
+): ListenerHandle {
+  let inflight = 0;
+  // The listener's own settings are fixed for its lifetime; pools and routes come from the live Runtime.
+  const hsts = hstsValue(config);
+  const tls = tlsOptions(config);
+
+  const server = Bun.serve<WsData>({
+    hostname: config.hostname,
+    port: config.port,
+    reusePort: opts.reusePort ?? false,
+    idleTimeout: Math.floor(config.clientIdleMs / 1000),
+    maxRequestBodySize: config.maxBodyBytes,
+    ...(tls ? { tls: tls.length === 1 ? tls[0] : tls } : {}),
+    websocket: websocketHandler,
+    async fetch(req, srv) {
+      const redirect = redirectToHttps(req, config);
+      if (redirect) return redirect;
+      const runtime = currentRuntime();
+      const info: RequestInfo = {
+        listener: runtime.listeners.get(config.name) ?? config,
+        runtime,
+        peerIp: normalizeIp(srv.requestIP(req)?.address ?? "") || "0.0.0.0",
+        startedAt: performance.now(),
+      };
+      // Waiting for a slow backend must not count as client idleness (Bun's idle timer covers it otherwise).
+      srv.timeout(req, 0);
+      inflight++;
+      try {
+        if (isWebSocketUpgrade(req)) return await upgradeWebSocket(req, srv, info, deps);
+        const res = await forwardHttp(req, info, deps);
+        if (hsts && !res.headers.has("strict-transport-security"))
+          res.headers.set("strict-transport-security", hsts);
+        return res;
+      } finally {
+        inflight--;
+      }
+    },
+    error(err) {
+      deps.log.error("request handler failed", { listener: config.name, error: String(err) });
+      return errorResponse(500, "Internal proxy error.");
+    },
+  });
+  return { config, server, inflight: () => inflight };
+}

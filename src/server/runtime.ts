@@ -1,0 +1,31 @@
+/**
+ * Everything a request needs that changes on reload, built from one Config.
+ * A SIGHUP builds a new Runtime and swaps it in; requests in flight keep the
+ * one they started with.
+ */
+import type { Config, ResolvedListener } from "../config/load.ts";
+import { Pool } from "../pool/pool.ts";
+import { type TrustedProxies, trustedProxies } from "../proxy/trusted-proxies.ts";
+import { createRouter, type Router } from "./routes.ts";
+
+export interface Runtime {
+  readonly config: Config;
+  readonly pools: ReadonlyMap<string, Pool>;
+  readonly routers: ReadonlyMap<string, Router>;
+  readonly listeners: ReadonlyMap<string, ResolvedListener>;
+  readonly trusted: TrustedProxies;
+}
+
+export function buildRuntime(config: Config, previous?: Runtime): Runtime {
+  const pools = new Map<string, Pool>();
+  for (const [name, pool] of Object.entries(config.pools)) {
+    pools.set(name, new Pool(name, pool, previous?.pools.get(name)));
+  }
+  const routers = new Map<string, Router>();
+  const listeners = new Map<string, ResolvedListener>();
+  for (const l of config.listeners) {
+    routers.set(l.name, createRouter(l.routes, l.pool));
+    listeners.set(l.name, l);
+  }
+  return { config, pools, routers, listeners, trusted: trustedProxies(config.trustedProxies) };
+}
