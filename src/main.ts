@@ -10,7 +10,7 @@ import { ensureHeaderLimit } from "./cli/header-limit.ts";
 import { type Config, ConfigError, formatProblem, loadConfigFile } from "./config/load.ts";
 import { startDemo } from "./demo/start.ts";
 import { log } from "./log.ts";
-import { startTether } from "./server/app.ts";
+import { startTether, type Tether } from "./server/app.ts";
 
 function fail(code: number, message: string): never {
   process.stderr.write(`${message}\n`);
@@ -37,26 +37,26 @@ async function serve(file: string): Promise<void> {
   const exitCode = await ensureHeaderLimit(config.maxHeaderBytes);
   if (exitCode !== null) process.exit(exitCode);
 
-  const demo = config.demo ? startDemo(config.demo, log) : null;
-  const tether = startTether(config, log);
-  printBanner(tether, config);
-
+  // Handlers go in before the first listener logs "listening": Bun installs them
+  // asynchronously, and a signal in that gap would otherwise be lost.
+  let tether: Tether | null = null;
+  let demo: { stop(): void } | null = null;
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log.info("shutting down", { signal, graceMs: tether.runtime.config.shutdownGraceMs });
-    await tether.stop();
+    log.info("shutting down", { signal, graceMs: tether?.runtime.config.shutdownGraceMs });
+    await tether?.stop();
     demo?.stop();
     log.info("stopped");
     process.exit(0);
   };
-  process.on("SIGTERM", () => void stop("SIGTERM"));
-  process.on("SIGINT", () => void stop("SIGINT"));
-  process.on("SIGHUP", () => {
+  const reload = () => {
+    if (!tether || stopping) return;
+    const running = tether;
     try {
       const next = loadConfigFile(file);
-      tether
+      running
         .reload(next)
         .then(() => log.info("config reloaded", { file: next.file }))
         .catch((e) => log.error("reload failed; the previous config keeps serving", { error: String(e) }));
@@ -66,7 +66,15 @@ async function serve(file: string): Promise<void> {
         problems: e.problems.map(formatProblem),
       });
     }
-  });
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+  process.on("SIGHUP", reload);
+  await Bun.sleep(0);
+
+  demo = config.demo ? startDemo(config.demo, log) : null;
+  tether = startTether(config, log);
+  printBanner(tether, config);
 }
 
 async function run(cmd: Command): Promise<void> {

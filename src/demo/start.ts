@@ -10,5 +10,9 @@ export function startDemo(demo: NonNullable<ConfigShape["demo"]>, log: Logger): 
     servers.push(startDemoBackend(b.id, b.address));
     log.info("demo backend up", { id: b.id, address: b.address });
   }
-  return { stop: () => servers.forEach((s) => s.stop(true)) };
+  return {
+    stop() {
+      for (const s of servers) s.stop(true);
+    },
+  };
 }

@@ -21,6 +21,8 @@ export function backend(
       hostname: "127.0.0.1",
       port: 0,
       idleTimeout: 0,
+      // Bun's default of 128 MB would refuse the large-upload tests' bodies.
+      maxRequestBodySize: 4 * 1024 ** 3,
       fetch(req, server) {
         b.hits++;
         return handler(req, server);
