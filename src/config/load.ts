@@ -66,7 +66,7 @@ export interface ResolvedPool extends Omit<PoolConfig, "backends"> {
 export interface Config extends Omit<ConfigShape, "listeners" | "pools" | "secrets"> {
   listeners: ResolvedListener[];
   pools: Record<string, ResolvedPool>;
-  secrets: { adminToken?: string };
+  secrets: { adminToken?: string /** Decoded 32-byte keys; the first seals. */; cookieKeys?: Buffer[] };
   /** Absolute path of the file this came from ("" when built from an object). */
   file: string;
   auditFile?: string;
@@ -205,6 +205,19 @@ export function resolveConfig(raw: unknown, opts: LoadOptions): Config {
   if (shape.secrets.adminToken !== undefined) {
     const v = resolveSecret(shape.secrets.adminToken, env, "secrets.adminToken", problems);
     if (v !== undefined) secrets.adminToken = v;
+  }
+
+  if (shape.secrets.cookieKeys) {
+    secrets.cookieKeys = [];
+    shape.secrets.cookieKeys.forEach((raw, i) => {
+      const path = `secrets.cookieKeys[${i}]`;
+      const v = resolveSecret(raw, env, path, problems);
+      if (v === undefined) return;
+      const key = Buffer.from(v, "base64");
+      if (key.length !== 32)
+        problems.push({ path, message: "must be 32 bytes, base64-encoded (tether keygen makes one)" });
+      else secrets.cookieKeys?.push(key);
+    });
   }
 
   if (problems.length) throw new ConfigError(source, problems);

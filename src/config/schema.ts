@@ -68,6 +68,14 @@ export const backendSchema = z
       .enum(["ready", "drain", "maint"])
       .default("ready")
       .describe("ready: serves all; drain: keeps its sessions, takes no new ones; maint: takes nothing"),
+    maxConn: z
+      .number()
+      .int()
+      .min(1)
+      .optional()
+      .describe(
+        "Most requests in flight to this backend; more wait up to queueTimeoutMs (default unlimited)",
+      ),
     tls: z
       .strictObject({
         ca: z.string().optional().describe("PEM file of the CA that signed the backend's certificate"),
@@ -78,6 +86,97 @@ export const backendSchema = z
       .describe("For https:// backends"),
   })
   .describe("One server of a pool");
+
+const cookieName = z
+  .string()
+  .regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "must be a cookie name (RFC 6265 token characters)");
+const optionalMs = (describe: string) =>
+  z.number().int("must be a whole number of milliseconds").min(1).optional().describe(describe);
+const tableOptions = {
+  expireMs: durationMs(
+    1_800_000,
+    "A learned entry expires this long after it was last used (default 1800000)",
+  ),
+  maxEntries: z
+    .number()
+    .int()
+    .min(1)
+    .max(50_000_000)
+    .default(1_000_000)
+    .describe("Learned entries kept at most; the least recently used go first (default 1000000)"),
+};
+
+const cookieInsertRule = z
+  .strictObject({
+    type: z.literal("cookie"),
+    mode: z.literal("insert"),
+    name: cookieName.default("TETHER"),
+    sameSite: z
+      .enum(["Lax", "Strict", "None"])
+      .default("Lax")
+      .describe("SameSite attribute; None forces Secure"),
+    domain: z.string().min(1).optional().describe("Domain attribute (default: none, host-only cookie)"),
+    maxAgeMs: optionalMs("Max-Age for the browser; default: a browser-session cookie"),
+    maxIdleMs: optionalMs("tether forgets a session unused this long, whatever the browser keeps"),
+    maxLifeMs: optionalMs("tether forgets a session this long after it began"),
+    refreshAfterMs: durationMs(
+      60_000,
+      "The cookie's last-seen time is refreshed at most this often (default 60000)",
+    ),
+  })
+  .describe("tether issues its own sealed cookie naming the backend");
+const cookiePrefixRule = z
+  .strictObject({ type: z.literal("cookie"), mode: z.literal("prefix"), name: cookieName })
+  .describe(
+    "The application's session cookie gets an opaque route prefix on the way out, removed on the way in",
+  );
+const cookieLearnRule = z
+  .strictObject({ type: z.literal("cookie"), mode: z.literal("learn"), name: cookieName, ...tableOptions })
+  .describe("tether remembers which backend set the application's session cookie");
+const urlRule = z
+  .strictObject({
+    type: z.literal("url"),
+    param: z.string().min(1).optional().describe('Query parameter carrying the session ID, e.g. "sid"'),
+    pathParam: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('Path parameter, e.g. "jsessionid" in /cart;jsessionid=ABC'),
+    ...tableOptions,
+  })
+  .refine((r) => r.param !== undefined || r.pathParam !== undefined, "needs param, pathParam or both")
+  .describe("A session ID in the URL; learned from Set-Cookie and Location, else hashed");
+const clientIpRule = z
+  .strictObject({
+    type: z.literal("client-ip"),
+    ipv4Prefix: z
+      .number()
+      .int()
+      .min(0)
+      .max(32)
+      .default(32)
+      .describe("Bits of an IPv4 address kept (default 32)"),
+    ipv6Prefix: z
+      .number()
+      .int()
+      .min(0)
+      .max(128)
+      .default(64)
+      .describe("Bits of an IPv6 address kept (default 64)"),
+  })
+  .describe("A hash of the masked client address");
+const headerRule = z
+  .strictObject({ type: z.literal("header"), name: z.string().min(1).describe("Request header to hash") })
+  .describe("A hash of a request header's value");
+
+export const persistenceRuleSchema = z.union([
+  cookieInsertRule,
+  cookiePrefixRule,
+  cookieLearnRule,
+  urlRule,
+  clientIpRule,
+  headerRule,
+]);
 
 export const poolSchema = z.strictObject({
   backends: z.array(backendSchema).min(1, "needs at least one backend"),
@@ -93,6 +192,22 @@ export const poolSchema = z.strictObject({
     .max(10)
     .default(2)
     .describe("Further backends tried after a failed connect (default 2)"),
+  persistence: z
+    .array(persistenceRuleSchema)
+    .default([])
+    .describe("Session persistence rules, asked in order; the first that names an eligible backend wins"),
+  hashBalanceFactor: z
+    .number()
+    .min(0)
+    .default(1.25)
+    .refine((f) => f === 0 || f >= 1, "must be 0 (off) or at least 1")
+    .describe(
+      "Bounded loads: a new session never goes to a backend above factor x the average load (default 1.25; 0 = off)",
+    ),
+  queueTimeoutMs: durationMs(
+    10_000,
+    "How long a request may wait for a backend at maxConn before 503 (default 10000)",
+  ),
 });
 
 const routeSchema = z
@@ -188,7 +303,13 @@ export const configSchema = z
       "How long in-flight requests may finish after SIGTERM (default 10000)",
     ),
     secrets: z
-      .strictObject({ adminToken: secretString.optional() })
+      .strictObject({
+        adminToken: secretString.optional(),
+        cookieKeys: z
+          .array(secretString)
+          .optional()
+          .describe("Base64 32-byte keys (tether keygen); the first seals cookies, all open them"),
+      })
       .default({})
       .describe('Secret values; write "env:NAME" to keep them out of the file'),
     demo: demoSchema.optional(),
@@ -251,3 +372,4 @@ export type PoolConfig = ConfigShape["pools"][string];
 export type BackendConfig = PoolConfig["backends"][number];
 export type RouteConfig = ListenerConfig["routes"][number];
 export type BackendState = BackendConfig["state"];
+export type PersistenceRuleConfig = PoolConfig["persistence"][number];

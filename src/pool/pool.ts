@@ -1,11 +1,9 @@
 /**
- * A pool of backends and the choice of one for a request. For now new
- * requests are spread round-robin over eligible backends; the persistence
- * engine replaces pickNew with the ring. Eligibility is asked in one place
- * (isEligibleForNew) so no policy re-implements it.
+ * A pool of backends and its persistence chain, which chooses among them.
  */
 import type { ResolvedBackend, ResolvedPool } from "../config/load.ts";
 import type { BackendState } from "../config/schema.ts";
+import { PersistenceChain } from "../persistence/chain.ts";
 import type { UpstreamTarget } from "../proxy/upstream/types.ts";
 
 export interface Backend {
@@ -15,12 +13,19 @@ export interface Backend {
   readonly target: UpstreamTarget;
   /** Requests currently being proxied to it. */
   inflight: number;
+  /** Most requests in flight at once (Infinity: no limit). */
+  maxConn: number;
+  /** Known unreachable (set by health checking). */
+  down?: boolean;
+  /** Callbacks waiting for a free slot under maxConn. */
+  waiters: (() => void)[];
 }
 
 export interface PoolSettings {
   connectTimeoutMs: number;
   responseTimeoutMs: number;
   retries: number;
+  queueTimeoutMs: number;
 }
 
 export function toTarget(b: ResolvedBackend): UpstreamTarget {
@@ -33,17 +38,17 @@ export function toTarget(b: ResolvedBackend): UpstreamTarget {
   return target;
 }
 
-/** A backend takes new sessions only when ready and weighted. */
-export const isEligibleForNew = (b: Backend) => b.state === "ready" && b.weight > 0;
-
 export class Pool {
   readonly backends: Backend[];
   readonly settings: PoolSettings;
-  private cursor = 0;
+  readonly chain: PersistenceChain;
+  private readonly byId = new Map<string, Backend>();
 
   constructor(
     readonly name: string,
     config: ResolvedPool,
+    /** Cookie keys; the first seals. */
+    cookieKeys: readonly Buffer[],
     /** The previous generation: its backend objects are reused by id and address. */
     previous?: Pool,
   ) {
@@ -51,6 +56,7 @@ export class Pool {
       connectTimeoutMs: config.connectTimeoutMs,
       responseTimeoutMs: config.responseTimeoutMs,
       retries: config.retries,
+      queueTimeoutMs: config.queueTimeoutMs,
     };
     this.backends = config.backends.map((b) => {
       const target = toTarget(b);
@@ -60,21 +66,23 @@ export class Pool {
         // Same server: keep the live object so in-flight counts stay right across a reload.
         old.weight = b.weight;
         old.state = b.state;
+        old.maxConn = b.maxConn ?? Number.POSITIVE_INFINITY;
         return old;
       }
-      return { id: b.id, weight: b.weight, state: b.state, target, inflight: 0 };
+      const maxConn = b.maxConn ?? Number.POSITIVE_INFINITY;
+      return { id: b.id, weight: b.weight, state: b.state, target, inflight: 0, maxConn, waiters: [] };
     });
+    this.chain = new PersistenceChain(this.backends, {
+      pool: name,
+      rules: config.persistence,
+      keys: cookieKeys,
+      hashBalanceFactor: config.hashBalanceFactor,
+      ...(previous ? { previousTables: previous.chain.tables } : {}),
+    });
+    for (const b of this.backends) this.byId.set(b.id, b);
   }
 
-  /** Next eligible backend for a new request, skipping those already tried. */
-  pickNew(exclude?: ReadonlySet<Backend>): Backend | null {
-    const n = this.backends.length;
-    for (let i = 0; i < n; i++) {
-      const b = this.backends[(this.cursor + i) % n] as Backend;
-      if (!isEligibleForNew(b) || exclude?.has(b)) continue;
-      this.cursor = (this.cursor + i + 1) % n;
-      return b;
-    }
-    return null;
+  get(id: string): Backend | undefined {
+    return this.byId.get(id);
   }
 }

@@ -1,15 +1,19 @@
 /**
- * Forwards one HTTP request: pick a backend, send, retry a failed connect on
- * another backend, and hand the backend's response to the client with
- * hop-by-hop headers removed. Bodies stream both ways; nothing is buffered
- * beyond the upstream client's small queues.
+ * Forwards one HTTP request: the pool's persistence chain places it, the
+ * upstream client sends it (a failed connect is retried on the session's
+ * next choice and the session re-pinned there), and the backend's response
+ * goes to the client with hop-by-hop headers removed and the persistence
+ * rules' cookies applied. Bodies stream both ways.
  */
+import type { Audit } from "../audit.ts";
 import type { ResolvedListener } from "../config/load.ts";
 import type { Logger } from "../log.ts";
+import type { PlaceResult } from "../persistence/chain.ts";
+import type { Effect, Placement, RequestFacts, ResponseFacts } from "../persistence/types.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
 import type { Runtime } from "../server/runtime.ts";
 import { ProxyError, proxyErrorResponse } from "./errors.ts";
-import { backendRequestHeaders, clientResponseHeaders, type ForwardFacts } from "./headers.ts";
+import { backendRequestHeaders, clientAddress, clientResponseHeaders, type ForwardFacts } from "./headers.ts";
 import { requestTarget, targetPath } from "./request-target.ts";
 import type { UpstreamClient } from "./upstream/client.ts";
 import type { UpstreamRequest, UpstreamResponse } from "./upstream/types.ts";
@@ -17,6 +21,7 @@ import type { UpstreamRequest, UpstreamResponse } from "./upstream/types.ts";
 export interface ProxyDeps {
   upstream: UpstreamClient;
   log: Logger;
+  audit: Audit;
 }
 
 /** What the listener knows about the request before any backend is chosen. */
@@ -36,6 +41,16 @@ export function forwardFacts(req: Request, info: RequestInfo): ForwardFacts {
   };
 }
 
+export function requestFacts(req: Request, target: string, info: RequestInfo): RequestFacts {
+  return {
+    cookie: req.headers.get("cookie"),
+    target,
+    clientIp: clientAddress(info.peerIp, req.headers.get("x-forwarded-for"), info.runtime.trusted),
+    headers: req.headers,
+    nowSec: Math.floor(Date.now() / 1000),
+  };
+}
+
 export function poolFor(req: Request, target: string, info: RequestInfo): Pool {
   const router = info.runtime.routers.get(info.listener.name);
   const poolName = router ? router.pick(req.headers.get("host"), targetPath(target)) : info.listener.pool;
@@ -52,6 +67,94 @@ function bodyOf(req: Request): { body: UpstreamRequest["body"]; bodyLength: numb
   return { body: req.body, bodyLength: null };
 }
 
+/** Waits for a slot under the backend's maxConn; a pinned session waits rather than breaking. */
+async function acquire(backend: Backend, queueTimeoutMs: number, signal: AbortSignal): Promise<void> {
+  if (backend.inflight < backend.maxConn) {
+    backend.inflight++;
+    return;
+  }
+  await new Promise<void>((resolve, reject) => {
+    const wake = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      backend.waiters.splice(backend.waiters.indexOf(wake), 1);
+      reject(new ProxyError("NO_BACKEND", "queue timeout"));
+    }, queueTimeoutMs);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      const i = backend.waiters.indexOf(wake);
+      if (i !== -1) backend.waiters.splice(i, 1);
+      reject(new ProxyError("BAD_REQUEST", "client went away"));
+    });
+    backend.waiters.push(wake);
+  });
+  backend.inflight++;
+}
+
+function release(backend: Backend) {
+  backend.inflight--;
+  backend.waiters.shift()?.();
+}
+
+/**
+ * Under maxConn a slot is held until the response body has been passed on (or
+ * failed). Without a limit the slot is released with the response head, which
+ * keeps the hot path free of a wrapping stream.
+ */
+function releaseWhenDone(res: UpstreamResponse, backend: Backend): UpstreamResponse {
+  if (!(res.body instanceof ReadableStream) || backend.maxConn === Number.POSITIVE_INFINITY) {
+    release(backend);
+    return res;
+  }
+  let released = false;
+  const done = () => {
+    if (!released) {
+      released = true;
+      release(backend);
+    }
+  };
+  const reader = res.body.getReader();
+  const body = new ReadableStream<Uint8Array>({
+    async pull(c) {
+      try {
+        const { done: end, value } = await reader.read();
+        if (end) {
+          done();
+          c.close();
+        } else c.enqueue(value);
+      } catch (e) {
+        done();
+        c.error(e);
+      }
+    },
+    cancel(reason) {
+      done();
+      return reader.cancel(reason);
+    },
+  });
+  return { ...res, body };
+}
+
+const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
+
+/**
+ * A failed connect never reached the backend: always safe. A reset before the
+ * first response byte may have reached it: safe only for an idempotent request
+ * without a body (RFC 9110 §9.2.2), since the body stream cannot be replayed.
+ */
+function retryable(err: ProxyError, request: UpstreamRequest): boolean {
+  if (err.safeToRetry) return true;
+  return err.code === "RESET_BEFORE_RESPONSE" && request.body === null && IDEMPOTENT.has(request.method);
+}
+
+interface Exchanged {
+  backend: Backend;
+  response: UpstreamResponse;
+  placement: Placement;
+}
+
 /**
  * Tries backends until one answers or the retry budget is spent. Only errors
  * that prove the backend never saw the request (a failed or timed-out connect)
@@ -59,39 +162,65 @@ function bodyOf(req: Request): { body: UpstreamRequest["body"]; bodyLength: numb
  */
 async function exchange(
   pool: Pool,
+  first: PlaceResult,
+  facts: RequestFacts,
   request: UpstreamRequest,
   signal: AbortSignal,
   deps: ProxyDeps,
-): Promise<{ backend: Backend; response: UpstreamResponse }> {
-  const tried = new Set<Backend>();
+): Promise<Exchanged> {
+  const tried = new Set<string>();
+  let placed: PlaceResult | null = first;
   let lastError: ProxyError | null = null;
-  for (let attempt = 0; attempt <= pool.settings.retries; attempt++) {
-    const backend = pool.pickNew(tried);
-    if (!backend) break;
-    tried.add(backend);
-    backend.inflight++;
+  for (let attempt = 0; placed && attempt <= pool.settings.retries; attempt++) {
+    const { placement } = placed;
+    const backend = pool.get(placement.backendId) as Backend;
+    tried.add(backend.id);
+    await acquire(backend, pool.settings.queueTimeoutMs, signal);
     try {
       const response = await deps.upstream.request(backend.target, request, {
         connectTimeoutMs: pool.settings.connectTimeoutMs,
         responseTimeoutMs: pool.settings.responseTimeoutMs,
         signal,
       });
-      return { backend, response };
+      return { backend, response: releaseWhenDone(response, backend), placement };
     } catch (e) {
+      release(backend);
       const err = e instanceof ProxyError ? e : new ProxyError("CONNECT_FAILED", String(e));
       deps.log.warn("upstream failed", { pool: pool.name, backend: backend.id, code: err.code, attempt });
       lastError = err;
-      if (!err.safeToRetry || signal.aborted) break;
-    } finally {
-      backend.inflight--;
+      if (!retryable(err, request) || signal.aborted) break;
+      placed = pool.chain.place(facts, tried, placement);
     }
   }
   throw lastError ?? new ProxyError("NO_BACKEND", `pool ${pool.name}`);
 }
 
-/** Builds the client's Response from the backend's, keeping Content-Length when known. */
-export function toClientResponse(res: UpstreamResponse, method: string): Response {
+/** Cache-Control for a response that sets a session cookie: a shared cache must not hand it to another user. */
+export function privateCacheControl(current: string | null): string | null {
+  if (current && /(^|,)\s*(private|no-store|no-cache)\b/i.test(current)) return null;
+  return current ? `private, ${current}` : "private";
+}
+
+/** Builds the client's Response from the backend's, applying persistence effects. */
+export function toClientResponse(
+  res: UpstreamResponse,
+  method: string,
+  effects: readonly Effect[] = [],
+): Response {
   const headers = clientResponseHeaders(res.headers);
+  if (effects.length) {
+    const cookies = headers.getSetCookie();
+    let cachePrivate = false;
+    for (const e of effects) {
+      if (e.kind === "rewrite-set-cookie") cookies[e.index] = e.header;
+      else if (e.kind === "set-cookie") cookies.push(e.header);
+      else if (e.kind === "cache-private") cachePrivate = true;
+    }
+    headers.delete("set-cookie");
+    for (const c of cookies) headers.append("set-cookie", c);
+    const cc = cachePrivate ? privateCacheControl(headers.get("cache-control")) : null;
+    if (cc) headers.set("cache-control", cc);
+  }
   const bodyless = method === "HEAD" || res.status === 204 || res.status === 304;
   if (res.contentLength !== null && res.status !== 204 && (bodyless || !(res.body instanceof Uint8Array))) {
     // Bun keeps an explicit Content-Length on a streamed or HEAD response instead of chunking.
@@ -104,22 +233,83 @@ export function toClientResponse(res: UpstreamResponse, method: string): Respons
   });
 }
 
+function responseFacts(res: UpstreamResponse, info: RequestInfo): ResponseFacts {
+  const setCookies: string[] = [];
+  let location: string | null = null;
+  let cacheControl: string | null = null;
+  for (const [name, value] of res.headers) {
+    const lower = name.toLowerCase();
+    if (lower === "set-cookie") setCookies.push(value);
+    else if (lower === "location") location = value;
+    else if (lower === "cache-control") cacheControl = value;
+  }
+  return { setCookies, location, cacheControl, secure: info.listener.protocol === "https" };
+}
+
+/** Places a request in its pool, auditing rejected tokens. Null: no eligible backend. */
+export function place(
+  pool: Pool,
+  facts: RequestFacts,
+  info: RequestInfo,
+  deps: ProxyDeps,
+): PlaceResult | null {
+  const placed = pool.chain.place(facts);
+  const common = { listener: info.listener.name, pool: pool.name, client: facts.clientIp };
+  for (const r of placed?.rejections ?? []) {
+    deps.audit.emit("persistence.rejected", { ...common, rule: r.rule, reason: r.reason });
+    if (r.reason === "expired") deps.audit.emit("session.expired", { ...common, rule: r.rule });
+  }
+  return placed;
+}
+
+function auditPlacement(
+  deps: ProxyDeps,
+  info: RequestInfo,
+  pool: Pool,
+  facts: RequestFacts,
+  first: Placement,
+  final: Placement,
+) {
+  const common = {
+    listener: info.listener.name,
+    pool: pool.name,
+    client: facts.clientIp,
+    backend: final.backendId,
+    rule: final.rule,
+  };
+  // A pool without persistence rules has no sessions to speak of.
+  if (final.outcome === "new") {
+    if (pool.chain.rules.length) deps.audit.emit("session.created", common);
+  } else if (final.outcome === "repinned" || final.backendId !== first.backendId) {
+    const pinnedTo = first.decisions.find((d) => d.kind === "pinned");
+    const from = pinnedTo?.kind === "pinned" ? pinnedTo.backendId : first.backendId;
+    const why = final.backendId !== first.backendId ? "connect-failed" : "backend-unavailable";
+    deps.audit.emit("session.repinned", { ...common, from, to: final.backendId, why });
+  }
+}
+
 export async function forwardHttp(req: Request, info: RequestInfo, deps: ProxyDeps): Promise<Response> {
   const target = requestTarget(req.url);
   let pool: Pool | null = null;
   try {
     pool = poolFor(req, target, info);
+    const facts = requestFacts(req, target, info);
+    const placed = place(pool, facts, info, deps);
+    if (!placed) throw new ProxyError("NO_BACKEND", `pool ${pool.name}`);
     const { body, bodyLength } = bodyOf(req);
+    const cookie = facts.cookie === null ? null : pool.chain.backendCookie(facts.cookie);
     const request: UpstreamRequest = {
       method: req.method,
       target,
-      headers: backendRequestHeaders(req.headers, forwardFacts(req, info)),
+      headers: backendRequestHeaders(req.headers, forwardFacts(req, info), false, cookie),
       body,
       bodyLength,
     };
-    const { backend, response } = await exchange(pool, request, req.signal, deps);
+    const { backend, response, placement } = await exchange(pool, placed, facts, request, req.signal, deps);
+    auditPlacement(deps, info, pool, facts, placed.placement, placement);
+    const effects = pool.chain.remember(facts, placement, responseFacts(response, info));
     accessLog(deps, info, req, target, pool.name, backend.id, response.status);
-    return toClientResponse(response, req.method);
+    return toClientResponse(response, req.method, effects);
   } catch (e) {
     const err = e instanceof ProxyError ? e : new ProxyError("BAD_REQUEST", String(e));
     accessLog(deps, info, req, target, pool?.name ?? "", "", err.status, err.code);

@@ -61,12 +61,18 @@ export function backendRequestHeaders(
   headers: Headers,
   facts: ForwardFacts,
   keepUpgrade = false,
+  /** Replaces the Cookie header (persistence rules remove their own cookies); "" drops it. */
+  cookie?: string | null,
 ): [string, string][] {
   const out: [string, string][] = [];
   const listed = connectionListed(headers.get("connection"));
   for (const [name, value] of headers) {
     if (HOP_BY_HOP.has(name) || FORWARDING.has(name) || name === "content-length") continue;
     if (listed?.has(name)) continue;
+    if (name === "cookie" && cookie !== undefined) {
+      if (cookie) out.push(["cookie", cookie]);
+      continue;
+    }
     out.push([name, value]);
   }
   if (keepUpgrade) {

@@ -5,9 +5,9 @@
  * relayed as they are; each side pauses the other when its buffer fills.
  */
 import type { Server, ServerWebSocket, WebSocketHandler } from "bun";
-import type { Pool } from "../pool/pool.ts";
+import type { Backend, Pool } from "../pool/pool.ts";
 import { errorResponse, ProxyError, proxyErrorResponse } from "./errors.ts";
-import { forwardFacts, type ProxyDeps, poolFor, type RequestInfo } from "./forward.ts";
+import { forwardFacts, type ProxyDeps, place, poolFor, type RequestInfo, requestFacts } from "./forward.ts";
 import { backendRequestHeaders } from "./headers.ts";
 import { requestTarget } from "./request-target.ts";
 import type { UpstreamTarget } from "./upstream/types.ts";
@@ -94,20 +94,23 @@ export async function upgradeWebSocket(
   } catch (e) {
     return proxyErrorResponse(e as ProxyError);
   }
-  const headers: Record<string, string> = {};
-  for (const [name, value] of backendRequestHeaders(req.headers, forwardFacts(req, info))) {
-    if (!HANDSHAKE.has(name)) headers[name] = value;
-  }
   const protocols = (req.headers.get("sec-websocket-protocol") ?? "")
     .split(",")
     .map((p) => p.trim())
     .filter(Boolean);
 
-  const tried = new Set<(typeof pool.backends)[number]>();
-  for (let attempt = 0; attempt <= pool.settings.retries; attempt++) {
-    const backend = pool.pickNew(tried);
-    if (!backend) break;
-    tried.add(backend);
+  const facts = requestFacts(req, target, info);
+  const headers: Record<string, string> = {};
+  const cookie = facts.cookie === null ? null : pool.chain.backendCookie(facts.cookie);
+  for (const [name, value] of backendRequestHeaders(req.headers, forwardFacts(req, info), false, cookie)) {
+    if (!HANDSHAKE.has(name)) headers[name] = value;
+  }
+  const tried = new Set<string>();
+  let placed = place(pool, facts, info, deps);
+  for (let attempt = 0; placed && attempt <= pool.settings.retries; attempt++) {
+    const { placement } = placed;
+    const backend = pool.get(placement.backendId) as Backend;
+    tried.add(backend.id);
     const t = backend.target;
     const host = t.hostname.includes(":") ? `[${t.hostname}]` : t.hostname;
     const url = `${t.tls ? "wss" : "ws"}://${host}:${t.port}${target}`;
@@ -120,13 +123,21 @@ export async function upgradeWebSocket(
         backend: backend.id,
         code: (e as ProxyError).code,
       });
+      placed = pool.chain.place(facts, tried, placement);
       continue;
     }
     const data: WsData = { kind: "proxy", backend: ws, early: [], closed: false };
     ws.onmessage = (ev) => data.early.push(ev.data as string | ArrayBuffer);
-    const upgradeHeaders: Record<string, string> = ws.protocol
-      ? { "sec-websocket-protocol": ws.protocol }
-      : {};
+    const upgradeHeaders = new Headers(ws.protocol ? { "sec-websocket-protocol": ws.protocol } : {});
+    const noResponse = {
+      setCookies: [],
+      location: null,
+      cacheControl: null,
+      secure: info.listener.protocol === "https",
+    };
+    for (const e of pool.chain.remember(facts, placement, noResponse)) {
+      if (e.kind === "set-cookie") upgradeHeaders.append("set-cookie", e.header);
+    }
     if (!server.upgrade(req, { data, headers: upgradeHeaders })) {
       ws.close(1011, "client upgrade failed");
       return errorResponse(400, "The WebSocket upgrade request is malformed.");

@@ -1,6 +1,8 @@
 /**
  * The running proxy: its listeners, the live Runtime, reload and shutdown.
  */
+import { randomBytes } from "node:crypto";
+import { type Audit, createAudit } from "../audit.ts";
 import type { Config, ResolvedListener } from "../config/load.ts";
 import type { Logger } from "../log.ts";
 import { UpstreamClient } from "../proxy/upstream/client.ts";
@@ -41,10 +43,30 @@ async function drain(handle: ListenerHandle, graceMs: number): Promise<void> {
   await handle.server.stop(true);
 }
 
-export function startTether(config: Config, log: Logger): Tether {
-  let runtime = buildRuntime(config);
+/** True when some pool has a rule that needs cookie keys (sealing, route prefixes, table hashing). */
+function needsKeys(config: Config): boolean {
+  return Object.values(config.pools).some((p) =>
+    p.persistence.some((r) => r.type === "cookie" || r.type === "url"),
+  );
+}
+
+export interface StartOptions {
+  /** Overrides the audit sink named in the config (tests). */
+  audit?: Audit;
+}
+
+export function startTether(config: Config, log: Logger, opts: StartOptions = {}): Tether {
+  // Without configured keys, one key generated now serves this process (and survives reloads).
+  const fallbackKeys = [randomBytes(32)];
+  if (!config.secrets.cookieKeys?.length && needsKeys(config)) {
+    log.warn("no secrets.cookieKeys configured: using a key generated at start", {
+      consequence: "sessions will not survive a restart or span instances; run `tether keygen`",
+    });
+  }
+  let runtime = buildRuntime(config, undefined, fallbackKeys);
   const upstream = new UpstreamClient();
-  const deps = { upstream, log };
+  const audit = opts.audit ?? createAudit(config.auditFile ?? config.audit);
+  const deps = { upstream, log, audit };
   const listeners = new Map<string, ListenerHandle>();
   const current = () => runtime;
 
@@ -104,7 +126,7 @@ export function startTether(config: Config, log: Logger): Tether {
           current: runtime.config.maxHeaderBytes,
         });
       }
-      runtime = buildRuntime(next, runtime);
+      runtime = buildRuntime(next, runtime, fallbackKeys);
       for (const h of retiring) {
         log.info("listener closing", { name: h.config.name, port: h.server.port });
         void drain(h, next.shutdownGraceMs);

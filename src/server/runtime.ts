@@ -16,10 +16,19 @@ export interface Runtime {
   readonly trusted: TrustedProxies;
 }
 
-export function buildRuntime(config: Config, previous?: Runtime): Runtime {
+/**
+ * `fallbackKeys` seal cookies when the config names no secrets.cookieKeys (a
+ * key generated at start, kept by the caller across reloads).
+ */
+export function buildRuntime(
+  config: Config,
+  previous: Runtime | undefined,
+  fallbackKeys: readonly Buffer[],
+): Runtime {
+  const keys = config.secrets.cookieKeys?.length ? config.secrets.cookieKeys : fallbackKeys;
   const pools = new Map<string, Pool>();
   for (const [name, pool] of Object.entries(config.pools)) {
-    pools.set(name, new Pool(name, pool, previous?.pools.get(name)));
+    pools.set(name, new Pool(name, pool, keys, previous?.pools.get(name)));
   }
   const routers = new Map<string, Router>();
   const listeners = new Map<string, ResolvedListener>();

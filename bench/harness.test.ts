@@ -1,0 +1,108 @@
+// Pure parts of the bench harness; nothing here starts a process or opens a socket.
+import { describe, expect, test } from "bun:test";
+import { bodyFor } from "./backend.ts";
+import { haproxyConfig, nginxConfig, tetherConfig } from "./lib/configs.ts";
+import { parseOptions } from "./lib/options.ts";
+import { median, type RunRecord, ratios } from "./lib/report.ts";
+import { parseWrkOutput, type WrkResult, wrkCommand } from "./lib/wrk.ts";
+
+const backends = [
+  { id: "app-1", port: 9001 },
+  { id: "app-2", port: 9002 },
+];
+
+describe("options", () => {
+  test("defaults", () => {
+    const o = parseOptions([], {});
+    expect([o.rounds, o.durationS, o.connections, o.threads, o.backends]).toEqual([5, 10, 64, 1, 3]);
+    expect(o.peers).toEqual(["tether", "nginx", "haproxy", "direct"]);
+  });
+  test("flag beats env beats --quick", () => {
+    const o = parseOptions(["--quick", "--rounds=3"], { BENCH_ROUNDS: "2", BENCH_DURATION: "4" });
+    expect([o.rounds, o.durationS, o.warmupS]).toEqual([3, 4, 1]);
+  });
+  test("rejects unknown peers and bad numbers", () => {
+    expect(() => parseOptions(["--peers", "tether,envoy"], {})).toThrow(/envoy/);
+    expect(() => parseOptions(["--rounds", "0"], {})).toThrow(/rounds/);
+    expect(() => parseOptions(["--nope"], {})).toThrow(/unknown option/);
+  });
+});
+
+describe("configs", () => {
+  test("tether with and without persistence", () => {
+    const on = tetherConfig({ port: 8080, backends, persistence: true }) as { pools: { app: object } };
+    expect(on.pools.app).toHaveProperty("persistence");
+    const off = tetherConfig({ port: 8080, backends, persistence: false }) as { pools: { app: object } };
+    expect(off.pools.app).not.toHaveProperty("persistence");
+    expect(JSON.stringify(off)).toContain('"url":"http://127.0.0.1:9002"');
+  });
+  test("nginx hashes the cookie and keeps upstream connections", () => {
+    const c = nginxConfig("/tmp/x", 8080, backends);
+    for (const line of ["hash $cookie_SRVID consistent;", "keepalive 64;", 'proxy_set_header Connection "";'])
+      expect(c).toContain(line);
+    expect(c).toContain("listen 127.0.0.1:8080;");
+  });
+  test("haproxy inserts a cookie per server", () => {
+    const c = haproxyConfig(8080, backends);
+    expect(c).toContain("cookie SRVID insert indirect nocache");
+    expect(c).toContain("server s2 127.0.0.1:9002 cookie s2");
+  });
+});
+
+describe("wrk", () => {
+  test("parses the done() line among wrk's own output", () => {
+    const text = `Running 3s test\n  Latency 1ms\n@@BENCH_JSON {"requests":10,"durationUs":1000000,"bytes":5,"latencyUs":{"p50":100,"p90":200,"p99":300,"max":400,"mean":120.5},"errors":{"connect":0,"read":0,"write":0,"status":1,"timeout":0},"clients":{"threads":1,"captured":64,"synthesizedThreads":0,"cookielessSent":64,"setCookies":64}}\n`;
+    const r = parseWrkOutput(text);
+    expect(r.requests).toBe(10);
+    expect(r.latencyUs.p99).toBe(300);
+    expect(() => parseWrkOutput("nothing")).toThrow(/BENCH_JSON/);
+  });
+  test("pins wrk with taskset and passes the client count to the script", () => {
+    const cmd = wrkCommand({
+      url: "http://127.0.0.1:1/",
+      durationS: 3,
+      connections: 64,
+      threads: 1,
+      clients: 32,
+      core: "1",
+      logPath: "",
+    });
+    expect(cmd.slice(0, 4)).toEqual(["taskset", "-c", "1", "wrk"]);
+    expect(cmd.slice(-2)).toEqual(["--", "32"]);
+  });
+});
+
+describe("report", () => {
+  test("median", () => {
+    expect(median([3, 1, 2])).toBe(2);
+    expect(median([4, 1, 2, 3])).toBe(2.5);
+  });
+  test("ratios pair runs of the same round", () => {
+    const rec = (peer: "tether" | "nginx", round: number, rps: number): RunRecord => ({
+      round,
+      peer,
+      rps,
+      p50Ms: 1,
+      p99Ms: 2,
+      requests: 1,
+      errors: 0,
+      cpuUsPerReq: 10,
+      cpuPct: 90,
+      rssMiB: 5,
+      noisePct: { proxy: 0, load: 0 },
+      sticky: true,
+      wrk: {} as WrkResult,
+    });
+    const rs = ratios(
+      [rec("tether", 1, 50), rec("nginx", 1, 100), rec("tether", 2, 90), rec("nginx", 2, 100)],
+      ["nginx"],
+    );
+    expect(rs[0]?.rounds).toBe(2);
+    expect(rs[0]?.rps).toBeCloseTo(0.7);
+  });
+});
+
+test("backend body has the requested size and names the backend", () => {
+  expect(bodyFor("app-1", 64)).toHaveLength(64);
+  expect(bodyFor("app-1", 64).startsWith("hello from app-1")).toBe(true);
+});

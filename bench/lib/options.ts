@@ -1,0 +1,180 @@
+/**
+ * Command-line flags and BENCH_* environment variables. A flag beats the
+ * environment, which beats --quick, which beats the defaults.
+ */
+
+export const ALL_PEERS = ["tether", "nginx", "haproxy", "direct"] as const;
+export type PeerName = (typeof ALL_PEERS)[number];
+
+export interface Options {
+  peers: PeerName[];
+  rounds: number;
+  durationS: number;
+  warmupS: number;
+  connections: number;
+  threads: number;
+  backends: number;
+  bodyBytes: number;
+  /** taskset CPU list for the proxy under test. */
+  proxyCore: string;
+  /** taskset CPU list for wrk and the backends. */
+  loadCore: string;
+  /** Distinct returning clients simulated per wrk thread. */
+  clients: number;
+  outDir: string;
+  /** Hidden: a stand-in for `bun src/main.ts`; "{config}" is replaced by the config path. */
+  tetherCmd: string | null;
+  quick: boolean;
+  help: boolean;
+}
+
+interface Spec {
+  key: keyof Options;
+  env: string;
+  kind: "int" | "string" | "peers";
+  min?: number;
+  help: string;
+}
+
+export const SPECS: Record<string, Spec> = {
+  "--peers": {
+    key: "peers",
+    env: "BENCH_PEERS",
+    kind: "peers",
+    help: `comma list of ${ALL_PEERS.join(",")}`,
+  },
+  "--rounds": { key: "rounds", env: "BENCH_ROUNDS", kind: "int", min: 1, help: "interleaved rounds (5)" },
+  "--duration": {
+    key: "durationS",
+    env: "BENCH_DURATION",
+    kind: "int",
+    min: 1,
+    help: "seconds per run (10)",
+  },
+  "--warmup": {
+    key: "warmupS",
+    env: "BENCH_WARMUP",
+    kind: "int",
+    min: 0,
+    help: "unmeasured seconds before each run (2)",
+  },
+  "--connections": { key: "connections", env: "BENCH_CONNECTIONS", kind: "int", min: 1, help: "wrk -c (64)" },
+  "--threads": { key: "threads", env: "BENCH_THREADS", kind: "int", min: 1, help: "wrk -t (1)" },
+  "--backends": { key: "backends", env: "BENCH_BACKENDS", kind: "int", min: 1, help: "backend servers (3)" },
+  "--body-bytes": {
+    key: "bodyBytes",
+    env: "BENCH_BODY_BYTES",
+    kind: "int",
+    min: 16,
+    help: "response body size (64)",
+  },
+  "--proxy-core": {
+    key: "proxyCore",
+    env: "BENCH_PROXY_CORE",
+    kind: "string",
+    help: "taskset CPU list for the proxy (0)",
+  },
+  "--load-core": {
+    key: "loadCore",
+    env: "BENCH_LOAD_CORE",
+    kind: "string",
+    help: "CPU list for wrk + backends (1)",
+  },
+  "--clients": {
+    key: "clients",
+    env: "BENCH_CLIENTS",
+    kind: "int",
+    min: 1,
+    help: "returning clients per wrk thread (64)",
+  },
+  "--out": { key: "outDir", env: "BENCH_OUT", kind: "string", help: "results folder (bench/results)" },
+  "--tether-cmd": { key: "tetherCmd", env: "BENCH_TETHER_CMD", kind: "string", help: "" },
+};
+
+export function defaults(): Options {
+  return {
+    peers: [...ALL_PEERS],
+    rounds: 5,
+    durationS: 10,
+    warmupS: 2,
+    connections: 64,
+    threads: 1,
+    backends: 3,
+    bodyBytes: 64,
+    proxyCore: "0",
+    loadCore: "1",
+    clients: 64,
+    outDir: "bench/results",
+    tetherCmd: null,
+    quick: false,
+    help: false,
+  };
+}
+
+/** --quick: one short round, enough to see that every peer starts and answers. */
+const QUICK: Partial<Options> = { rounds: 1, durationS: 3, warmupS: 1 };
+
+function parseValue(flag: string, spec: Spec, raw: string): Options[keyof Options] {
+  if (spec.kind === "string") {
+    if (raw === "") throw new Error(`${flag} needs a value`);
+    return raw;
+  }
+  if (spec.kind === "peers") {
+    const names = raw
+      .split(",")
+      .map((s) => s.trim())
+      .filter(Boolean);
+    for (const n of names)
+      if (!(ALL_PEERS as readonly string[]).includes(n)) throw new Error(`${flag}: unknown peer "${n}"`);
+    if (names.length === 0) throw new Error(`${flag} needs at least one peer`);
+    return names as PeerName[];
+  }
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < (spec.min ?? 0))
+    throw new Error(`${flag} must be an integer >= ${spec.min ?? 0}`);
+  return n;
+}
+
+function assign(o: Options, spec: Spec, value: Options[keyof Options]): void {
+  (o as unknown as Record<string, unknown>)[spec.key] = value;
+}
+
+export function parseOptions(argv: string[], env: Record<string, string | undefined>): Options {
+  const fromFlags = new Map<Spec, Options[keyof Options]>();
+  const o = defaults();
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    if (arg === "--quick") o.quick = true;
+    else if (arg === "--help" || arg === "-h") o.help = true;
+    else {
+      const eq = arg.indexOf("=");
+      const flag = eq > 0 ? arg.slice(0, eq) : arg;
+      const spec = SPECS[flag];
+      if (!spec) throw new Error(`unknown option ${arg} (try --help)`);
+      const raw = eq > 0 ? arg.slice(eq + 1) : argv[++i];
+      if (raw === undefined) throw new Error(`${flag} needs a value`);
+      fromFlags.set(spec, parseValue(flag, spec, raw));
+    }
+  }
+  if (o.quick || env.BENCH_QUICK === "1") Object.assign(o, QUICK, { quick: true });
+  for (const [flag, spec] of Object.entries(SPECS)) {
+    const raw = env[spec.env];
+    if (raw !== undefined && raw !== "") assign(o, spec, parseValue(flag, spec, raw));
+  }
+  for (const [spec, value] of fromFlags) assign(o, spec, value);
+  return o;
+}
+
+export function usage(): string {
+  const lines = Object.entries(SPECS)
+    .filter(([, s]) => s.help !== "")
+    .map(([flag, s]) => `  ${`${flag} <v>`.padEnd(20)} ${s.help.padEnd(44)} env ${s.env}`);
+  return [
+    "usage: bun run bench [-- options]",
+    "",
+    `  ${"--quick".padEnd(20)} ${"1 round of 3 s, 1 s warm-up (smoke run)".padEnd(44)} env BENCH_QUICK=1`,
+    ...lines,
+    "",
+    "See bench/README.md for what each column means.",
+  ].join("\n");
+}

@@ -1,0 +1,298 @@
+/**
+ * `bun run bench`: tether against nginx and HAProxy on the same job, with wrk
+ * and returning (cookie-presenting) clients. See bench/README.md.
+ *
+ * Layout on a 2-core machine: the proxy under test alone on one core, wrk and
+ * the backends on the other, so the proxy's own cost decides its throughput.
+ * Peers run interleaved (tether, nginx, haproxy, direct, tether, ...), each run
+ * in a fresh process, and medians are reported. Only 127.0.0.1 is contacted.
+ */
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus, loadavg } from "node:os";
+import { join, resolve } from "node:path";
+import type { Backend } from "./lib/configs.ts";
+import { othersPct, rssMiB, sample, usageBetween } from "./lib/measure.ts";
+import { checkSticky, HOST } from "./lib/net.ts";
+import { type Options, type PeerName, parseOptions, usage } from "./lib/options.ts";
+import { makePeers, type Peer, pin, type StartContext } from "./lib/peers.ts";
+import { capture, cleanupSync, makeTempDir, sleep, spawnLogged, stopAll } from "./lib/procs.ts";
+import { type RunRecord, ratios, ratioTable, summarize, summaryTable } from "./lib/report.ts";
+import { errorCount, runWrk, type WrkJob } from "./lib/wrk.ts";
+
+const REPO_ROOT = resolve(import.meta.dir, "..");
+/** Above this share of a core taken by others, a run is flagged as noisy. */
+const NOISY_PCT = 10;
+
+interface Machine {
+  date: string;
+  nproc: number;
+  cpuModel: string;
+  kernel: string;
+  loadAvg: number[];
+  bun: string;
+  wrk: string;
+  clockTicks: number;
+  command: string;
+}
+
+function machineInfo(): Machine {
+  const model = /^model name\s*:\s*(.+)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "unknown";
+  return {
+    date: new Date().toISOString(),
+    nproc: Number(capture(["nproc"])) || cpus().length,
+    cpuModel: model.trim(),
+    kernel: capture(["uname", "-sr"]),
+    loadAvg: loadavg().map((x) => Math.round(x * 100) / 100),
+    bun: Bun.version,
+    wrk: /wrk (?:\S*\/)?(\S+)/.exec(capture(["wrk", "-v"]))?.[1] ?? "?",
+    clockTicks: Number(capture(["getconf", "CLK_TCK"])) || 100,
+    command: ["bun", "bench/run.ts", ...Bun.argv.slice(2)].join(" "),
+  };
+}
+
+/** Starts the backends process on the load core and reads the ports it chose. */
+async function startBackends(opts: Options, dir: string): Promise<{ backends: Backend[]; pid: number }> {
+  const log = join(dir, "backends.log");
+  const cmd = [
+    ...pin(opts.loadCore),
+    process.execPath,
+    join(import.meta.dir, "backend.ts"),
+    "--count",
+    String(opts.backends),
+    "--body-bytes",
+    String(opts.bodyBytes),
+  ];
+  const child = spawnLogged("backends", cmd, log);
+  for (let waited = 0; waited < 10_000; waited += 50) {
+    const line = (await Bun.file(log).text()).split("\n").find((l) => l.startsWith('{"ready"'));
+    if (line) {
+      const ports = (JSON.parse(line) as { ports: number[] }).ports;
+      return { backends: ports.map((port, i) => ({ id: `app-${i + 1}`, port })), pid: child.proc.pid };
+    }
+    await sleep(50);
+  }
+  throw new Error(`backends did not start:\n${await Bun.file(log).text()}`);
+}
+
+type WrkJobBase = Omit<WrkJob, "durationS" | "logPath">;
+
+/** The measured wrk run, with CPU samples of the proxy and of both cores taken just around it. */
+async function measuredWrk(job: WrkJobBase, pids: number[], ctx: StartContext, clk: number) {
+  const { opts } = ctx;
+  const proxy0 = sample(pids, opts.proxyCore);
+  const load0 = sample([ctx.backendsPid], opts.loadCore);
+  const logPath = join(ctx.dir, "wrk.log");
+  const { result, cpuS: wrkCpuS } = await runWrk({ ...job, durationS: opts.durationS, logPath });
+  const proxy1 = sample(pids, opts.proxyCore);
+  const load1 = sample([ctx.backendsPid], opts.loadCore);
+  return {
+    w: result,
+    use: usageBetween(proxy0, proxy1, clk),
+    noisePct: { proxy: othersPct(proxy0, proxy1, clk), load: othersPct(load0, load1, clk, wrkCpuS) },
+  };
+}
+
+/** One fresh start of `peer`: stickiness probe, warm-up, measured wrk run, stop. */
+async function measureOnce(peer: Peer, ctx: StartContext, round: number, clk: number): Promise<RunRecord> {
+  const { opts } = ctx;
+  const run = await peer.start(ctx);
+  try {
+    const sticky = await checkSticky(run.port).catch(() => false);
+    const job: WrkJobBase = {
+      url: `http://${HOST}:${run.port}/`,
+      connections: opts.connections,
+      threads: opts.threads,
+      clients: opts.clients,
+      core: Bun.which("taskset") ? opts.loadCore : null,
+    };
+    // Unmeasured: lets JITs compile, pools fill and caches warm before the clock starts.
+    if (opts.warmupS > 0)
+      await runWrk({ ...job, durationS: opts.warmupS, logPath: join(ctx.dir, "wrk-warm.log") });
+    const pids = run.measuredPids();
+    const { w, use, noisePct } = await measuredWrk(job, pids, ctx, clk);
+    const measured = pids.length > 0;
+    return {
+      round,
+      peer: peer.name,
+      rps: w.requests / (w.durationUs / 1e6),
+      p50Ms: w.latencyUs.p50 / 1000,
+      p99Ms: w.latencyUs.p99 / 1000,
+      requests: w.requests,
+      errors: errorCount(w),
+      cpuUsPerReq: measured && w.requests > 0 ? (use.cpuS * 1e6) / w.requests : null,
+      cpuPct: measured ? (use.cpuS / use.wallS) * 100 : null,
+      rssMiB: measured ? rssMiB(pids) : null,
+      noisePct,
+      sticky,
+      wrk: w,
+    };
+  } finally {
+    await run.stop();
+  }
+}
+
+/** Stops everything we started on Ctrl-C, SIGTERM, an uncaught error or a blown time budget. */
+function installCleanup(budgetMs: number): void {
+  let stopping = false;
+  const bail = async (why: string, code: number) => {
+    if (stopping) return;
+    stopping = true;
+    console.error(`\n${why}: stopping every process the bench started...`);
+    await stopAll();
+    process.exit(code);
+  };
+  process.on("SIGINT", () => void bail("interrupted", 130));
+  process.on("SIGTERM", () => void bail("terminated", 143));
+  process.on("uncaughtException", (e) => void bail(`error: ${e.stack ?? e}`, 1));
+  process.on("unhandledRejection", (e) => void bail(`error: ${(e as Error)?.stack ?? e}`, 1));
+  process.on("exit", cleanupSync);
+  setTimeout(
+    () => void bail(`time budget of ${Math.round(budgetMs / 1000)} s exceeded`, 124),
+    budgetMs,
+  ).unref();
+}
+
+/** Generous upper bound for the whole run: every run plus start/stop/probe slack, and margin. */
+function budgetMs(opts: Options): number {
+  const perRun = opts.warmupS + opts.durationS + 25;
+  return (perRun * opts.peers.length * opts.rounds + 60) * 1000 * 1.5;
+}
+
+function header(m: Machine, opts: Options, peers: Peer[]): string {
+  const versions = peers
+    .filter((p) => p.unavailable() === null && p.version())
+    .map((p) => `${p.name} ${p.version()}`);
+  return [
+    `## tether bench — ${m.date}`,
+    "",
+    `- machine: ${m.cpuModel}, nproc ${m.nproc}, ${m.kernel}, load average at start ${m.loadAvg.join(" ")}`,
+    `- versions: ${[`Bun ${m.bun}`, `wrk ${m.wrk}`, ...versions].join(" · ")}`,
+    `- command: \`${m.command}\``,
+    `- job: ${opts.backends} backends (${opts.bodyBytes} B body) · wrk -t${opts.threads} -c${opts.connections} -d${opts.durationS}s after ${opts.warmupS} s warm-up · ${opts.clients} returning clients per wrk thread · ${opts.rounds} interleaved round(s), medians shown`,
+    `- cores: proxy on CPU ${opts.proxyCore}; wrk and backends on CPU ${opts.loadCore}${Bun.which("taskset") ? "" : " (taskset missing: NOT pinned)"}`,
+  ].join("\n");
+}
+
+interface Outcome {
+  records: RunRecord[];
+  failures: Partial<Record<PeerName, string>>;
+}
+
+/** Interleaved rounds; a peer that fails to start is dropped from later rounds, the others go on. */
+async function runRounds(active: Peer[], ctx: StartContext, clk: number): Promise<Outcome> {
+  const records: RunRecord[] = [];
+  const failures: Partial<Record<PeerName, string>> = {};
+  for (let round = 1; round <= ctx.opts.rounds; round++) {
+    for (const peer of active) {
+      if (failures[peer.name]) continue;
+      process.stderr.write(`round ${round}/${ctx.opts.rounds}: ${peer.name} ... `);
+      try {
+        const r = await measureOnce(peer, ctx, round, clk);
+        records.push(r);
+        process.stderr.write(`${Math.round(r.rps)} req/s, p99 ${r.p99Ms.toFixed(2)} ms\n`);
+      } catch (e) {
+        failures[peer.name] = (e as Error).message;
+        process.stderr.write(`FAILED\n${(e as Error).message}\n`);
+      }
+      // Let sockets in TIME_WAIT and the previous process's exit settle before the next peer.
+      await sleep(500);
+    }
+  }
+  return { records, failures };
+}
+
+function notesFor(peers: Peer[], skipped: Record<string, string>, outcome: Outcome, hasClientMade: string[]) {
+  const notes: string[] = [];
+  for (const [name, why] of Object.entries(skipped)) notes.push(`${name} skipped: ${why}`);
+  for (const [name, why] of Object.entries(outcome.failures))
+    notes.push(`${name} failed and was dropped: ${(why ?? "").split("\n")[0]}`);
+  for (const p of peers) notes.push(...p.notes);
+  for (const name of hasClientMade)
+    if (name !== "nginx" && name !== "direct")
+      notes.push(`${name} set no cookie: its clients presented client-made SRVID cookies`);
+  const noisy = outcome.records.filter(
+    (r) => Math.max(r.noisePct.proxy ?? 0, r.noisePct.load ?? 0) > NOISY_PCT,
+  );
+  if (noisy.length)
+    notes.push(
+      `NOISY: ${noisy.length} of ${outcome.records.length} runs lost more than ${NOISY_PCT}% of a core to other processes; rerun on a quiet machine before quoting numbers`,
+    );
+  return notes;
+}
+
+async function main(): Promise<void> {
+  const opts = parseOptions(Bun.argv.slice(2), process.env);
+  if (opts.help) {
+    console.log(usage());
+    return;
+  }
+  if (!Bun.which("wrk"))
+    throw new Error("wrk is not installed (apt-get install wrk): nothing can be measured");
+  installCleanup(budgetMs(opts));
+  // Before pinning: nproc counts only the CPUs this process may use.
+  const machine = machineInfo();
+  // The harness itself (probes, bookkeeping, Bun's own threads) stays off the proxy core.
+  if (Bun.which("taskset")) capture(["taskset", "-a", "-cp", opts.loadCore, String(process.pid)]);
+  const peers = makePeers(opts.peers);
+  const skipped: Record<string, string> = {};
+  for (const p of peers) {
+    const why = p.unavailable();
+    if (why) skipped[p.name] = why;
+  }
+  const active = peers.filter((p) => !skipped[p.name]);
+  console.log(header(machine, opts, peers));
+  for (const [name, why] of Object.entries(skipped)) console.log(`- SKIPPED ${name}: ${why}`);
+  console.log("");
+
+  const dir = makeTempDir("tether-bench-");
+  try {
+    const { backends, pid } = await startBackends(opts, dir);
+    const ctx: StartContext = { dir, backends, backendsPid: pid, opts, repoRoot: REPO_ROOT };
+    const outcome = await runRounds(active, ctx, machine.clockTicks);
+    report(machine, opts, peers, skipped, outcome);
+    if (outcome.records.length === 0) process.exitCode = 1;
+  } finally {
+    await stopAll();
+    cleanupSync();
+  }
+}
+
+function report(m: Machine, opts: Options, peers: Peer[], skipped: Record<string, string>, outcome: Outcome) {
+  const summary = summarize(outcome.records, opts.peers);
+  const against = opts.peers.filter((p) => p !== "tether");
+  const rs = ratios(outcome.records, against);
+  const clientMade = summary.filter((s) => s.clientMadeCookies).map((s) => s.peer);
+  const notes = notesFor(peers, skipped, outcome, clientMade);
+  console.log(`\n${summaryTable(summary)}\n`);
+  if (rs.length) {
+    console.log(
+      "tether ÷ peer, median of same-round ratios (req/s: above 1 favours tether; the rest: below 1):\n",
+    );
+    console.log(`${ratioTable(rs)}\n`);
+  }
+  if (notes.length) console.log(`Notes:\n${notes.map((n) => `- ${n}`).join("\n")}\n`);
+
+  const outDir = resolve(REPO_ROOT, opts.outDir);
+  mkdirSync(outDir, { recursive: true });
+  const file = join(outDir, `${m.date.replace(/[:.]/g, "-")}.json`);
+  const configs = Object.fromEntries(peers.filter((p) => p.lastConfig).map((p) => [p.name, p.lastConfig]));
+  const versions = Object.fromEntries(peers.map((p) => [p.name, p.unavailable() ? null : p.version()]));
+  const data = {
+    machine: m,
+    options: opts,
+    versions,
+    summary,
+    ratios: rs,
+    notes,
+    configs,
+    runs: outcome.records,
+  };
+  writeFileSync(file, `${JSON.stringify(data, null, 2)}\n`);
+  console.log(`results: ${file}`);
+}
+
+await main().catch(async (e: Error) => {
+  console.error(`bench failed: ${e.message}`);
+  await stopAll();
+  process.exit(1);
+});

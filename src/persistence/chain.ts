@@ -1,0 +1,226 @@
+/**
+ * A pool's persistence chain: its rules in config order, and the one place
+ * where their decisions become a backend.
+ *
+ * Precedence: every rule is asked (so each can refresh or re-issue what it
+ * owns); the first decision that names an eligible backend wins. A pinned
+ * session whose backend is down or in maintenance moves to the ring's next
+ * eligible choice for its session key, the same on every instance. A request
+ * that no rule places starts a new session with a random 128-bit key, placed
+ * by the ring with bounded loads.
+ */
+
+import { createHmac } from "node:crypto";
+import type { PersistenceRuleConfig } from "../config/schema.ts";
+import { BoundedLoad } from "../ring/bounded-load.ts";
+import { hashKey } from "../ring/hash.ts";
+import { HashRing } from "../ring/hash-ring.ts";
+import { ClientIpRule } from "./client-ip.ts";
+import { CookieInsertRule, newSessionKey, sessionKeyText } from "./cookie-insert.ts";
+import { CookieLearnRule } from "./cookie-learn.ts";
+import { CookiePrefixRule } from "./cookie-prefix.ts";
+import { HeaderRule } from "./header.ts";
+import { StickTable } from "./stick-table.ts";
+import type {
+  Decision,
+  Effect,
+  Placement,
+  RejectReason,
+  RequestFacts,
+  ResponseFacts,
+  Rule,
+  RuleName,
+} from "./types.ts";
+import { UrlRule } from "./url.ts";
+
+/** What the chain needs to know about a backend; Pool's Backend satisfies it. */
+export interface Member {
+  readonly id: string;
+  readonly weight: number;
+  state: "ready" | "drain" | "maint";
+  inflight: number;
+  /** Set while a backend is known to be unreachable. */
+  down?: boolean;
+}
+
+/** Takes new sessions: ready, up and weighted. */
+export const eligibleForNew = (m: Member) => m.state === "ready" && !m.down && m.weight > 0;
+/** Keeps the sessions already pinned to it: ready or draining, and up. */
+export const eligibleForPinned = (m: Member) => (m.state === "ready" || m.state === "drain") && !m.down;
+
+export interface Rejection {
+  rule: RuleName;
+  reason: RejectReason;
+}
+
+export interface PlaceResult {
+  placement: Placement;
+  rejections: Rejection[];
+}
+
+export interface ChainOptions {
+  pool: string;
+  rules: readonly PersistenceRuleConfig[];
+  /** Cookie keys: the first seals. */
+  keys: readonly Buffer[];
+  hashBalanceFactor: number;
+  /** Stick tables from the previous generation, reused by rule position and type so a reload keeps learned sessions. */
+  previousTables?: ReadonlyMap<string, StickTable>;
+}
+
+function tableSecret(keys: readonly Buffer[], pool: string): Buffer {
+  return createHmac("sha256", keys[0] as Buffer)
+    .update(`stick-table\0${pool}`)
+    .digest();
+}
+
+export class PersistenceChain {
+  readonly rules: Rule[];
+  readonly tables = new Map<string, StickTable>();
+  private readonly ring: HashRing;
+  private readonly bounded: BoundedLoad;
+  private readonly byId = new Map<string, Member>();
+
+  constructor(
+    readonly members: readonly Member[],
+    opts: ChainOptions,
+  ) {
+    for (const m of members) this.byId.set(m.id, m);
+    const ids = members.map((m) => m.id);
+    this.ring = new HashRing(members.map((m) => ({ id: m.id, weight: m.weight })));
+    this.bounded = new BoundedLoad(
+      this.ring,
+      opts.hashBalanceFactor,
+      (id) => this.byId.get(id)?.inflight ?? 0,
+    );
+    this.rules = opts.rules.map((r, i) => {
+      const tableFor = (expireMs: number, maxEntries: number) => {
+        const key = `${i}:${r.type}`;
+        const old = opts.previousTables?.get(key);
+        const table =
+          old && old.expireMs === expireMs && old.maxEntries === maxEntries
+            ? old
+            : new StickTable(tableSecret(opts.keys, opts.pool), expireMs, maxEntries);
+        this.tables.set(key, table);
+        return table;
+      };
+      switch (r.type) {
+        case "cookie":
+          if (r.mode === "insert") return new CookieInsertRule(r, opts.pool, opts.keys, ids);
+          if (r.mode === "prefix") return new CookiePrefixRule(r.name, opts.pool, opts.keys, ids);
+          return new CookieLearnRule(r.name, tableFor(r.expireMs, r.maxEntries));
+        case "url":
+          return new UrlRule(r.param, r.pathParam, tableFor(r.expireMs, r.maxEntries));
+        case "client-ip":
+          return new ClientIpRule(r.ipv4Prefix, r.ipv6Prefix);
+        case "header":
+          return new HeaderRule(r.name);
+      }
+    });
+  }
+
+  private eligibleNew = (id: string) => {
+    const m = this.byId.get(id);
+    return m !== undefined && eligibleForNew(m);
+  };
+
+  /** Where the ring puts `key` among eligible backends, skipping `exclude`. */
+  private ringChoice(key: string, exclude?: ReadonlySet<string>): string | null {
+    return this.ring.lookup(
+      hashKey(key),
+      exclude?.size ? (id) => this.eligibleNew(id) && !exclude.has(id) : this.eligibleNew,
+    );
+  }
+
+  /**
+   * Places a request. `exclude` lists backends that already failed for this
+   * request (a retry), so the next choice in the same key's order is taken.
+   */
+  place(req: RequestFacts, exclude?: ReadonlySet<string>, previous?: Placement): PlaceResult | null {
+    const decisions = previous?.decisions ?? this.rules.map((r) => r.decide(req));
+    const rejections: Rejection[] = [];
+    for (const d of decisions) {
+      if (d.kind === "none") {
+        if (d.rejected) rejections.push({ rule: d.rule, reason: d.rejected });
+        continue;
+      }
+      if (d.kind === "pinned") {
+        const m = this.byId.get(d.backendId);
+        if (!m) {
+          rejections.push({ rule: d.rule, reason: "unknown-backend" });
+          continue;
+        }
+        if (eligibleForPinned(m) && !exclude?.has(m.id)) {
+          return { placement: this.placement(d, m.id, "hit", decisions, previous), rejections };
+        }
+        const moved = this.ringChoice(d.key, exclude);
+        if (moved)
+          return { placement: this.placement(d, moved, "repinned", decisions, previous), rejections };
+        continue;
+      }
+      const id = this.ringChoice(d.key, exclude);
+      if (id) return { placement: this.placement(d, id, "hash", decisions, previous), rejections };
+    }
+    // A new session; a retry keeps the session key it was given.
+    const sessionKey =
+      previous?.rule === "new" && previous.sessionKey ? previous.sessionKey : newSessionKey();
+    const keyHash = hashKey(sessionKeyText(sessionKey));
+    const id = exclude?.size
+      ? this.ring.lookup(keyHash, (x) => this.eligibleNew(x) && !exclude.has(x))
+      : this.bounded.pick(keyHash, this.eligibleNew);
+    if (!id) return null;
+    return {
+      placement: {
+        backendId: id,
+        rule: "new",
+        outcome: previous ? "repinned" : "new",
+        sessionKey,
+        decisions,
+      },
+      rejections,
+    };
+  }
+
+  private placement(
+    d: Decision,
+    backendId: string,
+    outcome: Placement["outcome"],
+    decisions: Decision[],
+    previous?: Placement,
+  ): Placement {
+    const sessionKey = d.rule === "cookie-insert" && d.kind === "pinned" ? Buffer.from(d.key, "hex") : null;
+    return {
+      backendId,
+      rule: d.rule,
+      outcome: previous && outcome === "hit" ? "repinned" : outcome,
+      sessionKey: sessionKey ? new Uint8Array(sessionKey) : null,
+      decisions,
+    };
+  }
+
+  /** The Cookie header the backend should see. */
+  backendCookie(cookie: string): string {
+    let out = cookie;
+    for (const r of this.rules) if (r.backendCookie) out = r.backendCookie(out);
+    return out;
+  }
+
+  /** Effects of every rule once the backend answered; "learn" effects are applied here. */
+  remember(req: RequestFacts, placement: Placement, res: ResponseFacts): Effect[] {
+    const effects: Effect[] = [];
+    this.rules.forEach((rule, i) => {
+      if (!rule.remember) return;
+      const own = placement.decisions[i] ?? { kind: "none", rule: rule.name };
+      for (const e of rule.remember(req, placement, own, res)) {
+        if (e.kind === "learn") this.learn(i, e.key, e.backendId, req.nowSec);
+        else effects.push(e);
+      }
+    });
+    return effects;
+  }
+
+  private learn(ruleIndex: number, key: string, backendId: string, nowSec: number) {
+    const rule = this.rules[ruleIndex];
+    if (rule instanceof CookieLearnRule || rule instanceof UrlRule) rule.table.set(key, backendId, nowSec);
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * The persistence engine's vocabulary. Rules are pure: they read request
+ * facts and return a decision, and read response facts and return effects.
+ * One place (chain.ts and the forwarder) applies the effects.
+ */
+export type RuleName = "cookie-insert" | "cookie-prefix" | "cookie-learn" | "url" | "client-ip" | "header";
+
+export type RejectReason = "malformed" | "bad-mac" | "expired" | "unknown-key" | "unknown-backend";
+
+export interface RequestFacts {
+  /** The raw Cookie header, or null. */
+  cookie: string | null;
+  /** Origin-form target, "/path;p?q". */
+  target: string;
+  clientIp: string;
+  headers: Headers;
+  /** Seconds since the epoch. */
+  nowSec: number;
+}
+
+export type Decision =
+  /** The request names a session remembered on a backend. `key` re-places it if that backend is gone. */
+  | { kind: "pinned"; backendId: string; key: string; rule: RuleName; refresh?: boolean }
+  /** A pure hash key: the ring places it, the same way on every instance. */
+  | { kind: "hash"; key: string; rule: RuleName }
+  | { kind: "none"; rule: RuleName; rejected?: RejectReason };
+
+/** How the chosen backend was found. */
+export type Outcome = "hit" | "hash" | "repinned" | "new";
+
+/** What the forwarder tells the rules once it knows the backend. */
+export interface Placement {
+  backendId: string;
+  /** The rule whose decision placed the request, or "new". */
+  rule: RuleName | "new";
+  outcome: Outcome;
+  /** The session key of a cookie session (new, or from a valid token). */
+  sessionKey: Uint8Array | null;
+  /** The decision of each rule, in order (for response-side effects). */
+  decisions: Decision[];
+}
+
+export interface ResponseFacts {
+  /** Set-Cookie values as sent by the backend. */
+  setCookies: string[];
+  location: string | null;
+  cacheControl: string | null;
+  /** Listener is https (cookies get Secure). */
+  secure: boolean;
+}
+
+export type Effect =
+  | { kind: "set-cookie"; header: string }
+  /** Replace the backend's Set-Cookie at `index` with `header`. */
+  | { kind: "rewrite-set-cookie"; index: number; header: string }
+  | { kind: "learn"; rule: RuleName; key: string; backendId: string }
+  | { kind: "cache-private" };
+
+export interface Rule {
+  readonly name: RuleName;
+  decide(req: RequestFacts): Decision;
+  /** The Cookie header the backend should see (this rule's own cookie removed or un-prefixed). */
+  backendCookie?(cookie: string): string;
+  /** Effects once the backend answered. */
+  remember?(req: RequestFacts, placement: Placement, own: Decision, res: ResponseFacts): Effect[];
+}

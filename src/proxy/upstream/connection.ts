@@ -1,0 +1,543 @@
+/**
+ * One backend socket (Bun.connect): connecting, writing a request with
+ * partial-write handling, reading the response head and body, and deciding
+ * whether the socket may carry another request. Socket handlers are shared
+ * module-level objects; per-socket state is the Conn in socket.data.
+ */
+import type { Socket, SocketHandler, UnderlyingSource } from "bun";
+import { ProxyError, type ProxyErrorCode } from "../errors.ts";
+import type { BodyErrorSink, Exchange } from "./exchange.ts";
+import {
+  bodyFraming,
+  ChunkedDecoder,
+  type Framing,
+  findHeadEnd,
+  HttpParseError,
+  parseResponseHead,
+  type ResponseHead,
+} from "./parser.ts";
+import type { Pooled } from "./pool.ts";
+import type { UpstreamResponse, UpstreamTarget } from "./types.ts";
+
+/** What a connection needs from the client that owns it. */
+export interface ConnOwner {
+  readonly maxHeaderBytes: number;
+  /** The exchange finished cleanly and the socket may be reused. */
+  release(conn: Conn): void;
+  /** An idle connection closed or misbehaved: drop it from the pool. */
+  forget(conn: Conn): void;
+  /** Send the exchange again on a fresh connection (stale pooled socket). */
+  retry(ex: Exchange): void;
+}
+
+const CONNECTING = 0;
+const READY = 1; // TCP connected and, for TLS, handshake done
+const CLOSED = 2;
+
+const IDLE = 0; // no exchange
+const HEAD = 1; // waiting for the (final) response head
+const BODY = 2; // streaming the response body
+
+/** Response body bytes queued in the stream before the socket is paused. */
+const BODY_HIGH_WATER = 64 * 1024;
+const bodyStrategy: QueuingStrategy<Uint8Array> = {
+  highWaterMark: BODY_HIGH_WATER,
+  size: (chunk) => (chunk as Uint8Array).byteLength,
+};
+
+/** Request bodies up to this size go out in the same write as the head. */
+const COALESCE_LIMIT = 16 * 1024;
+/** Reused buffer for encoding request heads; copied only if the socket cannot take it all. */
+const scratch = Buffer.allocUnsafe(64 * 1024);
+
+type Timer = ReturnType<typeof setTimeout>;
+
+export class Conn implements Pooled {
+  socket: Socket<Conn> | null = null;
+  ex: Exchange | null = null;
+  idleSince = 0;
+  /** The current exchange got this connection from the idle pool. */
+  fromPool = false;
+  private state = CONNECTING;
+  private timer: Timer | null = null;
+  private readonly outbox: Uint8Array[] = [];
+  private requestEnded = false;
+  private requestWritten = false;
+  private waiter: (() => void) | null = null;
+  private reading = IDLE;
+  private partialHead: Uint8Array | null = null;
+  private sawResponseByte = false;
+  private keepAlive = false;
+  private framing: Framing = "none";
+  private remaining = 0;
+  private readonly decoder: ChunkedDecoder;
+  private readonly pieces: Uint8Array[] = [];
+  private body: BodySource | null = null;
+  private paused = false;
+
+  constructor(
+    private readonly owner: ConnOwner,
+    readonly key: string,
+  ) {
+    this.decoder = new ChunkedDecoder(owner.maxHeaderBytes);
+  }
+
+  /** True while the socket can carry a request (checked when taken from the pool). */
+  get usable(): boolean {
+    return this.state === READY && this.socket?.readyState === 1;
+  }
+
+  connect(target: UpstreamTarget, timeoutMs: number): void {
+    if (timeoutMs > 0) this.timer = setTimeout(connectTimedOut, timeoutMs, this);
+    const tls = target.tls;
+    try {
+      Bun.connect<Conn>({
+        hostname: target.hostname,
+        port: target.port,
+        data: this,
+        socket: tls === undefined ? TCP_HANDLERS : TLS_HANDLERS,
+        tls: tls && { ca: tls.ca, serverName: tls.serverName, rejectUnauthorized: tls.verify },
+      }).catch(ignore); // connectError reports the failure
+    } catch (err) {
+      this.fail("CONNECT_FAILED", errorDetail(err));
+    }
+  }
+
+  attach(ex: Exchange, fromPool: boolean): void {
+    this.ex = ex;
+    ex.conn = this;
+    this.fromPool = fromPool;
+    this.requestEnded = false;
+    this.requestWritten = false;
+    this.reading = HEAD;
+    this.sawResponseByte = false;
+    this.keepAlive = ex.reuse;
+    ex.writeRequest(this);
+  }
+
+  // --- writing -------------------------------------------------------------
+
+  /** Queues the request head, with a small body in the same write. */
+  writeHead(head: string, body: Uint8Array | null): void {
+    const bodyLength = body === null ? 0 : body.byteLength;
+    if (bodyLength <= COALESCE_LIMIT && head.length + bodyLength <= scratch.length) {
+      const n = scratch.write(head, 0, "latin1");
+      if (body !== null) scratch.set(body, n);
+      this.write(scratch.subarray(0, n + bodyLength), true);
+      return;
+    }
+    this.write(Buffer.from(head, "latin1"));
+    if (body !== null) this.write(body);
+  }
+
+  /**
+   * Writes what the socket takes now and queues the rest for drain; true
+   * when everything went out. `transient` bytes (the scratch buffer) are
+   * copied before being queued.
+   */
+  write(bytes: Uint8Array, transient = false): boolean {
+    let written = 0;
+    if (this.state === READY && this.outbox.length === 0) {
+      written = Math.max(0, (this.socket as Socket<Conn>).write(bytes));
+      if (written === bytes.byteLength) return true;
+    }
+    if (this.state !== CLOSED) this.outbox.push(transient ? bytes.slice(written) : bytes.subarray(written));
+    return false;
+  }
+
+  /** The whole request is queued; the response timeout starts once it is on the wire. */
+  endRequest(): void {
+    this.requestEnded = true;
+    if (this.state === READY && this.outbox.length === 0) this.markWritten();
+  }
+
+  /** Resolves when the queued bytes went out, or the connection closed. */
+  drained(): Promise<void> {
+    if (this.state === CLOSED || (this.state === READY && this.outbox.length === 0)) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.waiter = resolve;
+    });
+  }
+
+  private flush(): void {
+    const socket = this.socket as Socket<Conn>;
+    const outbox = this.outbox;
+    while (outbox.length > 0) {
+      const chunk = outbox[0] as Uint8Array;
+      const n = socket.write(chunk);
+      if (n < chunk.byteLength) {
+        if (n > 0) outbox[0] = chunk.subarray(n);
+        return;
+      }
+      outbox.shift();
+    }
+    this.wake();
+    if (this.requestEnded && !this.requestWritten) this.markWritten();
+  }
+
+  private markWritten(): void {
+    this.requestWritten = true;
+    const ms = this.ex?.opts.responseTimeoutMs ?? 0;
+    if (ms > 0 && this.reading === HEAD) this.timer = setTimeout(responseTimedOut, ms, this);
+  }
+
+  private wake(): void {
+    const waiter = this.waiter;
+    this.waiter = null;
+    waiter?.();
+  }
+
+  // --- reading -------------------------------------------------------------
+
+  private readHead(buf: Uint8Array, start: number, ex: Exchange): void {
+    this.sawResponseByte = true;
+    const max = this.owner.maxHeaderBytes;
+    for (;;) {
+      let data = buf;
+      let from = start;
+      let headStart = start;
+      let shift = 0; // data index + shift = buf index
+      const partial = this.partialHead;
+      if (partial !== null) {
+        // The head spans reads. Only the first bytes of buf can end a head
+        // within the limit, so only those are copied next to the partial one.
+        const take = Math.min(buf.length, start + max + 1 - partial.length);
+        data = Buffer.concat([partial, buf.subarray(start, take)]);
+        from = Math.max(0, partial.length - 3);
+        headStart = 0;
+        shift = start - partial.length;
+      }
+      const end = findHeadEnd(data, from);
+      if (end < 0 || end - headStart > max) {
+        if (data.length - headStart > max) throw new HttpParseError("response head too large");
+        this.partialHead = partial === null ? buf.subarray(start) : data;
+        return;
+      }
+      this.partialHead = null;
+      const head = parseResponseHead(data, headStart, end);
+      if (head.status >= 200) {
+        this.onFinalHead(head, ex, buf, end + shift);
+        return;
+      }
+      // 1xx responses are interim (RFC 9110 15.2): skip them, the final one
+      // follows. 101 would switch protocols, which this client never asks for.
+      if (head.status === 101) throw new HttpParseError("unexpected 101 Switching Protocols");
+      start = end + shift;
+      if (start === buf.length) return;
+    }
+  }
+
+  /** Picks the body framing (RFC 9112 6.3); a body that already arrived whole skips the stream. */
+  private onFinalHead(head: ResponseHead, ex: Exchange, buf: Uint8Array, next: number): void {
+    this.clearTimer();
+    if (head.close) this.keepAlive = false;
+    const framing = bodyFraming(head, ex.isHead);
+    if (framing === "none") {
+      this.respondWhole(ex, head, null, next === buf.length);
+      return;
+    }
+    if (framing === "length") {
+      const length = head.contentLength as number;
+      if (buf.length - next >= length) {
+        this.respondWhole(ex, head, buf.subarray(next, next + length), next + length === buf.length);
+        return;
+      }
+      this.remaining = length;
+    } else if (framing === "chunked") {
+      this.decoder.reset();
+      this.pieces.length = 0;
+      const end = this.decoder.decode(buf, next, this.pieces);
+      if (end >= 0) {
+        this.respondWhole(ex, head, joinPieces(this.pieces), end === buf.length);
+        return;
+      }
+      next = buf.length;
+    } else {
+      this.keepAlive = false; // read until close (RFC 9112 6.3 item 8)
+    }
+    this.streamBody(ex, head, framing);
+    if (framing === "chunked") this.enqueuePieces();
+    else if (next < buf.length) this.readBody(buf, next);
+  }
+
+  private respondWhole(ex: Exchange, head: ResponseHead, body: Uint8Array | null, clean: boolean): void {
+    ex.respond(toResponse(head, body), null);
+    this.finish(clean);
+  }
+
+  private streamBody(ex: Exchange, head: ResponseHead, framing: Framing): void {
+    this.framing = framing;
+    this.reading = BODY;
+    const source = new BodySource(this, ex);
+    this.body = source;
+    ex.respond(toResponse(head, new ReadableStream(source, bodyStrategy)), source);
+  }
+
+  private readBody(buf: Uint8Array, start: number): void {
+    if (this.framing === "chunked") {
+      this.pieces.length = 0;
+      const end = this.decoder.decode(buf, start, this.pieces);
+      this.enqueuePieces();
+      if (end >= 0) this.endBody(end === buf.length);
+    } else if (this.framing === "length") {
+      const n = Math.min(this.remaining, buf.length - start);
+      this.remaining -= n;
+      this.enqueue(buf.subarray(start, start + n));
+      if (this.remaining === 0) this.endBody(start + n === buf.length);
+    } else {
+      this.enqueue(start === 0 ? buf : buf.subarray(start));
+    }
+  }
+
+  private enqueuePieces(): void {
+    for (const piece of this.pieces) this.enqueue(piece);
+    this.pieces.length = 0;
+  }
+
+  /** Queues body bytes; a full queue pauses the socket until the consumer pulls. */
+  private enqueue(chunk: Uint8Array): void {
+    if (chunk.byteLength === 0) return;
+    const controller = (this.body as BodySource).controller;
+    controller.enqueue(chunk);
+    if (!this.paused && (controller.desiredSize ?? 0) <= 0) {
+      this.paused = true;
+      this.socket?.pause();
+    }
+  }
+
+  /** BodySource.pull: the consumer wants more. */
+  resumeFor(source: BodySource): void {
+    if (this.body !== source || !this.paused) return;
+    this.paused = false;
+    this.socket?.resume();
+  }
+
+  private endBody(clean: boolean): void {
+    (this.body as BodySource).controller.close();
+    (this.ex as Exchange).complete();
+    this.finish(clean);
+  }
+
+  /**
+   * The response is complete. The socket is reused only if both sides allow
+   * keep-alive, the request went out whole and no byte followed the
+   * response (extra bytes mean the backend and we disagree on framing).
+   */
+  private finish(clean: boolean): void {
+    this.ex = null;
+    this.body = null;
+    this.reading = IDLE;
+    if (this.paused) {
+      this.paused = false;
+      this.socket?.resume();
+    }
+    if (clean && this.keepAlive && this.requestWritten && this.state === READY) this.owner.release(this);
+    else this.close();
+  }
+
+  // --- socket events -------------------------------------------------------
+
+  onOpen(socket: Socket<Conn>, ready: boolean): void {
+    // Timed out or aborted while connecting: a late socket is closed, not leaked.
+    if (this.state === CLOSED) {
+      socket.terminate();
+      return;
+    }
+    this.socket = socket;
+    if (ready) this.onReady();
+  }
+
+  onHandshake(socket: Socket<Conn>, success: boolean, authError: Error | null): void {
+    if (this.state === CLOSED) socket.terminate();
+    else if (success) this.onReady();
+    else this.fail("CONNECT_FAILED", `TLS: ${errorDetail(authError)}`);
+  }
+
+  private onReady(): void {
+    this.clearTimer();
+    this.state = READY;
+    (this.socket as Socket<Conn>).setNoDelay(true);
+    this.flush();
+  }
+
+  onConnectError(error: Error): void {
+    if (this.state === CLOSED) return;
+    const code = (error as { code?: string }).code;
+    this.fail(code === "ETIMEDOUT" ? "CONNECT_TIMEOUT" : "CONNECT_FAILED", errorDetail(error));
+  }
+
+  onData(buf: Uint8Array): void {
+    const ex = this.ex;
+    if (ex === null || this.reading === IDLE) {
+      // Bytes no request asked for: the connection is out of step.
+      this.owner.forget(this);
+      this.destroy();
+      return;
+    }
+    try {
+      if (this.reading === HEAD) this.readHead(buf, 0, ex);
+      else this.readBody(buf, 0);
+    } catch (err) {
+      if (!(err instanceof HttpParseError)) throw err;
+      this.fail("BAD_RESPONSE", err.message);
+    }
+  }
+
+  onDrain(): void {
+    if (this.state === READY) this.flush();
+  }
+
+  /** Bun reports a handler that threw, or a failed TLS session; either way the socket is done. */
+  onError(error: Error): void {
+    const socket = this.socket;
+    this.onClose(error);
+    socket?.terminate();
+  }
+
+  /** Closed by the peer: FIN (no error) or reset (error). */
+  onClose(error?: Error): void {
+    if (this.state === CLOSED) return;
+    const wasReady = this.state === READY;
+    this.state = CLOSED;
+    this.clearTimer();
+    this.outbox.length = 0;
+    this.wake();
+    const ex = this.ex;
+    if (ex === null) this.owner.forget(this);
+    else if (!wasReady) this.fail("CONNECT_FAILED", errorDetail(error) || "closed while connecting");
+    else if (this.reading === BODY) this.lostMidBody(error);
+    else if (this.sawResponseByte) this.fail("BAD_RESPONSE", "closed mid-head");
+    else if (this.fromPool && ex.mayRetry()) {
+      // A pooled socket the backend closed while idle: the request never got
+      // an answer, so one transparent retry on a fresh connection is safe.
+      this.ex = null;
+      this.owner.retry(ex);
+    } else {
+      this.fail("RESET_BEFORE_RESPONSE", errorDetail(error));
+    }
+  }
+
+  private lostMidBody(error: Error | undefined): void {
+    // Read-until-close bodies end with a clean close (RFC 9112 6.3 item 8).
+    if (this.framing === "close" && error === undefined) this.endBody(false);
+    else this.fail("BAD_RESPONSE", `closed mid-body ${errorDetail(error)}`);
+  }
+
+  timedOut(code: ProxyErrorCode): void {
+    this.timer = null;
+    this.fail(code);
+  }
+
+  // --- teardown ------------------------------------------------------------
+
+  /** Fails the current exchange (if any) and tears the socket down. */
+  private fail(code: ProxyErrorCode, detail?: string): void {
+    const ex = this.ex;
+    this.destroy();
+    ex?.fail(new ProxyError(code, detail));
+  }
+
+  /** Abrupt close (RST): errors, aborts, cancelled bodies, misbehaving backends. */
+  destroy(): void {
+    this.ex = null;
+    this.body = null;
+    this.reading = IDLE;
+    if (this.state === CLOSED) return;
+    this.state = CLOSED;
+    this.clearTimer();
+    this.outbox.length = 0;
+    this.wake();
+    this.socket?.terminate();
+  }
+
+  /** Graceful close (FIN) of a connection that is merely not reused. */
+  close(): void {
+    if (this.state === CLOSED) return;
+    this.state = CLOSED;
+    this.clearTimer();
+    this.socket?.end();
+  }
+
+  private clearTimer(): void {
+    if (this.timer === null) return;
+    clearTimeout(this.timer);
+    this.timer = null;
+  }
+}
+
+/**
+ * The response body stream's underlying source. Backpressure: the socket is
+ * paused when the queue is full and resumed in pull().
+ */
+class BodySource implements UnderlyingSource<Uint8Array>, BodyErrorSink {
+  controller!: ReadableStreamDefaultController<Uint8Array>;
+
+  constructor(
+    private readonly conn: Conn,
+    private readonly ex: Exchange,
+  ) {}
+
+  start(controller: ReadableStreamDefaultController<Uint8Array>): void {
+    this.controller = controller;
+  }
+
+  pull(): void {
+    this.conn.resumeFor(this);
+  }
+
+  cancel(reason: unknown): void {
+    this.ex.cancelled(reason);
+  }
+
+  error(reason: unknown): void {
+    this.controller.error(reason);
+  }
+}
+
+function toResponse(head: ResponseHead, body: UpstreamResponse["body"]): UpstreamResponse {
+  return {
+    status: head.status,
+    statusText: head.statusText,
+    headers: head.headers,
+    body,
+    contentLength: head.contentLength,
+  };
+}
+
+function joinPieces(pieces: Uint8Array[]): Uint8Array | null {
+  if (pieces.length === 0) return null;
+  if (pieces.length === 1) return pieces[0] as Uint8Array;
+  return Buffer.concat(pieces);
+}
+
+function errorDetail(error: unknown): string {
+  if (error === null || error === undefined) return "";
+  const code = (error as { code?: unknown }).code;
+  return typeof code === "string" ? code : String((error as Error).message ?? error);
+}
+
+function connectTimedOut(conn: Conn): void {
+  conn.timedOut("CONNECT_TIMEOUT");
+}
+
+function responseTimedOut(conn: Conn): void {
+  conn.timedOut("RESPONSE_TIMEOUT");
+}
+
+function ignore(): void {}
+
+const TCP_HANDLERS: SocketHandler<Conn> = {
+  open: (socket) => socket.data.onOpen(socket, true),
+  data: (socket, data) => socket.data.onData(data),
+  drain: (socket) => socket.data.onDrain(),
+  close: (socket, error) => socket.data.onClose(error),
+  error: (socket, error) => socket.data.onError(error),
+  connectError: (socket, error) => socket.data.onConnectError(error),
+};
+
+/** TLS: open fires before the handshake; the socket is ready only once the certificate is checked. */
+const TLS_HANDLERS: SocketHandler<Conn> = {
+  ...TCP_HANDLERS,
+  open: (socket) => socket.data.onOpen(socket, false),
+  handshake: (socket, success, authError) => socket.data.onHandshake(socket, success, authError),
+};

@@ -1,0 +1,175 @@
+/**
+ * One request/response exchange: the request side (head, body, replay after
+ * a stale pooled socket) and the outcome (the promise, the body stream, the
+ * abort signal). The socket side lives in connection.ts; an exchange moves
+ * to a second connection at most once (the stale-socket retry).
+ */
+import { ProxyError } from "../errors.ts";
+import type { Conn } from "./connection.ts";
+import { frameChunk, LAST_CHUNK, requestAllowsReuse } from "./serialize.ts";
+import type { RequestOptions, UpstreamRequest, UpstreamResponse, UpstreamTarget } from "./types.ts";
+
+const PENDING = 0; // waiting for the response head
+const STREAMING = 1; // promise resolved, body still arriving
+const DONE = 2;
+
+/**
+ * Stream-body bytes kept so a request can be replayed after a stale pooled
+ * socket fails. Past this the request is no longer retried (HAProxy's L7
+ * retries likewise need the request to fit one buffer).
+ */
+const REPLAY_LIMIT = 64 * 1024;
+
+/** What a response body stream exposes to the exchange. */
+export interface BodyErrorSink {
+  error(reason: unknown): void;
+}
+
+export class Exchange {
+  conn: Conn | null = null;
+  /** Already moved to a fresh connection once. */
+  retried = false;
+  readonly isHead: boolean;
+  /** The request lets the connection be reused (no Connection: close). */
+  readonly reuse: boolean;
+  private phase = PENDING;
+  private sink: BodyErrorSink | null = null;
+  /** Framed body bytes sent on a pooled connection, while a retry may still need them. */
+  private replay: Uint8Array[] | null = null;
+  private replayBytes = 0;
+  private reader: { cancel(reason?: unknown): Promise<void> } | null = null;
+  private bodySent = false;
+  private sentBytes = 0;
+
+  constructor(
+    readonly target: UpstreamTarget,
+    readonly req: UpstreamRequest,
+    readonly opts: RequestOptions,
+    private readonly head: string,
+    private readonly resolve: (res: UpstreamResponse) => void,
+    private readonly reject: (reason: unknown) => void,
+  ) {
+    this.isHead = req.method === "HEAD";
+    this.reuse = requestAllowsReuse(req);
+  }
+
+  /** Queues the whole request (or as much of a stream body as is known) on conn. */
+  writeRequest(conn: Conn): void {
+    const body = this.req.body;
+    if (body === null || body instanceof Uint8Array) {
+      conn.writeHead(this.head, body);
+      conn.endRequest();
+      return;
+    }
+    conn.writeHead(this.head, null);
+    if (this.replay !== null) for (const bytes of this.replay) conn.write(bytes);
+    // Only a request on a pooled socket can be retried, and only once.
+    this.replay = conn.fromPool && !this.retried ? [] : null;
+    this.replayBytes = 0;
+    if (this.bodySent) conn.endRequest();
+    else if (this.reader === null) this.pump(body);
+  }
+
+  /** A retry is safe only if nothing of the request is lost: stream bodies need their replay. */
+  mayRetry(): boolean {
+    return (
+      !this.retried &&
+      this.phase === PENDING &&
+      (!(this.req.body instanceof ReadableStream) || this.replay !== null)
+    );
+  }
+
+  respond(res: UpstreamResponse, sink: BodyErrorSink | null): void {
+    if (this.phase !== PENDING) return;
+    this.sink = sink;
+    if (sink === null) this.finish();
+    else this.phase = STREAMING;
+    this.resolve(res);
+  }
+
+  /** The response body was fully received. */
+  complete(): void {
+    this.finish();
+  }
+
+  /** Rejects the promise, or errors the body stream once the head was delivered. */
+  fail(reason: unknown): void {
+    if (this.phase === PENDING) this.reject(reason);
+    else if (this.phase === STREAMING) this.sink?.error(reason);
+    else return;
+    this.finish(reason);
+  }
+
+  /** The consumer cancelled the body stream (its client went away). */
+  cancelled(reason: unknown): void {
+    if (this.phase === DONE) return;
+    const conn = this.conn;
+    this.finish(reason);
+    conn?.destroy();
+  }
+
+  /** AbortSignal listener (an object listener: no closure per request). */
+  handleEvent(): void {
+    if (this.phase === DONE) return;
+    this.conn?.destroy();
+    this.fail(this.opts.signal?.reason);
+  }
+
+  private finish(reason?: unknown): void {
+    this.phase = DONE;
+    this.conn = null;
+    this.opts.signal?.removeEventListener("abort", this);
+    if (this.reader !== null && !this.bodySent) this.reader.cancel(reason).catch(ignore);
+  }
+
+  /**
+   * Streams the request body with backpressure: the next chunk is read only
+   * once the socket took the previous one, so a large upload never sits in
+   * memory. Chunked framing when the length is unknown (RFC 9112 7.1).
+   */
+  private async pump(body: ReadableStream<Uint8Array>): Promise<void> {
+    const expected = this.req.bodyLength;
+    try {
+      const reader = body.getReader();
+      this.reader = reader;
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (this.phase === DONE) return;
+        if (done) break;
+        if (value.byteLength === 0) continue;
+        this.sentBytes += value.byteLength;
+        if (expected !== null && this.sentBytes > expected)
+          throw new Error("body longer than its Content-Length");
+        if (!(await this.send(expected === null ? frameChunk(value) : value))) return;
+      }
+      if (expected !== null && this.sentBytes !== expected)
+        throw new Error("body shorter than its Content-Length");
+      if (expected === null && !(await this.send(LAST_CHUNK))) return;
+      this.bodySent = true;
+      this.conn?.endRequest();
+    } catch (err) {
+      if (this.phase === DONE) return;
+      this.conn?.destroy();
+      this.fail(
+        new ProxyError("BAD_REQUEST", `request body: ${err instanceof Error ? err.message : String(err)}`),
+      );
+    }
+  }
+
+  /** Writes on the current connection and waits until the socket took the bytes; false once the exchange ended. */
+  private async send(bytes: Uint8Array): Promise<boolean> {
+    this.remember(bytes);
+    const conn = this.conn;
+    if (conn !== null && !conn.write(bytes)) await conn.drained();
+    return this.phase !== DONE;
+  }
+
+  private remember(bytes: Uint8Array): void {
+    if (this.replay === null) return;
+    this.replayBytes += bytes.byteLength;
+    if (this.replayBytes > REPLAY_LIMIT) this.replay = null;
+    else this.replay.push(bytes);
+  }
+}
+
+function ignore(): void {}

@@ -1,0 +1,213 @@
+/**
+ * Weighted rendezvous (highest-random-weight) hashing: every backend scores
+ * every key and the key goes to the highest-scoring eligible backend. Why HRW
+ * rather than a ketama ring or Maglev: src/ring/README.md.
+ *
+ * Weighted score (Schindelhauer & Schomaker, "Weighted distributed hash
+ * tables", SPAA 2005): score = -w / ln(u), where u is the (key, backend) hash
+ * as a uniform number in (0, 1); a backend then wins a key with probability
+ * w / (sum of weights). We rank by the equivalent ln(u) / w.
+ *
+ * Speed: members are grouped by weight. Within a group the order of scores is
+ * the order of the raw 32-bit hashes, so a lookup is an integer scan plus at
+ * most one logarithm per distinct weight (none when all weights are equal).
+ */
+import { type KeyHash, memberSeed, mix, unitOf } from "./hash.ts";
+
+export interface RingMember {
+  /** Stable backend id: placement depends on it, never on list position. */
+  readonly id: string;
+  /** Relative share of keys: a finite number >= 0; 0 takes no keys. */
+  readonly weight: number;
+}
+
+const INT32_MIN = -0x80000000;
+
+export class HashRing {
+  /**
+   * The members that take keys (weight > 0) in canonical order: weight
+   * descending, then id in code-unit order. The order depends only on ids
+   * and weights, never on how the config lists them; equal scores (possible
+   * only across different weights) go to the earlier member.
+   */
+  readonly members: readonly RingMember[];
+  private readonly ids: string[];
+  private readonly seeds: Int32Array;
+  /** Members [groupStart[g], groupStart[g + 1]) share the weight 1 / groupInvWeight[g]. */
+  private readonly groupStart: Int32Array;
+  private readonly groupInvWeight: Float64Array;
+
+  /**
+   * @throws RangeError on a duplicate id, a weight that is negative, NaN or
+   *   infinite, or two ids whose 32-bit seeds collide (about 3 in 10 million
+   *   for 50 ids; renaming one fixes it).
+   */
+  constructor(members: readonly RingMember[]) {
+    const seen = new Set<string>();
+    for (const m of members) {
+      if (seen.has(m.id)) throw new RangeError(`ring: duplicate backend id "${m.id}"`);
+      seen.add(m.id);
+      if (!Number.isFinite(m.weight) || m.weight < 0) {
+        throw new RangeError(
+          `ring: backend "${m.id}" has weight ${m.weight}; it must be a finite number >= 0`,
+        );
+      }
+    }
+    const live = members
+      .filter((m) => m.weight > 0)
+      .map((m) => ({ id: m.id, weight: m.weight }))
+      .sort((a, b) => b.weight - a.weight || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    this.members = live;
+    this.ids = live.map((m) => m.id);
+    this.seeds = Int32Array.from(live, (m) => memberSeed(m.id));
+
+    const starts: number[] = [];
+    const invWeights: number[] = [];
+    live.forEach((m, i) => {
+      if (i === 0 || m.weight !== live[i - 1]?.weight) {
+        starts.push(i);
+        invWeights.push(1 / m.weight);
+      }
+    });
+    starts.push(live.length);
+    this.groupStart = Int32Array.from(starts);
+    this.groupInvWeight = Float64Array.from(invWeights);
+
+    // Equal seeds would tie on every key and one backend would never win.
+    const bySeed = new Map<number, string>();
+    this.seeds.forEach((seed, i) => {
+      const other = bySeed.get(seed);
+      if (other !== undefined) {
+        throw new RangeError(
+          `ring: backend ids "${other}" and "${this.ids[i]}" have the same ring seed; rename one`,
+        );
+      }
+      bySeed.set(seed, this.ids[i] as string);
+    });
+  }
+
+  /** Number of members that take keys. */
+  get size(): number {
+    return this.ids.length;
+  }
+
+  /**
+   * The backend for a key: the highest-scoring member for which `eligible`
+   * returns true, that is the first eligible id in `preference(keyHash)`.
+   * When a key's first choice is down, draining or in maintenance, every
+   * worker and instance picks the same next choice. `eligible` is called only
+   * for members that would beat the best so far (about ln N of them), in no
+   * particular order. Returns null when no member is eligible.
+   */
+  lookup(keyHash: KeyHash, eligible?: (id: string) => boolean): string | null {
+    const i = this.pick(keyHash, eligible, undefined);
+    return i < 0 ? null : (this.ids[i] as string);
+  }
+
+  /**
+   * Like lookup, but `accept` takes an index into `members` and the index of
+   * the winner is returned (-1 for none): for wrappers such as BoundedLoad
+   * that keep per-member state in arrays.
+   */
+  lookupIndex(keyHash: KeyHash, accept?: (index: number) => boolean): number {
+    return this.pick(keyHash, undefined, accept);
+  }
+
+  /** All member ids in the key's order of preference, best first. O(N log N). */
+  preference(keyHash: KeyHash): string[] {
+    const n = this.ids.length;
+    const scores = new Float64Array(n);
+    for (let i = 0; i < n; i++) scores[i] = this.score(keyHash, i);
+    const order = Array.from({ length: n }, (_, i) => i);
+    order.sort((a, b) => (scores[b] as number) - (scores[a] as number) || a - b);
+    return order.map((i) => this.ids[i] as string);
+  }
+
+  /** Member `index`'s score for a key, ln(u) / weight (higher wins). For tests and tools. */
+  score(keyHash: KeyHash, index: number): number {
+    const { groupStart } = this;
+    let g = 0;
+    while ((groupStart[g + 1] as number) <= index) g++;
+    return Math.log(unitOf(mix(keyHash, this.seeds[index] as number))) * (this.groupInvWeight[g] as number);
+  }
+
+  /**
+   * The arg-max of the score over accepted members (ties to the lower index).
+   * The acceptance callbacks run only for a member whose hash beats the best
+   * so far in its weight group.
+   *
+   * Across groups, scores are compared through bounds before any logarithm:
+   * (u - 1) / u <= ln(u) <= u - 1. In binary64 u - 1 is exact (34 significant
+   * bits at most) and ln(u) lies inside the bounds by a relative 2^-35 or more,
+   * far beyond the rounding of Math.log and of the division, so deciding by the
+   * bounds gives the same answer as comparing Math.log(u) / w. The bounds are
+   * tight near u = 1, where winners are, so most lookups take no logarithm.
+   */
+  private pick(
+    keyHash: KeyHash,
+    eligible: ((id: string) => boolean) | undefined,
+    accept: ((index: number) => boolean) | undefined,
+  ): number {
+    const { ids, seeds, groupStart, groupInvWeight } = this;
+    const groups = groupInvWeight.length;
+    let best = -1;
+    // The best score so far lies in [bestLow, bestHigh]; bestScore is NaN until computed.
+    let bestLow = Number.NEGATIVE_INFINITY;
+    let bestHigh = Number.NEGATIVE_INFINITY;
+    let bestScore = Number.NaN;
+    let bestU = 0;
+    let bestInvWeight = 0;
+    for (let g = 0; g < groups; g++) {
+      const end = groupStart[g + 1] as number;
+      const invWeight = groupInvWeight[g] as number;
+      // A member can beat the best only if its score's upper bound can:
+      // (u - 1) / w > bestLow, i.e. h > (1 + bestLow * w) * 2^32 - 0.5. Start
+      // the scan from that floor (less 2, to stay clear of rounding) so that
+      // hopeless members cost no callback. ">=" lets the first member of a
+      // group in even when its hash is the smallest; two members of a group
+      // never hash a key the same, so it takes no other tie.
+      let top = INT32_MIN;
+      if (best >= 0) {
+        const floor = Math.floor((1 + bestLow / invWeight) * 4294967296) - 2;
+        if (floor > 0) top = (floor + INT32_MIN) | 0;
+      }
+      let topIndex = -1;
+      for (let i = groupStart[g] as number; i < end; i++) {
+        const h = mix(keyHash, seeds[i] as number);
+        if (
+          h >= top &&
+          (eligible === undefined || eligible(ids[i] as string)) &&
+          (accept === undefined || accept(i))
+        ) {
+          top = h;
+          topIndex = i;
+        }
+      }
+      if (topIndex < 0) continue;
+      if (groups === 1) return topIndex;
+      const u = unitOf(top);
+      const high = (u - 1) * invWeight;
+      if (high <= bestLow) continue; // cannot beat the best
+      const low = ((u - 1) / u) * invWeight;
+      if (low > bestHigh) {
+        // beats the best for certain
+        best = topIndex;
+        bestLow = low;
+        bestHigh = high;
+        bestScore = Number.NaN;
+        bestU = u;
+        bestInvWeight = invWeight;
+        continue;
+      }
+      if (Number.isNaN(bestScore)) bestScore = Math.log(bestU) * bestInvWeight;
+      const s = Math.log(u) * invWeight;
+      if (s > bestScore) {
+        best = topIndex;
+        bestScore = s;
+      }
+      bestLow = bestScore;
+      bestHigh = bestScore;
+    }
+    return best;
+  }
+}
