@@ -74,6 +74,26 @@ function tableSecret(keys: readonly Buffer[], pool: string): Buffer {
     .digest();
 }
 
+function buildRule(
+  r: PersistenceRuleConfig,
+  opts: ChainOptions,
+  ids: readonly string[],
+  tableFor: (expireMs: number, maxEntries: number) => StickTable,
+): Rule {
+  switch (r.type) {
+    case "cookie":
+      if (r.mode === "insert") return new CookieInsertRule(r, opts.pool, opts.keys, ids);
+      if (r.mode === "prefix") return new CookiePrefixRule(r.name, opts.pool, opts.keys, ids);
+      return new CookieLearnRule(r.name, tableFor(r.expireMs, r.maxEntries));
+    case "url":
+      return new UrlRule(r.param, r.pathParam, tableFor(r.expireMs, r.maxEntries));
+    case "client-ip":
+      return new ClientIpRule(r.ipv4Prefix, r.ipv6Prefix);
+    case "header":
+      return new HeaderRule(r.name);
+  }
+}
+
 export class PersistenceChain {
   readonly rules: Rule[];
   readonly tables = new Map<string, StickTable>();
@@ -104,18 +124,7 @@ export class PersistenceChain {
         this.tables.set(key, table);
         return table;
       };
-      switch (r.type) {
-        case "cookie":
-          if (r.mode === "insert") return new CookieInsertRule(r, opts.pool, opts.keys, ids);
-          if (r.mode === "prefix") return new CookiePrefixRule(r.name, opts.pool, opts.keys, ids);
-          return new CookieLearnRule(r.name, tableFor(r.expireMs, r.maxEntries));
-        case "url":
-          return new UrlRule(r.param, r.pathParam, tableFor(r.expireMs, r.maxEntries));
-        case "client-ip":
-          return new ClientIpRule(r.ipv4Prefix, r.ipv6Prefix);
-        case "header":
-          return new HeaderRule(r.name);
-      }
+      return buildRule(r, opts, ids, tableFor);
     });
   }
 

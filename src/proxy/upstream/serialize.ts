@@ -29,10 +29,8 @@ export function serializeRequestHead(req: UpstreamRequest): string {
   head += "\r\n";
   // A CR or LF smuggled into the method, target or a field would start a
   // new line the backend reads as another header or another request.
-  if (
-    count(head, "\n") !== headers.length + (framing === "" ? 2 : 3) ||
-    count(head, "\r") !== count(head, "\n")
-  ) {
+  const lines = headers.length + (framing === "" ? 2 : 3);
+  if (count(head, "\n") !== lines || count(head, "\r") !== lines) {
     throw new ProxyError("BAD_REQUEST", "CR or LF in the request line or a header");
   }
   if (req.method.includes(" ") || req.target.includes(" ")) {

@@ -1,0 +1,310 @@
+/**
+ * Session persistence through a running tether: real backends, real cookies.
+ */
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { createAudit } from "../../src/audit.ts";
+import type { ConfigInput } from "../../src/config/schema.ts";
+import { startTether } from "../../src/server/app.ts";
+import { backend, rawRequest, type TestBackend } from "../support/backends.ts";
+import { memoryLogger, type Running, config as resolve, startInProcess } from "../support/tether.ts";
+
+const KEY = Buffer.alloc(32, 7).toString("base64");
+
+/** Backends that answer with their name and echo the Cookie header they received. */
+function trio(): TestBackend[] {
+  return ["b1", "b2", "b3"].map((name) =>
+    backend(
+      name,
+      (req) =>
+        new Response(name, {
+          headers: { "x-backend": name, "x-seen-cookie": req.headers.get("cookie") ?? "" },
+        }),
+    ),
+  );
+}
+
+interface Started extends Running {
+  audit: Record<string, unknown>[];
+}
+
+function start(
+  backends: TestBackend[],
+  persistence: unknown[],
+  pool: Record<string, unknown> = {},
+  extra: Partial<ConfigInput> = {},
+): Started {
+  const audit: Record<string, unknown>[] = [];
+  const input = {
+    listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+    pools: {
+      app: { backends: backends.map((b, i) => ({ id: `b${i + 1}`, url: b.url })), persistence, ...pool },
+    },
+    trustedProxies: ["127.0.0.1/32"],
+    secrets: { cookieKeys: [KEY] },
+    ...extra,
+  } as ConfigInput;
+  const log = memoryLogger();
+  const tether = startTether(resolve(input), log, {
+    audit: createAudit(undefined, (l) => audit.push(JSON.parse(l))),
+  });
+  const first = () => [...tether.listeners.values()][0];
+  return {
+    tether,
+    log,
+    audit,
+    port: () => first()?.server.port ?? 0,
+    url: () => `http://127.0.0.1:${first()?.server.port}`,
+    stop: () => tether.stop(200),
+  };
+}
+
+/** A tiny cookie jar for one client. */
+class Jar {
+  cookies = new Map<string, string>();
+  header(): string {
+    return [...this.cookies].map(([k, v]) => `${k}=${v}`).join("; ");
+  }
+  take(res: Response) {
+    for (const sc of res.headers.getSetCookie()) {
+      const [pair = ""] = sc.split(";");
+      const eq = pair.indexOf("=");
+      this.cookies.set(pair.slice(0, eq), pair.slice(eq + 1));
+    }
+  }
+  async get(url: string, headers: Record<string, string> = {}): Promise<Response> {
+    const res = await fetch(url, { headers: { ...headers, cookie: this.header() } });
+    this.take(res);
+    return res;
+  }
+}
+
+const served = (res: Response) => res.headers.get("x-backend");
+
+let cleanup: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanup.reverse()) await c();
+  cleanup = [];
+});
+const using = (b: TestBackend[], t: Started) => {
+  cleanup.push(() => {
+    for (const x of b) x.stop();
+  });
+  cleanup.push(() => t.stop());
+  return t;
+};
+
+describe("cookie insert", () => {
+  const rule = { type: "cookie", mode: "insert", name: "TETHER" };
+
+  test("with a cookie jar, 100 requests stay on one backend", async () => {
+    const b = trio();
+    const t = using(b, start(b, [rule]));
+    const jar = new Jar();
+    const seen = new Set<string | null>();
+    for (let i = 0; i < 100; i++) seen.add(served(await jar.get(`${t.url()}/`)));
+    expect(seen.size).toBe(1);
+  });
+
+  test("3,000 fresh clients spread within ±10% over 3 equal backends", async () => {
+    const b = trio();
+    const t = using(b, start(b, [rule]));
+    const counts = new Map<string, number>();
+    for (let i = 0; i < 3000; i += 50) {
+      const batch = await Promise.all(Array.from({ length: 50 }, () => fetch(`${t.url()}/`)));
+      for (const res of batch)
+        counts.set(served(res) as string, (counts.get(served(res) as string) ?? 0) + 1);
+    }
+    for (const n of counts.values()) {
+      expect(n).toBeGreaterThan(900);
+      expect(n).toBeLessThan(1100);
+    }
+  });
+
+  test("the cookie is sealed, HttpOnly, SameSite=Lax, removed before the backend, and makes the response private", async () => {
+    const b = trio();
+    const t = using(b, start(b, [rule]));
+    const first = await fetch(`${t.url()}/`);
+    const sc = first.headers.getSetCookie()[0] ?? "";
+    expect(sc).toMatch(/^TETHER=[A-Za-z0-9_-]{87}; Path=\/; HttpOnly; SameSite=Lax$/);
+    expect(sc).not.toContain("b1");
+    expect(first.headers.get("cache-control")).toBe("private");
+    const again = await fetch(`${t.url()}/`, { headers: { cookie: `${sc.split(";")[0]}; app=1` } });
+    expect(again.headers.get("x-seen-cookie")).toBe("app=1");
+    expect(again.headers.getSetCookie()).toEqual([]);
+  });
+
+  test("a tampered cookie is re-placed with a fresh cookie and audited, not followed", async () => {
+    const b = trio();
+    const t = using(b, start(b, [rule]));
+    const jar = new Jar();
+    await jar.get(`${t.url()}/`);
+    const token = jar.cookies.get("TETHER") as string;
+    const flipped = token.slice(0, 40) + (token[40] === "A" ? "B" : "A") + token.slice(41);
+    const res = await fetch(`${t.url()}/`, { headers: { cookie: `TETHER=${flipped}` } });
+    expect(res.status).toBe(200);
+    const fresh = res.headers.getSetCookie()[0] ?? "";
+    expect(fresh.startsWith("TETHER=")).toBe(true);
+    expect(fresh).not.toContain(flipped);
+    const rejected = t.audit.find((e) => e.event === "persistence.rejected");
+    expect(rejected).toMatchObject({
+      reason: "bad-mac",
+      rule: "cookie-insert",
+      pool: "app",
+      listener: "web",
+    });
+    expect(JSON.stringify(t.audit)).not.toContain(flipped);
+    expect(JSON.stringify(t.audit)).not.toContain(token);
+  });
+
+  test("garbage cookies never cause a 4xx or 5xx", async () => {
+    const b = trio();
+    const t = using(b, start(b, [rule]));
+    for (const v of ["", "x", "%%%", "A".repeat(87), "A".repeat(5000), "a=b=c", "TETHER=x; TETHER=y"]) {
+      const res = await fetch(`${t.url()}/`, { headers: { cookie: `TETHER=${v}` } });
+      expect(res.status).toBe(200);
+    }
+    const raw = await rawRequest(
+      t.port(),
+      "GET / HTTP/1.1\r\nHost: x\r\nCookie: TETHER=\u00ff💥\r\nConnection: close\r\n\r\n",
+    );
+    expect(raw).toMatch(/^HTTP\/1\.1 200/);
+  });
+
+  test("killing the pinned backend moves the session once, and it stays moved after the backend returns", async () => {
+    const b = trio();
+    const t = using(b, start(b, [rule]));
+    const jar = new Jar();
+    const home = served(await jar.get(`${t.url()}/`)) as string;
+    const victim = b[Number(home.slice(1)) - 1] as TestBackend;
+    const port = victim.server.port;
+    victim.stop();
+    const moved = served(await jar.get(`${t.url()}/`));
+    expect(moved).not.toBe(home);
+    expect(moved).not.toBeNull();
+    expect(t.audit.some((e) => e.event === "session.repinned" && e.from === home && e.to === moved)).toBe(
+      true,
+    );
+    for (let i = 0; i < 10; i++) expect(served(await jar.get(`${t.url()}/`))).toBe(moved);
+    // The old backend comes back on the same port: the session does not flap back.
+    const revived = backend(home, () => new Response(home, { headers: { "x-backend": home } }));
+    cleanup.push(() => revived.stop());
+    const reborn = Bun.serve({
+      hostname: "127.0.0.1",
+      port,
+      fetch: () => new Response(home, { headers: { "x-backend": home } }),
+    });
+    cleanup.push(() => reborn.stop(true));
+    for (let i = 0; i < 10; i++) expect(served(await jar.get(`${t.url()}/`))).toBe(moved);
+  });
+
+  test("a draining backend keeps its sessions and takes no new ones", async () => {
+    const b = trio();
+    const t = using(b, start(b, [rule]));
+    const jars = Array.from({ length: 30 }, () => new Jar());
+    const homes = await Promise.all(jars.map(async (j) => served(await j.get(`${t.url()}/`))));
+    const drained = homes[0] as string;
+    const next = resolve({
+      listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+      pools: {
+        app: {
+          backends: b.map((x, i) => ({
+            id: `b${i + 1}`,
+            url: x.url,
+            state: `b${i + 1}` === drained ? "drain" : "ready",
+          })),
+          persistence: [rule],
+        },
+      },
+      secrets: { cookieKeys: [KEY] },
+    } as ConfigInput);
+    const port = t.port();
+    await t.tether.reload({ ...next, listeners: next.listeners.map((l) => ({ ...l, port })) });
+    // Existing sessions on the draining backend stay.
+    for (let i = 0; i < jars.length; i++)
+      expect(served(await (jars[i] as Jar).get(`${t.url()}/`))).toBe(homes[i] as string);
+    // New sessions never land on it.
+    for (let i = 0; i < 60; i++) expect(served(await fetch(`${t.url()}/`))).not.toBe(drained);
+  });
+});
+
+describe("url session IDs", () => {
+  test("a query sid and a ;jsessionid= both stick", async () => {
+    const b = trio();
+    const t = using(b, start(b, [{ type: "url", param: "sid", pathParam: "jsessionid" }]));
+    for (const sid of ["alpha", "beta", "gamma", "delta"]) {
+      const q = new Set<string | null>();
+      const p = new Set<string | null>();
+      for (let i = 0; i < 10; i++) {
+        q.add(served(await fetch(`${t.url()}/cart?x=${i}&sid=${sid}`)));
+        p.add(served(await fetch(`${t.url()}/cart;jsessionid=${sid}?x=${i}`)));
+      }
+      expect(q.size).toBe(1);
+      expect(p.size).toBe(1);
+    }
+  });
+});
+
+describe("cookie learn and prefix", () => {
+  test("learn: a session cookie set by a backend routes its later requests there", async () => {
+    const b = ["b1", "b2", "b3"].map((name) =>
+      backend(name, (req) => {
+        const has = (req.headers.get("cookie") ?? "").includes("PHPSESSID=");
+        const headers = new Headers({ "x-backend": name });
+        if (!has) headers.append("set-cookie", `PHPSESSID=${name}-${crypto.randomUUID()}; Path=/`);
+        return new Response(name, { headers });
+      }),
+    );
+    const t = using(b, start(b, [{ type: "cookie", mode: "learn", name: "PHPSESSID" }]));
+    for (let c = 0; c < 5; c++) {
+      const jar = new Jar();
+      const home = served(await jar.get(`${t.url()}/`));
+      for (let i = 0; i < 10; i++) expect(served(await jar.get(`${t.url()}/`))).toBe(home);
+    }
+  });
+
+  test("prefix: the app's cookie gets an opaque route prefix out, and loses it in", async () => {
+    const b = ["b1", "b2", "b3"].map((name) =>
+      backend(name, (req) => {
+        const cookie = req.headers.get("cookie") ?? "";
+        const headers = new Headers({ "x-backend": name, "x-seen-cookie": cookie });
+        if (!cookie.includes("JSESSIONID="))
+          headers.append("set-cookie", "JSESSIONID=abc123; Path=/; HttpOnly");
+        return new Response(name, { headers });
+      }),
+    );
+    const t = using(b, start(b, [{ type: "cookie", mode: "prefix", name: "JSESSIONID" }]));
+    const jar = new Jar();
+    const first = await jar.get(`${t.url()}/`);
+    const value = jar.cookies.get("JSESSIONID") as string;
+    expect(value).toMatch(/^[A-Za-z0-9_-]{16}~abc123$/);
+    expect(first.headers.getSetCookie()[0]).toContain("; Path=/; HttpOnly");
+    const home = served(first);
+    for (let i = 0; i < 10; i++) {
+      const res = await jar.get(`${t.url()}/`);
+      expect(served(res)).toBe(home);
+      expect(res.headers.get("x-seen-cookie")).toBe("JSESSIONID=abc123");
+    }
+  });
+});
+
+describe("client-ip", () => {
+  const pairs = Array.from({ length: 20 }, (_, i) => [`198.51.${i}.10`, `198.51.${i}.200`] as const);
+  const via = (t: Started, ip: string) =>
+    fetch(`${t.url()}/`, { headers: { "x-forwarded-for": ip } }).then(served);
+
+  test("with ipv4Prefix 24, 20 pairs of addresses sharing a /24 each land together", async () => {
+    const b = trio();
+    const t = using(b, start(b, [{ type: "client-ip", ipv4Prefix: 24 }]));
+    for (const [a, c] of pairs) expect(await via(t, a)).toBe(await via(t, c));
+  });
+
+  test("with prefix 32 the same pairs do not all land together", async () => {
+    const b = trio();
+    const t = using(b, start(b, [{ type: "client-ip", ipv4Prefix: 32 }]));
+    let together = 0;
+    for (const [a, c] of pairs) if ((await via(t, a)) === (await via(t, c))) together++;
+    expect(together).toBeLessThan(pairs.length);
+  });
+});
+
+afterAll(() => {});
