@@ -7,9 +7,11 @@ import pkg from "../package.json" with { type: "json" };
 import { type Command, parseArgs, USAGE, UsageError } from "./cli/args.ts";
 import { printBanner } from "./cli/banner.ts";
 import { ensureHeaderLimit } from "./cli/header-limit.ts";
+import { route } from "./cli/route.ts";
 import { type Config, ConfigError, formatProblem, loadConfigFile } from "./config/load.ts";
 import { startDemo } from "./demo/start.ts";
 import { log } from "./log.ts";
+import { generateKey } from "./persistence/token.ts";
 import { startTether, type Tether } from "./server/app.ts";
 
 function fail(code: number, message: string): never {
@@ -89,6 +91,14 @@ async function run(cmd: Command): Promise<void> {
       load(cmd.config);
       process.stdout.write(`${cmd.config}: ok\n`);
       return;
+    case "keygen":
+      process.stdout.write(`${generateKey()}\n`);
+      return;
+    case "route": {
+      const { kind: _k, config, ...query } = cmd;
+      process.stdout.write(`${JSON.stringify(route(load(config), query))}\n`);
+      return;
+    }
     case "serve":
       return serve(cmd.config);
   }

@@ -73,6 +73,60 @@ describe("tether check", () => {
   });
 });
 
+describe("tether keygen and route", () => {
+  test("keygen prints one base64 32-byte key on a line of its own", async () => {
+    const r = await cli(["keygen"]);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^[A-Za-z0-9+/]{43}=\n$/);
+    expect(Buffer.from(r.out.trim(), "base64").length).toBe(32);
+  });
+
+  test("route explains where a request goes and why", async () => {
+    const dir = tempDir();
+    const config = {
+      ...cfg(["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"]),
+      pools: {
+        app: {
+          backends: [1, 2, 3].map((i) => ({ id: `b${i}`, url: `http://127.0.0.1:${i}` })),
+          persistence: [
+            { type: "cookie", mode: "insert", name: "TETHER" },
+            { type: "url", param: "sid" },
+            { type: "client-ip", ipv4Prefix: 24 },
+          ],
+        },
+      },
+      secrets: { cookieKeys: ["env:ROUTE_TEST_KEY"] },
+    };
+    const file = writeConfig(dir, config);
+    const env = { ROUTE_TEST_KEY: Buffer.alloc(32, 1).toString("base64") };
+    const byIp = JSON.parse(
+      (await cli(["route", "--config", file, "--pool", "app", "--ip", "10.1.2.3"], env)).out,
+    );
+    expect(byIp).toMatchObject({ pool: "app", rule: "client-ip" });
+    expect(["b1", "b2", "b3"]).toContain(byIp.backend);
+    const sameNet = JSON.parse(
+      (await cli(["route", "--config", file, "--pool", "app", "--ip", "10.1.2.99"], env)).out,
+    );
+    expect(sameNet.backend).toBe(byIp.backend);
+    const bySid = JSON.parse(
+      (await cli(["route", `--config=${file}`, "--pool", "app", "--path", "/x?sid=abc"], env)).out,
+    );
+    expect(bySid.rule).toBe("url");
+    const tampered = JSON.parse(
+      (
+        await cli(
+          ["route", "--config", file, "--pool", "app", "--cookie", "TETHER=forged", "--ip", "10.1.2.3"],
+          env,
+        )
+      ).out,
+    );
+    expect(tampered.reason).toContain("cookie-insert rejected the cookie (malformed)");
+    expect(tampered.rule).toBe("client-ip");
+    const usage = await cli(["route", "--config", file]);
+    expect(usage.code).toBe(2);
+  });
+});
+
 describe("tether serve", () => {
   const backends: TestBackend[] = [];
   afterAll(() => {

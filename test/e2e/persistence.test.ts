@@ -1,12 +1,12 @@
 /**
  * Session persistence through a running tether: real backends, real cookies.
  */
-import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { createAudit } from "../../src/audit.ts";
 import type { ConfigInput } from "../../src/config/schema.ts";
 import { startTether } from "../../src/server/app.ts";
 import { backend, rawRequest, type TestBackend } from "../support/backends.ts";
-import { memoryLogger, type Running, config as resolve, startInProcess } from "../support/tether.ts";
+import { memoryLogger, type Running, config as resolve } from "../support/tether.ts";
 
 const KEY = Buffer.alloc(32, 7).toString("base64");
 
@@ -306,5 +306,3 @@ describe("client-ip", () => {
     expect(together).toBeLessThan(pairs.length);
   });
 });
-
-afterAll(() => {});

@@ -13,10 +13,43 @@ describe("command line", () => {
     },
     { why: "--version", argv: ["--version"], want: { kind: "version" } },
     { why: "--help", argv: ["--help"], want: { kind: "help" } },
+    { why: "keygen", argv: ["keygen"], want: { kind: "keygen" } },
+    {
+      why: "route with every option, inline and separate values",
+      argv: [
+        "route",
+        "--pool=app",
+        "--cookie",
+        "T=1",
+        "--ip",
+        "10.0.0.1",
+        "--path",
+        "/?sid=x",
+        "--header",
+        "X-S: 1",
+      ],
+      want: {
+        kind: "route",
+        config: "config.json",
+        pool: "app",
+        cookies: ["T=1"],
+        ip: "10.0.0.1",
+        path: "/?sid=x",
+        headers: ["X-S: 1"],
+      },
+    },
   ];
   for (const r of rows) test(r.why, () => expect(parseArgs(r.argv)).toEqual(r.want as never));
 
-  for (const bad of [["--config"], ["--config="], ["--bogus"], ["check", "check"], ["extra"]]) {
+  for (const bad of [
+    ["--config"],
+    ["--config="],
+    ["--bogus"],
+    ["check", "check"],
+    ["extra"],
+    ["route"],
+    ["--pool", "x"],
+  ]) {
     test(`rejects ${JSON.stringify(bad)} as a usage error`, () =>
       expect(() => parseArgs(bad)).toThrow(UsageError));
   }
