@@ -10,8 +10,6 @@
  * ids: expirySec * 4096 + index. Map order is insertion order, so touching an
  * entry (delete + set) keeps the least recently used first for eviction.
  */
-import { createHmac } from "node:crypto";
-
 const MAX_BACKENDS = 4096;
 
 export interface StickEntry {
@@ -32,7 +30,8 @@ export class StickTable {
 
   /** The table key of a session ID. */
   keyOf(sessionId: string): number {
-    const mac = createHmac("sha256", this.secret).update(sessionId).digest();
+    // Bun.CryptoHasher's HMAC costs a third of node:crypto's createHmac per call here.
+    const mac = new Bun.CryptoHasher("sha256", this.secret).update(sessionId).digest();
     return mac.readUIntBE(0, 6);
   }
 

@@ -36,7 +36,25 @@ export type OpenResult =
 
 interface Key {
   id: Buffer;
+  /** The id as a number, for a cheap comparison against a token's bytes 1-4. */
+  idNumber: number;
   secret: Buffer;
+  /** Associated data for tokens under this key, computed once. */
+  aad: Buffer;
+}
+
+/** base64url alphabet membership, for a strict character check without a regex. */
+const URL_SAFE = new Uint8Array(128);
+for (const c of "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+  URL_SAFE[c.charCodeAt(0)] = 1;
+const TOKEN_CHARS = Math.ceil((TOKEN_BYTES * 4) / 3);
+
+function isUrlSafe(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c > 127 || URL_SAFE[c] !== 1) return false;
+  }
+  return true;
 }
 
 /** A stable 4-byte key id: the first bytes of SHA-256 over the key, so ids survive reordering. */
@@ -61,16 +79,19 @@ export function backendKey(backendId: string): bigint {
 
 export class TokenSealer {
   private readonly keys: Key[];
-  private readonly aadTail: Buffer;
 
   constructor(secrets: readonly Buffer[], pool: string, cookieName: string) {
     if (secrets.length === 0) throw new Error("at least one key is needed");
-    this.keys = secrets.map((secret) => ({ id: keyId(secret), secret }));
-    this.aadTail = Buffer.from(`\0${pool}\0${cookieName}`);
-  }
-
-  private aad(header: Buffer): Buffer {
-    return Buffer.concat([header.subarray(0, 5), this.aadTail]);
+    const tail = Buffer.from(`\0${pool}\0${cookieName}`);
+    this.keys = secrets.map((secret) => {
+      const id = keyId(secret);
+      return {
+        id,
+        idNumber: id.readUInt32BE(0),
+        secret,
+        aad: Buffer.concat([Buffer.from([VERSION]), id, tail]),
+      };
+    });
   }
 
   seal(claims: TokenClaims): string {
@@ -85,7 +106,7 @@ export class TokenSealer {
     plain.writeUInt32BE(claims.issuedAt >>> 0, 24);
     plain.writeUInt32BE(claims.lastSeen >>> 0, 28);
     const cipher = createCipheriv("aes-256-gcm", key.secret, out.subarray(5, HEADER));
-    cipher.setAAD(this.aad(out));
+    cipher.setAAD(key.aad);
     cipher.update(plain).copy(out, HEADER);
     cipher.final();
     cipher.getAuthTag().copy(out, HEADER + PLAIN);
@@ -94,18 +115,21 @@ export class TokenSealer {
 
   open(token: string): OpenResult {
     // Exact length and alphabet first: cheap, and it keeps garbage out of the cipher.
-    if (token.length !== 87 || !/^[A-Za-z0-9_-]+$/.test(token)) return { ok: false, reason: "malformed" };
+    if (token.length !== TOKEN_CHARS || !isUrlSafe(token)) return { ok: false, reason: "malformed" };
     const buf = Buffer.from(token, "base64url");
     if (buf.length !== TOKEN_BYTES || buf[0] !== VERSION) return { ok: false, reason: "malformed" };
-    const index = this.keys.findIndex((k) => k.id.equals(buf.subarray(1, 5)));
-    if (index === -1) return { ok: false, reason: "unknown-key" };
+    const id = buf.readUInt32BE(1);
+    let index = 0;
+    while (index < this.keys.length && (this.keys[index] as Key).idNumber !== id) index++;
+    if (index === this.keys.length) return { ok: false, reason: "unknown-key" };
     const key = this.keys[index] as Key;
     let plain: Buffer;
     try {
       const decipher = createDecipheriv("aes-256-gcm", key.secret, buf.subarray(5, HEADER));
-      decipher.setAAD(this.aad(buf));
+      decipher.setAAD(key.aad);
       decipher.setAuthTag(buf.subarray(HEADER + PLAIN));
-      plain = Buffer.concat([decipher.update(buf.subarray(HEADER, HEADER + PLAIN)), decipher.final()]);
+      plain = decipher.update(buf.subarray(HEADER, HEADER + PLAIN));
+      decipher.final(); // throws when the tag does not match
     } catch {
       return { ok: false, reason: "bad-mac" };
     }

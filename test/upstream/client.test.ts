@@ -692,6 +692,38 @@ describe("backpressure and memory", () => {
     abort.abort();
     expect(pending).rejects.toThrow();
   });
+  test("an early response ends the upload: the body is cancelled and the socket not reused", async () => {
+    let closed = 0;
+    const server = track(
+      Bun.listen({
+        hostname: "127.0.0.1",
+        port: 0,
+        socket: {
+          data(socket) {
+            socket.write("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n");
+            socket.pause(); // read nothing more: the upload backs up
+          },
+          close() {
+            closed++;
+          },
+        },
+      }),
+    );
+    const chunk = new Uint8Array(64 * 1024);
+    let cancelled = false;
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        controller.enqueue(chunk);
+      },
+      cancel() {
+        cancelled = true;
+      },
+    });
+    const res = await fresh().request(target(server.port), post(body), OPTS);
+    expect(res.status).toBe(413);
+    await until(() => cancelled && closed === 1);
+    expect(client.idleCount).toBe(0);
+  });
 });
 
 describe("TLS backends", () => {

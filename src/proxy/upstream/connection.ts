@@ -322,6 +322,9 @@ export class Conn implements Pooled {
    * The response is complete. The socket is reused only if both sides allow
    * keep-alive, the request went out whole and no byte followed the
    * response (extra bytes mean the backend and we disagree on framing).
+   * Otherwise it closes: gracefully if the exchange ended in step, with a
+   * reset if not (a backend that stopped reading our upload would never see
+   * a FIN queued behind it).
    */
   private finish(clean: boolean): void {
     this.ex = null;
@@ -331,8 +334,10 @@ export class Conn implements Pooled {
       this.paused = false;
       this.socket?.resume();
     }
-    if (clean && this.keepAlive && this.requestWritten && this.state === READY) this.owner.release(this);
-    else this.close();
+    const inStep = clean && this.requestWritten;
+    if (inStep && this.keepAlive && this.state === READY) this.owner.release(this);
+    else if (inStep) this.close();
+    else this.destroy();
   }
 
   // --- socket events -------------------------------------------------------
@@ -455,6 +460,8 @@ export class Conn implements Pooled {
     if (this.state === CLOSED) return;
     this.state = CLOSED;
     this.clearTimer();
+    this.outbox.length = 0;
+    this.wake(); // a request body still being pumped stops
     this.socket?.end();
   }
 
