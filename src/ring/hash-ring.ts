@@ -95,13 +95,21 @@ export class HashRing {
    * The backend for a key: the highest-scoring member for which `eligible`
    * returns true, that is the first eligible id in `preference(keyHash)`.
    * When a key's first choice is down, draining or in maintenance, every
-   * worker and instance picks the same next choice. `eligible` is called only
-   * for members that would beat the best so far (about ln N of them), in no
+   * worker and instance picks the same next choice. `eligible` is asked
+   * about the first choice only, unless that one is refused; then about the
+   * members that would beat the best so far (about ln N of them), in no
    * particular order. Returns null when no member is eligible.
    */
   lookup(keyHash: KeyHash, eligible?: (id: string) => boolean): string | null {
-    const i = this.pick(keyHash, eligible, undefined);
-    return i < 0 ? null : (this.ids[i] as string);
+    const ids = this.ids;
+    // Usually the first choice is eligible: find it with no callbacks, ask
+    // once, and rescan with the callback only when it is not.
+    const first = this.pick(keyHash, undefined, undefined, -1);
+    if (first < 0 || eligible === undefined || eligible(ids[first] as string)) {
+      return first < 0 ? null : (ids[first] as string);
+    }
+    const i = this.pick(keyHash, eligible, undefined, first);
+    return i < 0 ? null : (ids[i] as string);
   }
 
   /**
@@ -110,7 +118,9 @@ export class HashRing {
    * that keep per-member state in arrays.
    */
   lookupIndex(keyHash: KeyHash, accept?: (index: number) => boolean): number {
-    return this.pick(keyHash, undefined, accept);
+    const first = this.pick(keyHash, undefined, undefined, -1);
+    if (first < 0 || accept === undefined || accept(first)) return first;
+    return this.pick(keyHash, undefined, accept, first);
   }
 
   /** All member ids in the key's order of preference, best first. O(N log N). */
@@ -134,7 +144,7 @@ export class HashRing {
   /**
    * The arg-max of the score over accepted members (ties to the lower index).
    * The acceptance callbacks run only for a member whose hash beats the best
-   * so far in its weight group.
+   * so far in its weight group and could still beat the best overall.
    *
    * Across groups, scores are compared through bounds before any logarithm:
    * (u - 1) / u <= ln(u) <= u - 1. In binary64 u - 1 is exact (34 significant
@@ -147,6 +157,8 @@ export class HashRing {
     keyHash: KeyHash,
     eligible: ((id: string) => boolean) | undefined,
     accept: ((index: number) => boolean) | undefined,
+    /** A member already known to be refused. */
+    skip: number,
   ): number {
     const { ids, seeds, groupStart, groupInvWeight } = this;
     const groups = groupInvWeight.length;
@@ -176,6 +188,7 @@ export class HashRing {
         const h = mix(keyHash, seeds[i] as number);
         if (
           h >= top &&
+          i !== skip &&
           (eligible === undefined || eligible(ids[i] as string)) &&
           (accept === undefined || accept(i))
         ) {

@@ -208,8 +208,10 @@ export class Conn implements Pooled {
         shift = start - partial.length;
       }
       const end = findHeadEnd(data, from);
-      if (end < 0 || end - headStart > max) {
-        if (data.length - headStart > max) throw new HttpParseError("response head too large");
+      if (end < 0 ? data.length - headStart > max : end - headStart > max) {
+        throw new HttpParseError("response head too large");
+      }
+      if (end < 0) {
         this.partialHead = partial === null ? buf.subarray(start) : data;
         return;
       }
