@@ -735,7 +735,10 @@ describe("TLS backends", () => {
       hostname: "127.0.0.1",
       port: 0,
       tls: { key: cert.key, cert: cert.cert },
-      fetch: () => new Response("secure"),
+      fetch: (req) =>
+        new URL(req.url).pathname === "/big"
+          ? new Response(new Uint8Array(20_000_000).fill(98))
+          : new Response("secure"),
     });
   });
   afterAll(() => {
@@ -757,6 +760,17 @@ describe("TLS backends", () => {
     const t = target(server.port, { ca: cert.cert, verify: true });
     for (let i = 0; i < 3; i++) expect(await text((await client.request(t, get(), OPTS)).body)).toBe("ok");
     expect(server.connections).toBe(1);
+  });
+
+  test("a large body streams over TLS with backpressure", async () => {
+    const res = await fresh().request(target(backend.port, { verify: false }), get("/big"), OPTS);
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    let received = 0;
+    for (let r = await reader.read(); !r.done; r = await reader.read()) {
+      received += r.value.length;
+      if (received < 1_000_000) await Bun.sleep(1);
+    }
+    expect(received).toBe(20_000_000);
   });
 
   test("verify on with the CA and serverName localhost", async () => {
