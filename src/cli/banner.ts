@@ -22,6 +22,20 @@ export function printBanner(
       `  ${name.padEnd(12)} ${p.backends.map((b) => `${b.id}${b.state === "ready" ? "" : ` (${b.state})`}`).join(", ")}`,
   );
   const k = firstUrl.startsWith("https") ? "-k " : "";
+  const admin = tether.admin;
+  const adminHost = config.admin?.hostname.includes(":")
+    ? `[${config.admin.hostname}]`
+    : config.admin?.hostname;
+  // A generated token is shown here once, on stderr, so the shipped config works out of the box.
+  const adminLines = admin
+    ? [
+        "admin:",
+        `  dashboard    http://${adminHost}:${admin.port}/${admin.generated ? `#token=${admin.token}` : ""}`,
+        ...(admin.generated
+          ? ["               (token generated at start; set admin.token to choose one)"]
+          : []),
+      ]
+    : [];
   out(
     [
       "",

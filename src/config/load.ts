@@ -63,10 +63,15 @@ export interface ResolvedPool extends Omit<PoolConfig, "backends"> {
   backends: ResolvedBackend[];
 }
 
-export interface Config extends Omit<ConfigShape, "listeners" | "pools" | "secrets"> {
+export interface Config extends Omit<ConfigShape, "listeners" | "pools" | "secrets" | "admin"> {
   listeners: ResolvedListener[];
   pools: Record<string, ResolvedPool>;
-  secrets: { adminToken?: string /** Decoded 32-byte keys; the first seals. */; cookieKeys?: Buffer[] };
+  secrets: {
+    /** Decoded 32-byte keys; the first seals. */
+    cookieKeys?: Buffer[];
+  };
+  /** The admin block with its token resolved. */
+  admin?: { address: string; hostname: string; port: number; token?: string; activeWindowMs: number };
   /** Absolute path of the file this came from ("" when built from an object). */
   file: string;
   auditFile?: string;
@@ -202,10 +207,6 @@ export function resolveConfig(raw: unknown, opts: LoadOptions): Config {
   }
 
   const secrets: Config["secrets"] = {};
-  if (shape.secrets.adminToken !== undefined) {
-    const v = resolveSecret(shape.secrets.adminToken, env, "secrets.adminToken", problems);
-    if (v !== undefined) secrets.adminToken = v;
-  }
 
   if (shape.secrets.cookieKeys) {
     secrets.cookieKeys = [];
@@ -220,13 +221,23 @@ export function resolveConfig(raw: unknown, opts: LoadOptions): Config {
     });
   }
 
+  let admin: Config["admin"];
+  if (shape.admin) {
+    const token =
+      shape.admin.token === undefined
+        ? undefined
+        : resolveSecret(shape.admin.token, env, "admin.token", problems);
+    admin = { ...shape.admin, ...splitAddress(shape.admin.address), ...(token ? { token } : {}) };
+  }
+
   if (problems.length) throw new ConfigError(source, problems);
-  const { listeners: _l, pools: _p, secrets: _s, ...top } = shape;
+  const { listeners: _l, pools: _p, secrets: _s, admin: _a, ...top } = shape;
   return {
     ...top,
     listeners,
     pools,
     secrets,
+    ...(admin ? { admin } : {}),
     file: opts.source && isAbsolute(opts.source) ? opts.source : "",
     ...(shape.audit && shape.audit !== "stdout" ? { auditFile: abs(shape.audit) } : {}),
   };

@@ -26,6 +26,11 @@ const address = z
   .regex(addressPattern, "must be host:port, for example 127.0.0.1:8080 or [::1]:8080")
   .refine((s) => Number(s.slice(s.lastIndexOf(":") + 1)) <= 65535, "port must be at most 65535");
 
+export function isLoopbackAddress(addr: string): boolean {
+  const host = addr.slice(0, addr.lastIndexOf(":")).replace(/^\[|\]$/g, "");
+  return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
 /** A string that may be written "env:NAME" to read it from the environment. */
 const secretString = z
   .string()
@@ -178,6 +183,41 @@ export const persistenceRuleSchema = z.union([
   headerRule,
 ]);
 
+const healthCheckSchema = z
+  .strictObject({
+    path: z
+      .string()
+      .startsWith("/", "must start with '/'")
+      .default("/")
+      .describe("Path requested (HTTP pools)"),
+    intervalMs: durationMs(5_000, "Time between checks (default 5000)").refine(
+      (v) => v >= 100,
+      "must be at least 100",
+    ),
+    timeoutMs: durationMs(2_000, "A check slower than this fails (default 2000)").refine(
+      (v) => v >= 1,
+      "must be at least 1",
+    ),
+    rise: z
+      .number()
+      .int()
+      .min(1)
+      .default(2)
+      .describe("Consecutive successes that mark a down backend up (default 2)"),
+    fall: z
+      .number()
+      .int()
+      .min(1)
+      .default(3)
+      .describe("Consecutive failures that mark an up backend down (default 3)"),
+    expectStatus: z
+      .array(z.number().int().min(100).max(599))
+      .min(1)
+      .optional()
+      .describe("Statuses that count as healthy (default any 2xx or 3xx)"),
+  })
+  .describe("Active health checks");
+
 export const poolSchema = z.strictObject({
   backends: z.array(backendSchema).min(1, "needs at least one backend"),
   connectTimeoutMs: durationMs(5_000, "Time allowed to open a backend connection (default 5000)"),
@@ -208,6 +248,20 @@ export const poolSchema = z.strictObject({
     10_000,
     "How long a request may wait for a backend at maxConn before 503 (default 10000)",
   ),
+  healthCheck: healthCheckSchema.optional(),
+  maxFails: z
+    .number()
+    .int()
+    .min(0)
+    .default(3)
+    .describe(
+      "Passive checks: consecutive connect errors or timeouts that mark a backend down (default 3; 0 = off)",
+    ),
+  failTimeoutMs: durationMs(10_000, "How long a passively failed backend stays down (default 10000)"),
+  failOn5xx: z
+    .boolean()
+    .default(false)
+    .describe("Passive checks also count 5xx answers as failures (default false)"),
 });
 
 const routeSchema = z
@@ -271,6 +325,23 @@ export const listenerSchema = z.strictObject({
     .describe("On an http listener, answer 308 to the https URL (optionally on another port)"),
 });
 
+const adminSchema = z
+  .strictObject({
+    address: address
+      .default("127.0.0.1:9090")
+      .describe("Admin listener (default 127.0.0.1:9090; loopback unless a token is set)"),
+    token: secretString
+      .optional()
+      .describe(
+        'Bearer token for the API and dashboard; "env:NAME" recommended. Generated at start on loopback if absent',
+      ),
+    activeWindowMs: durationMs(
+      300_000,
+      "A session counts as active this long after its last request (default 300000)",
+    ),
+  })
+  .describe("The admin listener: API, metrics and dashboard");
+
 const demoSchema = z
   .strictObject({
     backends: z
@@ -304,7 +375,6 @@ export const configSchema = z
     ),
     secrets: z
       .strictObject({
-        adminToken: secretString.optional(),
         cookieKeys: z
           .array(secretString)
           .optional()
@@ -312,6 +382,7 @@ export const configSchema = z
       })
       .default({})
       .describe('Secret values; write "env:NAME" to keep them out of the file'),
+    admin: adminSchema.optional(),
     demo: demoSchema.optional(),
   })
   .superRefine((cfg, ctx) => {
@@ -346,6 +417,13 @@ export const configSchema = z
           message: "only an http listener can redirect",
         });
     });
+    if (cfg.admin && !cfg.admin.token && !isLoopbackAddress(cfg.admin.address)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["admin", "token"],
+        message: "an admin listener on a non-loopback address needs a token",
+      });
+    }
     for (const [poolName, pool] of Object.entries(cfg.pools)) {
       const ids = new Set<string>();
       pool.backends.forEach((b, i) => {

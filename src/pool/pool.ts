@@ -5,20 +5,43 @@ import type { ResolvedBackend, ResolvedPool } from "../config/load.ts";
 import type { BackendState } from "../config/schema.ts";
 import { PersistenceChain } from "../persistence/chain.ts";
 import type { UpstreamTarget } from "../proxy/upstream/types.ts";
+import { ActiveSessions } from "./active-sessions.ts";
 
-export interface Backend {
-  readonly id: string;
-  weight: number;
-  state: BackendState;
-  readonly target: UpstreamTarget;
+/** One backend's live state. The object outlives reloads while its id and address stay the same. */
+export class Backend {
   /** Requests currently being proxied to it. */
-  inflight: number;
-  /** Most requests in flight at once (Infinity: no limit). */
-  maxConn: number;
-  /** Known unreachable (set by health checking). */
-  down?: boolean;
+  inflight = 0;
   /** Callbacks waiting for a free slot under maxConn. */
-  waiters: (() => void)[];
+  readonly waiters: (() => void)[] = [];
+  /** Active health checks say it is down. */
+  activeDown = false;
+  /** Passive checks: down until this time (ms since the epoch). */
+  passiveDownUntil = 0;
+  /** Passive checks: consecutive failures so far. */
+  consecutiveFails = 0;
+  /** Counters for the admin API. */
+  requests = 0;
+  errors = 0;
+  /** When a request last arrived pinned to it (ms since the epoch; 0 = never). */
+  lastPinnedAt = 0;
+  sessions: ActiveSessions;
+
+  constructor(
+    readonly id: string,
+    public weight: number,
+    public state: BackendState,
+    readonly target: UpstreamTarget,
+    /** Most requests in flight at once (Infinity: no limit). */
+    public maxConn: number,
+    activeWindowMs: number,
+  ) {
+    this.sessions = new ActiveSessions(activeWindowMs);
+  }
+
+  /** Known unreachable, by active or passive checks. */
+  get down(): boolean {
+    return this.activeDown || (this.passiveDownUntil !== 0 && this.passiveDownUntil > Date.now());
+  }
 }
 
 export interface PoolSettings {
@@ -26,6 +49,9 @@ export interface PoolSettings {
   responseTimeoutMs: number;
   retries: number;
   queueTimeoutMs: number;
+  maxFails: number;
+  failTimeoutMs: number;
+  failOn5xx: boolean;
 }
 
 export function toTarget(b: ResolvedBackend): UpstreamTarget {
@@ -42,6 +68,7 @@ export class Pool {
   readonly backends: Backend[];
   readonly settings: PoolSettings;
   readonly chain: PersistenceChain;
+  readonly healthCheck: ResolvedPool["healthCheck"];
   private readonly byId = new Map<string, Backend>();
 
   constructor(
@@ -49,6 +76,7 @@ export class Pool {
     config: ResolvedPool,
     /** Cookie keys; the first seals. */
     cookieKeys: readonly Buffer[],
+    activeWindowMs: number,
     /** The previous generation: its backend objects are reused by id and address. */
     previous?: Pool,
   ) {
@@ -57,7 +85,11 @@ export class Pool {
       responseTimeoutMs: config.responseTimeoutMs,
       retries: config.retries,
       queueTimeoutMs: config.queueTimeoutMs,
+      maxFails: config.maxFails,
+      failTimeoutMs: config.failTimeoutMs,
+      failOn5xx: config.failOn5xx,
     };
+    this.healthCheck = config.healthCheck;
     this.backends = config.backends.map((b) => {
       const target = toTarget(b);
       const sameServer = (o: Backend) => o.id === b.id && JSON.stringify(o.target) === JSON.stringify(target);
@@ -67,10 +99,11 @@ export class Pool {
         old.weight = b.weight;
         old.state = b.state;
         old.maxConn = b.maxConn ?? Number.POSITIVE_INFINITY;
+        if (old.sessions.windowMs !== activeWindowMs) old.sessions = new ActiveSessions(activeWindowMs);
         return old;
       }
       const maxConn = b.maxConn ?? Number.POSITIVE_INFINITY;
-      return { id: b.id, weight: b.weight, state: b.state, target, inflight: 0, maxConn, waiters: [] };
+      return new Backend(b.id, b.weight, b.state, target, maxConn, activeWindowMs);
     });
     this.chain = new PersistenceChain(this.backends, {
       pool: name,

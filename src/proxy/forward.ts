@@ -5,12 +5,16 @@
  * goes to the client with hop-by-hop headers removed and the persistence
  * rules' cookies applied. Bodies stream both ways.
  */
+
+import type { Metrics } from "../admin/metrics.ts";
 import type { Audit } from "../audit.ts";
 import type { ResolvedListener } from "../config/load.ts";
 import type { Logger } from "../log.ts";
 import type { PlaceResult } from "../persistence/chain.ts";
 import type { Effect, Placement, RequestFacts, ResponseFacts } from "../persistence/types.ts";
+import type { HealthMonitor } from "../pool/health.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
+import { hashKey } from "../ring/hash.ts";
 import type { Runtime } from "../server/runtime.ts";
 import { ProxyError, proxyErrorResponse } from "./errors.ts";
 import { backendRequestHeaders, clientAddress, clientResponseHeaders, type ForwardFacts } from "./headers.ts";
@@ -22,6 +26,8 @@ export interface ProxyDeps {
   upstream: UpstreamClient;
   log: Logger;
   audit: Audit;
+  metrics: Metrics;
+  health: HealthMonitor;
 }
 
 /** What the listener knows about the request before any backend is chosen. */
@@ -182,11 +188,22 @@ async function exchange(
         responseTimeoutMs: pool.settings.responseTimeoutMs,
         signal,
       });
+      deps.health.succeeded(backend);
       return { backend, response: releaseWhenDone(response, backend), placement };
     } catch (e) {
       release(backend);
       const err = e instanceof ProxyError ? e : new ProxyError("CONNECT_FAILED", String(e));
       deps.log.warn("upstream failed", { pool: pool.name, backend: backend.id, code: err.code, attempt });
+      backend.errors++;
+      if (err.code === "CONNECT_FAILED" || err.code === "CONNECT_TIMEOUT")
+        deps.metrics.connectError(pool.name, backend.id);
+      if (
+        err.code === "CONNECT_FAILED" ||
+        err.code === "CONNECT_TIMEOUT" ||
+        err.code === "RESPONSE_TIMEOUT"
+      ) {
+        deps.health.failed(pool, backend, err.code);
+      }
       lastError = err;
       if (!retryable(err, request) || signal.aborted) break;
       placed = pool.chain.place(facts, tried, placement);
@@ -256,6 +273,8 @@ export function place(
   const placed = pool.chain.place(facts);
   const common = { listener: info.listener.name, pool: pool.name, client: facts.clientIp };
   for (const r of placed?.rejections ?? []) {
+    deps.metrics.rejected(r.reason);
+    deps.metrics.decision(pool.name, r.rule, "rejected");
     deps.audit.emit("persistence.rejected", { ...common, rule: r.rule, reason: r.reason });
     if (r.reason === "expired") deps.audit.emit("session.expired", { ...common, rule: r.rule });
   }
@@ -307,14 +326,54 @@ export async function forwardHttp(req: Request, info: RequestInfo, deps: ProxyDe
     };
     const { backend, response, placement } = await exchange(pool, placed, facts, request, req.signal, deps);
     auditPlacement(deps, info, pool, facts, placed.placement, placement);
+    record(deps, info, pool, backend, placement, response.status);
     const effects = pool.chain.remember(facts, placement, responseFacts(response, info));
     accessLog(deps, info, req, target, pool.name, backend.id, response.status);
     return toClientResponse(response, req.method, effects);
   } catch (e) {
     const err = e instanceof ProxyError ? e : new ProxyError("BAD_REQUEST", String(e));
     accessLog(deps, info, req, target, pool?.name ?? "", "", err.status, err.code);
+    deps.metrics.request(
+      info.listener.name,
+      pool?.name ?? "",
+      "",
+      err.status,
+      (performance.now() - info.startedAt) / 1000,
+    );
     return proxyErrorResponse(err);
   }
+}
+
+/** Counters, metrics and session statistics for an answered request. */
+function record(
+  deps: ProxyDeps,
+  info: RequestInfo,
+  pool: Pool,
+  backend: Backend,
+  placement: Placement,
+  status: number,
+) {
+  backend.requests++;
+  if (status >= 500) {
+    backend.errors++;
+    if (pool.settings.failOn5xx) deps.health.failed(pool, backend, `status ${status}`);
+  }
+  deps.metrics.request(
+    info.listener.name,
+    pool.name,
+    backend.id,
+    status,
+    (performance.now() - info.startedAt) / 1000,
+  );
+  if (pool.chain.rules.length === 0) return;
+  const now = Date.now();
+  const pinned = placement.decisions.find((d) => d.kind !== "none");
+  if (placement.outcome === "hit" && pinned?.kind === "pinned") backend.lastPinnedAt = now;
+  const outcome =
+    placement.outcome === "repinned" ? "repinned" : placement.outcome === "new" ? "miss" : "hit";
+  deps.metrics.decision(pool.name, placement.rule === "new" ? "none" : placement.rule, outcome);
+  const sessionId = placement.sessionKey ? Buffer.from(placement.sessionKey).toString("hex") : pinned?.key;
+  if (sessionId) backend.sessions.add(hashKey(sessionId), now);
 }
 
 function accessLog(

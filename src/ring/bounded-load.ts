@@ -26,11 +26,17 @@ import type { HashRing } from "./hash-ring.ts";
 export const DEFAULT_HASH_BALANCE_FACTOR = 1.25;
 
 export class BoundedLoad {
+  private readonly ids: readonly string[];
+  private readonly weights: Float64Array;
+  /** Per-pick scratch, indexed like ring.members. */
   private readonly eligibleFlags: Uint8Array;
-  private readonly caps: Float64Array;
   private readonly loads: Float64Array;
+  /** factor × (total in-flight + 1) / sum of eligible weights, for the pick under way. */
+  private scale = 0;
+  // The small slack keeps float error (1.1 * 10 = 11.000000000000002) from adding one to a cap.
   private readonly underCap = (i: number): boolean =>
-    this.eligibleFlags[i] === 1 && (this.loads[i] as number) < (this.caps[i] as number);
+    this.eligibleFlags[i] === 1 &&
+    (this.loads[i] as number) < Math.ceil(this.scale * (this.weights[i] as number) - 1e-9);
   private readonly isEligible = (i: number): boolean => this.eligibleFlags[i] === 1;
 
   /**
@@ -51,46 +57,42 @@ export class BoundedLoad {
     if (!(factor === 0 || (Number.isFinite(factor) && factor >= 1))) {
       throw new RangeError(`hashBalanceFactor must be 0 (off) or a number >= 1, got ${factor}`);
     }
-    const n = ring.size;
-    this.eligibleFlags = new Uint8Array(n);
-    this.caps = new Float64Array(n);
-    this.loads = new Float64Array(n);
+    this.ids = ring.members.map((m) => m.id);
+    this.weights = Float64Array.from(ring.members, (m) => m.weight);
+    this.eligibleFlags = new Uint8Array(ring.size);
+    this.loads = new Float64Array(ring.size);
   }
 
   /**
    * The backend for a new session with this key: the first eligible backend
    * in the key's preference order whose in-flight load is under its cap.
    * With factor 0, or when every load is 0, that is ring.lookup(keyHash,
-   * eligible). Returns null when no backend is eligible. O(N) calls of
-   * `eligible` and `load`.
+   * eligible). Returns null when no backend is eligible. Costs one call of
+   * `eligible` and of `load` per backend (the average needs every load).
    */
   pick(keyHash: KeyHash, eligible?: (id: string) => boolean): string | null {
-    const { ring, factor } = this;
+    const { ring, factor, ids, weights, eligibleFlags, loads } = this;
     if (factor === 0) return ring.lookup(keyHash, eligible);
-    const members = ring.members;
-    const { eligibleFlags, loads, caps } = this;
     let total = 0;
     let weightSum = 0;
-    for (let i = 0; i < members.length; i++) {
-      const m = members[i] as (typeof members)[number];
-      const ok = eligible === undefined || eligible(m.id);
-      eligibleFlags[i] = ok ? 1 : 0;
-      if (!ok) continue;
-      const l = this.load(m.id);
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i] as string;
+      if (eligible !== undefined && !eligible(id)) {
+        eligibleFlags[i] = 0;
+        continue;
+      }
+      eligibleFlags[i] = 1;
+      const l = this.load(id);
       loads[i] = l;
       total += l;
-      weightSum += m.weight;
+      weightSum += weights[i] as number;
     }
     if (weightSum === 0) return null;
-    const scale = (factor * (total + 1)) / weightSum;
-    for (let i = 0; i < members.length; i++) {
-      // The small slack keeps float error (1.1 * 10 = 11.000000000000002) from adding one to the cap.
-      caps[i] = Math.ceil(scale * (members[i] as (typeof members)[number]).weight - 1e-9);
-    }
+    this.scale = (factor * (total + 1)) / weightSum;
     let i = ring.lookupIndex(keyHash, this.underCap);
     // With factor >= 1 the caps add up to more than the total load, so some
     // backend is under its cap; only odd loads (negative, NaN) get here.
     if (i < 0) i = ring.lookupIndex(keyHash, this.isEligible);
-    return i < 0 ? null : (members[i] as (typeof members)[number]).id;
+    return i < 0 ? null : (ids[i] as string);
   }
 }

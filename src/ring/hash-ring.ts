@@ -104,7 +104,7 @@ export class HashRing {
     const ids = this.ids;
     // Usually the first choice is eligible: find it with no callbacks, ask
     // once, and rescan with the callback only when it is not.
-    const first = this.pick(keyHash, undefined, undefined, -1);
+    const first = this.first(keyHash);
     if (first < 0 || eligible === undefined || eligible(ids[first] as string)) {
       return first < 0 ? null : (ids[first] as string);
     }
@@ -118,7 +118,7 @@ export class HashRing {
    * that keep per-member state in arrays.
    */
   lookupIndex(keyHash: KeyHash, accept?: (index: number) => boolean): number {
-    const first = this.pick(keyHash, undefined, undefined, -1);
+    const first = this.first(keyHash);
     if (first < 0 || accept === undefined || accept(first)) return first;
     return this.pick(keyHash, undefined, accept, first);
   }
@@ -139,6 +139,23 @@ export class HashRing {
     let g = 0;
     while ((groupStart[g + 1] as number) <= index) g++;
     return Math.log(unitOf(mix(keyHash, this.seeds[index] as number))) * (this.groupInvWeight[g] as number);
+  }
+
+  /** The first choice: pick() without callbacks, for the common case. */
+  private first(keyHash: KeyHash): number {
+    const { seeds, groupInvWeight } = this;
+    if (groupInvWeight.length !== 1) return this.pick(keyHash, undefined, undefined, -1);
+    const n = seeds.length;
+    let top = INT32_MIN;
+    let best = -1;
+    for (let i = 0; i < n; i++) {
+      const h = mix(keyHash, seeds[i] as number);
+      if (h >= top) {
+        top = h;
+        best = i;
+      }
+    }
+    return best;
   }
 
   /**

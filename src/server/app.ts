@@ -2,9 +2,16 @@
  * The running proxy: its listeners, the live Runtime, reload and shutdown.
  */
 import { randomBytes } from "node:crypto";
+import type { Server } from "bun";
+import { dashboardHtml } from "../admin/dashboard.ts";
+import { Metrics } from "../admin/metrics.ts";
+import { startAdmin } from "../admin/server.ts";
 import { type Audit, createAudit } from "../audit.ts";
 import type { Config, ResolvedListener } from "../config/load.ts";
+import type { BackendState } from "../config/schema.ts";
 import type { Logger } from "../log.ts";
+import { HealthMonitor } from "../pool/health.ts";
+import type { ProxyDeps } from "../proxy/forward.ts";
 import { UpstreamClient } from "../proxy/upstream/client.ts";
 import { type ListenerHandle, startListener } from "./listener.ts";
 import { buildRuntime, type Runtime } from "./runtime.ts";
@@ -12,6 +19,8 @@ import { buildRuntime, type Runtime } from "./runtime.ts";
 export interface Tether {
   readonly runtime: Runtime;
   readonly listeners: ReadonlyMap<string, ListenerHandle>;
+  /** The admin listener, when configured: its port and token (generated when the config has none). */
+  readonly admin: { port: number; token: string; generated: boolean } | null;
   /** Swaps in a new config; listeners whose socket settings changed are reopened. */
   reload(config: Config): Promise<void>;
   /** Stops accepting, lets in-flight requests finish for up to graceMs, then closes everything. */
@@ -63,12 +72,55 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       consequence: "sessions will not survive a restart or span instances; run `tether keygen`",
     });
   }
-  let runtime = buildRuntime(config, undefined, fallbackKeys);
+  // Backend states set through the admin API outlive reloads: "pool\0id" → state.
+  const operatorStates = new Map<string, BackendState>();
+  const build = (c: Config, previous?: Runtime) => {
+    const r = buildRuntime(c, previous, fallbackKeys);
+    for (const pool of r.pools.values()) {
+      for (const b of pool.backends) {
+        const s = operatorStates.get(`${pool.name}\0${b.id}`);
+        if (s) b.state = s;
+      }
+    }
+    return r;
+  };
+  let runtime = build(config);
+  const current = () => runtime;
   const upstream = new UpstreamClient();
   const audit = opts.audit ?? createAudit(config.auditFile ?? config.audit);
-  const deps = { upstream, log, audit };
+  const metrics = new Metrics(current);
+  const health = new HealthMonitor(current, log, audit);
+  const deps: ProxyDeps = { upstream, log, audit, metrics, health };
   const listeners = new Map<string, ListenerHandle>();
-  const current = () => runtime;
+  health.start();
+
+  let admin: { server: Server<undefined>; token: string; generated: boolean } | null = null;
+  if (config.admin) {
+    const generated = !config.admin.token;
+    const token = config.admin.token ?? randomBytes(24).toString("base64url");
+    const server = startAdmin(
+      config.admin,
+      {
+        current,
+        token,
+        metrics,
+        dashboardHtml,
+        setState(pool, backend, state) {
+          const before = backend.state;
+          backend.state = state;
+          operatorStates.set(`${pool.name}\0${backend.id}`, state);
+          if (before !== state) {
+            const fields = { pool: pool.name, backend: backend.id, from: before, state, by: "admin" };
+            log.info("backend state changed", fields);
+            audit.emit("backend.state", fields);
+          }
+        },
+      },
+      log,
+    );
+    if (generated) log.warn("admin token generated at start; the dashboard URL with it is printed on stderr");
+    admin = { server, token, generated };
+  }
 
   const open = (l: ResolvedListener) => {
     // reusePort lets a replacement listener bind the same port before the old one closes, so a reload drops nothing.
@@ -87,6 +139,8 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     for (const l of config.listeners) open(l);
   } catch (e) {
     for (const h of listeners.values()) h.server.stop(true);
+    health.stop();
+    admin?.server.stop(true);
     throw e;
   }
 
@@ -95,6 +149,9 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       return runtime;
     },
     listeners,
+    get admin() {
+      return admin ? { port: admin.server.port ?? 0, token: admin.token, generated: admin.generated } : null;
+    },
     async reload(next: Config) {
       const nextNames = new Set(next.listeners.map((l) => l.name));
       const retiring: ListenerHandle[] = [];
@@ -126,7 +183,8 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
           current: runtime.config.maxHeaderBytes,
         });
       }
-      runtime = buildRuntime(next, runtime, fallbackKeys);
+      runtime = build(next, runtime);
+      health.start();
       for (const h of retiring) {
         log.info("listener closing", { name: h.config.name, port: h.server.port });
         void drain(h, next.shutdownGraceMs);
@@ -135,6 +193,8 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     async stop(graceMs = runtime.config.shutdownGraceMs) {
       await Promise.all([...listeners.values()].map((h) => drain(h, graceMs)));
       listeners.clear();
+      health.stop();
+      admin?.server.stop(true);
       upstream.close();
     },
   };

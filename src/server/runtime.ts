@@ -26,9 +26,10 @@ export function buildRuntime(
   fallbackKeys: readonly Buffer[],
 ): Runtime {
   const keys = config.secrets.cookieKeys?.length ? config.secrets.cookieKeys : fallbackKeys;
+  const activeWindowMs = config.admin?.activeWindowMs ?? 300_000;
   const pools = new Map<string, Pool>();
   for (const [name, pool] of Object.entries(config.pools)) {
-    pools.set(name, new Pool(name, pool, keys, previous?.pools.get(name)));
+    pools.set(name, new Pool(name, pool, keys, activeWindowMs, previous?.pools.get(name)));
   }
   const routers = new Map<string, Router>();
   const listeners = new Map<string, ResolvedListener>();

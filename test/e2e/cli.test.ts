@@ -53,7 +53,7 @@ describe("tether check", () => {
   test("an env: secret whose variable is unset is a config error naming it", async () => {
     const file = writeConfig(
       tempDir(),
-      cfg(["http://127.0.0.1:1"], { secrets: { adminToken: "env:TETHER_NOT_SET_X" } }),
+      cfg(["http://127.0.0.1:1"], { admin: { token: "env:TETHER_NOT_SET_X" } }),
     );
     const r = await cli(["check", "--config", file]);
     expect(r.code).toBe(2);

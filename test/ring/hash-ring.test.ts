@@ -320,6 +320,17 @@ describe("eligibility and preference order", () => {
     );
   });
 
+  test("lookupIndex returns the index in members of what lookup returns", () => {
+    const ms = members(["a", "b", "c", "d", "e"], [1, 2, 2, 3, 1]);
+    const ring = new HashRing(ms);
+    const notB = (i: number) => ring.members[i]?.id !== "b";
+    for (const k of sessionKeyHashes(5, 500)) {
+      expect(ring.members[ring.lookupIndex(k)]?.id).toBe(ring.lookup(k) as string);
+      expect(ring.members[ring.lookupIndex(k, notB)]?.id).toBe(ring.lookup(k, (id) => id !== "b") as string);
+    }
+    expect(ring.lookupIndex(1, () => false)).toBe(-1);
+  });
+
   test("preference() lists every weighted member exactly once", () => {
     const ms = members(["a", "b", "c", "d", "e", "off"], [1, 2, 2, 3, 1, 0]);
     const ring = new HashRing(ms);

@@ -94,8 +94,8 @@ describe("config validation", () => {
     },
     {
       why: "an unset env: secret names the variable",
-      edit: (c) => (c.secrets = { adminToken: "env:TETHER_TEST_UNSET_VAR" }),
-      expected: "secrets.adminToken: environment variable TETHER_TEST_UNSET_VAR is not set",
+      edit: (c) => (c.admin = { token: "env:TETHER_TEST_UNSET_VAR" }),
+      expected: "admin.token: environment variable TETHER_TEST_UNSET_VAR is not set",
     },
     {
       why: "a certificate file that does not exist names the field and the file",
@@ -129,9 +129,9 @@ describe("config validation", () => {
   });
 
   test("env: secrets are read from the environment", () => {
-    const raw: any = { ...base(), secrets: { adminToken: "env:TOKEN_FOR_TEST" } };
+    const raw: any = { ...base(), admin: { token: "env:TOKEN_FOR_TEST" } };
     const cfg = resolveConfig(raw, { baseDir: REPO, env: { TOKEN_FOR_TEST: "s3cret" } });
-    expect(cfg.secrets.adminToken).toBe("s3cret");
+    expect(cfg.admin?.token).toBe("s3cret");
   });
 
   test("relative certificate paths resolve against the config file's folder", () => {

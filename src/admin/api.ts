@@ -1,0 +1,150 @@
+/**
+ * The admin API: read pools, backends and sessions; change a backend's state;
+ * Prometheus metrics. Every /api and /metrics route needs the Bearer token;
+ * /healthz and the dashboard page do not (the page asks for the token).
+ */
+import { createHash, timingSafeEqual } from "node:crypto";
+import type { BackendState } from "../config/schema.ts";
+import type { Backend, Pool } from "../pool/pool.ts";
+import type { Runtime } from "../server/runtime.ts";
+import type { Metrics } from "./metrics.ts";
+
+export interface AdminContext {
+  current(): Runtime;
+  token: string;
+  metrics: Metrics;
+  dashboardHtml: string;
+  /** Applies an operator's state change; it outlives reloads. */
+  setState(pool: Pool, backend: Backend, state: BackendState): void;
+}
+
+const STATES: readonly BackendState[] = ["ready", "drain", "maint"];
+
+const json = (body: unknown, status = 200) =>
+  new Response(`${JSON.stringify(body)}\n`, {
+    status,
+    headers: { "content-type": "application/json", "cache-control": "no-store" },
+  });
+const problem = (status: number, error: string) => json({ error }, status);
+
+/** Constant-time comparison: both sides are hashed to equal length first. */
+export function tokenMatches(header: string | null, token: string): boolean {
+  if (!header?.startsWith("Bearer ")) return false;
+  const a = createHash("sha256").update(header.slice(7)).digest();
+  const b = createHash("sha256").update(token).digest();
+  return timingSafeEqual(a, b);
+}
+
+export function backendView(pool: Pool, b: Backend, now = Date.now()) {
+  const t = b.target;
+  const host = t.hostname.includes(":") ? `[${t.hostname}]` : t.hostname;
+  return {
+    pool: pool.name,
+    id: b.id,
+    url: `${t.tls ? "https" : "http"}://${host}:${t.port}`,
+    state: b.state,
+    health: b.down ? "down" : "up",
+    weight: b.weight,
+    inflight: b.inflight,
+    activeSessions: b.sessions.count(now),
+    requests: b.requests,
+    errors: b.errors,
+    lastPinnedAt: b.lastPinnedAt ? new Date(b.lastPinnedAt).toISOString() : null,
+  };
+}
+
+/** Validates a PUT body: exactly {"state": "ready" | "drain" | "maint"}. */
+export function parseStateBody(text: string): { state: BackendState } | { error: string } {
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    return { error: 'body must be JSON, for example {"state": "drain"}' };
+  }
+  if (typeof body !== "object" || body === null || Array.isArray(body))
+    return { error: "body must be a JSON object" };
+  const extra = Object.keys(body).filter((k) => k !== "state");
+  if (extra.length) return { error: `unknown key "${extra[0]}"` };
+  const state = (body as { state?: unknown }).state;
+  if (typeof state !== "string" || !STATES.includes(state as BackendState)) {
+    return { error: 'state must be "ready", "drain" or "maint"' };
+  }
+  return { state: state as BackendState };
+}
+
+export async function handleAdmin(req: Request, ctx: AdminContext): Promise<Response> {
+  const url = new URL(req.url);
+  const path = url.pathname;
+  if (path === "/healthz") return new Response("ok\n");
+  if (path === "/" && req.method === "GET") {
+    return new Response(ctx.dashboardHtml, {
+      headers: {
+        "content-type": "text/html; charset=utf-8",
+        "cache-control": "no-store",
+        // The page loads nothing from elsewhere; say so to the browser.
+        "content-security-policy":
+          "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
+        "referrer-policy": "no-referrer",
+      },
+    });
+  }
+  if (!path.startsWith("/api/") && path !== "/metrics") return problem(404, "not found");
+  if (!tokenMatches(req.headers.get("authorization"), ctx.token)) {
+    return new Response(`${JSON.stringify({ error: "unauthorized" })}\n`, {
+      status: 401,
+      headers: { "content-type": "application/json", "www-authenticate": 'Bearer realm="tether"' },
+    });
+  }
+  const runtime = ctx.current();
+  const now = Date.now();
+  if (path === "/metrics" && req.method === "GET") {
+    return new Response(await ctx.metrics.text(), {
+      headers: { "content-type": ctx.metrics.registry.contentType },
+    });
+  }
+  if (path === "/api/pools" && req.method === "GET") {
+    const pools = [...runtime.pools.values()].map((p) => ({
+      name: p.name,
+      rules: p.chain.rules.map((r) => r.name),
+      backends: p.backends.map((b) => backendView(p, b, now)),
+    }));
+    return json({ pools });
+  }
+  if (path === "/api/backends" && req.method === "GET") {
+    return json({
+      backends: [...runtime.pools.values()].flatMap((p) => p.backends.map((b) => backendView(p, b, now))),
+    });
+  }
+  if (path === "/api/sessions" && req.method === "GET") {
+    const name = url.searchParams.get("pool");
+    const pool = name ? runtime.pools.get(name) : undefined;
+    if (!pool)
+      return problem(
+        name ? 404 : 400,
+        name ? `no pool named "${name}"` : "the pool query parameter is required",
+      );
+    const learned = Object.fromEntries([...pool.chain.tables].map(([k, t]) => [k, t.size]));
+    return json({
+      pool: pool.name,
+      activeWindowMs: runtime.config.admin?.activeWindowMs ?? 300_000,
+      backends: pool.backends.map((b) => ({
+        id: b.id,
+        state: b.state,
+        activeSessions: b.sessions.count(now),
+      })),
+      learnedEntries: learned,
+    });
+  }
+  const m = /^\/api\/backends\/([^/]+)\/([^/]+)$/.exec(path);
+  if (m) {
+    if (req.method !== "PUT") return problem(405, 'use PUT with {"state": ...}');
+    const pool = runtime.pools.get(decodeURIComponent(m[1] as string));
+    const backend = pool?.get(decodeURIComponent(m[2] as string));
+    if (!pool || !backend) return problem(404, "no such pool or backend");
+    const parsed = parseStateBody(await req.text());
+    if ("error" in parsed) return problem(400, parsed.error);
+    ctx.setState(pool, backend, parsed.state);
+    return json({ backend: backendView(pool, backend, now) });
+  }
+  return problem(404, "not found");
+}
