@@ -43,6 +43,7 @@ export function printBanner(
       ...lines,
       "pools:",
       ...pools,
+      ...adminLines,
       ...(config.demo ? ['demo backends are running (delete the "demo" block in real deployments)'] : []),
       "",
       "try:",
