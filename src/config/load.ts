@@ -40,6 +40,8 @@ export interface ResolvedBackend extends BackendConfig {
   hostname: string;
   port: number;
   secure: boolean;
+  /** A tcp:// backend of a tls-passthrough pool. */
+  tcp: boolean;
   /** Origin with a trailing slash removed, e.g. "http://127.0.0.1:9001". */
   origin: string;
   caPem?: string;
@@ -196,6 +198,7 @@ export function resolveConfig(raw: unknown, opts: LoadOptions): Config {
           ...b,
           hostname: u.hostname.replace(/^\[|\]$/g, ""),
           port: u.port ? Number(u.port) : secure ? 443 : 80,
+          tcp: u.protocol === "tcp:",
           secure,
           origin: u.origin,
         };

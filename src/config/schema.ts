@@ -42,8 +42,8 @@ const backendUrl = z
   .refine((s) => {
     if (!URL.canParse(s)) return false;
     const u = new URL(s);
-    return (u.protocol === "http:" || u.protocol === "https:") && u.hostname !== "";
-  }, "must be an http or https URL")
+    return (u.protocol === "http:" || u.protocol === "https:" || u.protocol === "tcp:") && u.hostname !== "";
+  }, "must be an http or https URL (or tcp://host:port in a tls-passthrough pool)")
   .refine((s) => {
     if (!URL.canParse(s)) return true;
     const u = new URL(s);
@@ -170,6 +170,9 @@ const clientIpRule = z
       .describe("Bits of an IPv6 address kept (default 64)"),
   })
   .describe("A hash of the masked client address");
+const tlsSessionRule = z
+  .strictObject({ type: z.literal("tls-session"), ...tableOptions })
+  .describe("TLS passthrough: a resumed TLS 1.2 session ID goes back to the backend that issued it");
 const headerRule = z
   .strictObject({ type: z.literal("header"), name: z.string().min(1).describe("Request header to hash") })
   .describe("A hash of a request header's value");
@@ -181,6 +184,7 @@ export const persistenceRuleSchema = z.union([
   urlRule,
   clientIpRule,
   headerRule,
+  tlsSessionRule,
 ]);
 
 const healthCheckSchema = z
@@ -262,6 +266,10 @@ export const poolSchema = z.strictObject({
     .boolean()
     .default(false)
     .describe("Passive checks also count 5xx answers as failures (default false)"),
+  sendProxyProtocol: z
+    .enum(["v1", "v2"])
+    .optional()
+    .describe("tls-passthrough pools: send a PROXY protocol header so backends see the client address"),
 });
 
 const routeSchema = z
@@ -296,7 +304,16 @@ const hstsSchema = z.strictObject({
 
 export const listenerSchema = z.strictObject({
   name,
-  protocol: z.enum(["http", "https"]),
+  protocol: z
+    .enum(["http", "https", "tls-passthrough"])
+    .describe(
+      "http, https (tether terminates TLS), or tls-passthrough (layer 4, routed by SNI, never decrypted)",
+    ),
+  proxyProtocol: z
+    .boolean()
+    .default(false)
+    .describe("tls-passthrough: accept a PROXY protocol v1/v2 header from a load balancer in front"),
+  helloTimeoutMs: durationMs(5_000, "tls-passthrough: time allowed for the whole ClientHello (default 5000)"),
   address,
   pool: name.describe("Pool used when no route matches"),
   routes: z.array(routeSchema).default([]).describe("Host and path-prefix routes; first match wins"),
@@ -410,6 +427,43 @@ export const configSchema = z
         });
       if (l.protocol === "http" && l.tls)
         ctx.addIssue({ code: "custom", path: at("tls"), message: 'tls is only for "protocol": "https"' });
+      if (l.protocol === "tls-passthrough") {
+        if (l.tls)
+          ctx.addIssue({
+            code: "custom",
+            path: at("tls"),
+            message: "a tls-passthrough listener never decrypts",
+          });
+        l.routes.forEach((r, j) => {
+          if (r.pathPrefix !== undefined)
+            ctx.addIssue({
+              code: "custom",
+              path: at("routes", j, "pathPrefix"),
+              message: "a tls-passthrough listener routes by SNI host only",
+            });
+        });
+      } else if (l.proxyProtocol) {
+        ctx.addIssue({
+          code: "custom",
+          path: at("proxyProtocol"),
+          message:
+            "only a tls-passthrough listener can read the PROXY protocol (Bun.serve parses HTTP first)",
+        });
+      }
+      const wantTcp = l.protocol === "tls-passthrough";
+      for (const [j, poolName] of [[-1, l.pool] as const, ...l.routes.map((r, j) => [j, r.pool] as const)]) {
+        const pool = cfg.pools[poolName];
+        if (!pool) continue;
+        const isTcp = pool.backends.every((b) => b.url.startsWith("tcp:"));
+        if (isTcp !== wantTcp)
+          ctx.addIssue({
+            code: "custom",
+            path: j === -1 ? at("pool") : at("routes", j, "pool"),
+            message: wantTcp
+              ? `pool "${poolName}" must hold tcp:// backends for a tls-passthrough listener`
+              : `pool "${poolName}" holds tcp:// backends, which only a tls-passthrough listener can use`,
+          });
+      }
       if (l.protocol === "https" && l.redirectToHttps !== false)
         ctx.addIssue({
           code: "custom",
@@ -425,6 +479,19 @@ export const configSchema = z
       });
     }
     for (const [poolName, pool] of Object.entries(cfg.pools)) {
+      const tcp = pool.backends.filter((b) => b.url.startsWith("tcp:")).length;
+      if (tcp !== 0 && tcp !== pool.backends.length)
+        ctx.addIssue({
+          code: "custom",
+          path: ["pools", poolName, "backends"],
+          message: "a pool holds tcp:// backends or http(s):// backends, never both",
+        });
+      if (pool.sendProxyProtocol && tcp === 0)
+        ctx.addIssue({
+          code: "custom",
+          path: ["pools", poolName, "sendProxyProtocol"],
+          message: "the PROXY protocol is sent only to tcp:// backends",
+        });
       const ids = new Set<string>();
       pool.backends.forEach((b, i) => {
         const at = ["pools", poolName, "backends", i];

@@ -21,6 +21,7 @@ import { CookieLearnRule } from "./cookie-learn.ts";
 import { CookiePrefixRule } from "./cookie-prefix.ts";
 import { HeaderRule } from "./header.ts";
 import { StickTable } from "./stick-table.ts";
+import { TlsSessionRule } from "./tls-session.ts";
 import type {
   Decision,
   Effect,
@@ -91,6 +92,8 @@ function buildRule(
       return new ClientIpRule(r.ipv4Prefix, r.ipv6Prefix);
     case "header":
       return new HeaderRule(r.name);
+    case "tls-session":
+      return new TlsSessionRule(tableFor(r.expireMs, r.maxEntries));
   }
 }
 

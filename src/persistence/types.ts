@@ -3,7 +3,14 @@
  * facts and return a decision, and read response facts and return effects.
  * One place (chain.ts and the forwarder) applies the effects.
  */
-export type RuleName = "cookie-insert" | "cookie-prefix" | "cookie-learn" | "url" | "client-ip" | "header";
+export type RuleName =
+  | "cookie-insert"
+  | "cookie-prefix"
+  | "cookie-learn"
+  | "url"
+  | "client-ip"
+  | "header"
+  | "tls-session";
 
 export type RejectReason = "malformed" | "bad-mac" | "expired" | "unknown-key" | "unknown-backend";
 
@@ -16,6 +23,8 @@ export interface RequestFacts {
   headers: Headers;
   /** Seconds since the epoch. */
   nowSec: number;
+  /** TLS passthrough: the ClientHello's legacy session ID (hex), when non-empty. */
+  tlsSessionId?: string;
 }
 
 export type Decision =

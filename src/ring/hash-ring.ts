@@ -22,6 +22,9 @@ export interface RingMember {
 }
 
 const INT32_MIN = -0x80000000;
+/** Scores are negative: these widen a bound interval outward by a relative 2^-40. */
+const WIDEN_HIGH = 1 - 2 ** -40;
+const WIDEN_LOW = 1 + 2 ** -40;
 
 export class HashRing {
   /**
@@ -33,8 +36,9 @@ export class HashRing {
   readonly members: readonly RingMember[];
   private readonly ids: string[];
   private readonly seeds: Int32Array;
-  /** Members [groupStart[g], groupStart[g + 1]) share the weight 1 / groupInvWeight[g]. */
+  /** Members [groupStart[g], groupStart[g + 1]) share the weight groupWeight[g]. */
   private readonly groupStart: Int32Array;
+  private readonly groupWeight: Float64Array;
   private readonly groupInvWeight: Float64Array;
 
   /**
@@ -62,16 +66,17 @@ export class HashRing {
     this.seeds = Int32Array.from(live, (m) => memberSeed(m.id));
 
     const starts: number[] = [];
-    const invWeights: number[] = [];
+    const weights: number[] = [];
     live.forEach((m, i) => {
       if (i === 0 || m.weight !== live[i - 1]?.weight) {
         starts.push(i);
-        invWeights.push(1 / m.weight);
+        weights.push(m.weight);
       }
     });
     starts.push(live.length);
     this.groupStart = Int32Array.from(starts);
-    this.groupInvWeight = Float64Array.from(invWeights);
+    this.groupWeight = Float64Array.from(weights);
+    this.groupInvWeight = Float64Array.from(weights, (w) => 1 / w);
 
     // Equal seeds would tie on every key and one backend would never win.
     const bySeed = new Map<number, string>();
@@ -141,14 +146,13 @@ export class HashRing {
     return Math.log(unitOf(mix(keyHash, this.seeds[index] as number))) * (this.groupInvWeight[g] as number);
   }
 
-  /** The first choice: pick() without callbacks, for the common case. */
+  /** The first choice, with no callbacks: a plain scan when all weights are equal. */
   private first(keyHash: KeyHash): number {
-    const { seeds, groupInvWeight } = this;
-    if (groupInvWeight.length !== 1) return this.pick(keyHash, undefined, undefined, -1);
-    const n = seeds.length;
+    const seeds = this.seeds;
+    if (this.groupInvWeight.length !== 1) return this.pick(keyHash, undefined, undefined, -1);
     let top = INT32_MIN;
     let best = -1;
-    for (let i = 0; i < n; i++) {
+    for (let i = 0; i < seeds.length; i++) {
       const h = mix(keyHash, seeds[i] as number);
       if (h >= top) {
         top = h;
@@ -164,11 +168,13 @@ export class HashRing {
    * so far in its weight group and could still beat the best overall.
    *
    * Across groups, scores are compared through bounds before any logarithm:
-   * (u - 1) / u <= ln(u) <= u - 1. In binary64 u - 1 is exact (34 significant
-   * bits at most) and ln(u) lies inside the bounds by a relative 2^-35 or more,
-   * far beyond the rounding of Math.log and of the division, so deciding by the
-   * bounds gives the same answer as comparing Math.log(u) / w. The bounds are
-   * tight near u = 1, where winners are, so most lookups take no logarithm.
+   *   (u - 1/u) / 2  <=  ln(u)  <=  2 (u - 1) / (u + 1)      for 0 < u <= 1,
+   * each widened by a relative 2^-40, far more than the rounding of the
+   * bounds, of Math.log and of the product with 1/w (a few 2^-53). So the
+   * interval always holds the very number Math.log(u) / w would give, and a
+   * decision made on disjoint intervals is the decision the logarithms would
+   * make. Only when the intervals overlap (scores within about (1-u)^2 / 4 of
+   * each other, rare) are the logarithms taken.
    */
   private pick(
     keyHash: KeyHash,
@@ -177,7 +183,7 @@ export class HashRing {
     /** A member already known to be refused. */
     skip: number,
   ): number {
-    const { ids, seeds, groupStart, groupInvWeight } = this;
+    const { ids, seeds, groupStart, groupWeight, groupInvWeight } = this;
     const groups = groupInvWeight.length;
     let best = -1;
     // The best score so far lies in [bestLow, bestHigh]; bestScore is NaN until computed.
@@ -196,8 +202,8 @@ export class HashRing {
       // group in even when its hash is the smallest; two members of a group
       // never hash a key the same, so it takes no other tie.
       let top = INT32_MIN;
-      if (best >= 0) {
-        const floor = Math.floor((1 + bestLow / invWeight) * 4294967296) - 2;
+      if (best >= 0 && (eligible !== undefined || accept !== undefined)) {
+        const floor = Math.floor((1 + bestLow * (groupWeight[g] as number)) * 4294967296) - 2;
         if (floor > 0) top = (floor + INT32_MIN) | 0;
       }
       let topIndex = -1;
@@ -216,9 +222,13 @@ export class HashRing {
       if (topIndex < 0) continue;
       if (groups === 1) return topIndex;
       const u = unitOf(top);
-      const high = (u - 1) * invWeight;
-      if (high <= bestLow) continue; // cannot beat the best
-      const low = ((u - 1) / u) * invWeight;
+      const d = u - 1;
+      // Cannot beat the best: first by the looser bound ln(u) <= u - 1 (no
+      // division), then by the tight one.
+      if (d * invWeight * WIDEN_HIGH <= bestLow) continue;
+      const high = ((2 * d) / (u + 1)) * invWeight * WIDEN_HIGH;
+      if (high <= bestLow) continue;
+      const low = ((d * (u + 1)) / (2 * u)) * invWeight * WIDEN_LOW;
       if (low > bestHigh) {
         // beats the best for certain
         best = topIndex;
