@@ -72,6 +72,10 @@ export interface Config extends Omit<ConfigShape, "listeners" | "pools" | "secre
     /** Decoded 32-byte keys; the first seals. */
     cookieKeys?: Buffer[];
   };
+  /** Where the snapshot goes, when there is one. */
+  snapshotFile?: string;
+  /** The Redis URL with its env: reference resolved. */
+  redisUrl?: string;
   /** The admin block with its token resolved. */
   admin?: { address: string; hostname: string; port: number; token?: string; activeWindowMs: number };
   /** Absolute path of the file this came from ("" when built from an object). */
@@ -233,6 +237,15 @@ export function resolveConfig(raw: unknown, opts: LoadOptions): Config {
     admin = { ...shape.admin, ...splitAddress(shape.admin.address), ...(token ? { token } : {}) };
   }
 
+  let redisUrl: string | undefined;
+  if (shape.cluster) redisUrl = resolveSecret(shape.cluster.redis.url, env, "cluster.redis.url", problems);
+  // A config read from a file snapshots beside it by default; one built in code only when asked.
+  const fromFile = Boolean(opts.source && isAbsolute(opts.source));
+  let snapshotFile: string | undefined;
+  if (shape.snapshot !== false && (shape.snapshot || fromFile)) {
+    snapshotFile = abs(shape.snapshot?.file ?? "tether-state.msgpack");
+  }
+
   if (problems.length) throw new ConfigError(source, problems);
   const { listeners: _l, pools: _p, secrets: _s, admin: _a, ...top } = shape;
   return {
@@ -241,6 +254,8 @@ export function resolveConfig(raw: unknown, opts: LoadOptions): Config {
     pools,
     secrets,
     ...(admin ? { admin } : {}),
+    ...(snapshotFile ? { snapshotFile } : {}),
+    ...(redisUrl ? { redisUrl } : {}),
     file: opts.source && isAbsolute(opts.source) ? opts.source : "",
     ...(shape.audit && shape.audit !== "stdout" ? { auditFile: abs(shape.audit) } : {}),
   };

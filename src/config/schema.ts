@@ -400,6 +400,42 @@ export const configSchema = z
       .default({})
       .describe('Secret values; write "env:NAME" to keep them out of the file'),
     admin: adminSchema.optional(),
+    workers: z
+      .union([z.literal("auto"), z.number().int().min(0).max(64)])
+      .default(0)
+      .describe(
+        'Worker threads serving traffic: "auto" (one per CPU) or N; 0 keeps everything on one thread (default 0)',
+      ),
+    snapshot: z
+      .union([
+        z.literal(false),
+        z.strictObject({
+          file: z
+            .string()
+            .min(1)
+            .optional()
+            .describe("Snapshot file (default tether-state.msgpack beside the config file)"),
+          intervalMs: durationMs(30_000, "How often the snapshot is written (default 30000)").refine(
+            (v) => v >= 1000,
+            "must be at least 1000",
+          ),
+        }),
+      ])
+      .optional()
+      .describe("Learned sessions and operator states, saved so they survive restarts; false turns it off"),
+    cluster: z
+      .strictObject({
+        redis: z.strictObject({
+          url: secretString.describe('redis://host:port, or "env:NAME"'),
+          lookupTimeoutMs: durationMs(
+            5,
+            "A Redis lookup slower than this places the request as new (default 5)",
+          ),
+          prefix: z.string().default("tether:").describe('Key prefix (default "tether:")'),
+        }),
+      })
+      .optional()
+      .describe("Share learned sessions and backend states between tether instances"),
     demo: demoSchema.optional(),
   })
   .superRefine((cfg, ctx) => {

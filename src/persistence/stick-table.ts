@@ -17,16 +17,29 @@ export interface StickEntry {
   expiresAtSec: number;
 }
 
+/** Called for every locally learned entry, so other threads, the snapshot and Redis can share it. */
+export type LearnHook = (key: number, backendId: string, expiresAtSec: number) => void;
+
 export class StickTable {
   private readonly map = new Map<number, number>();
   private readonly ids: string[] = [];
   private readonly index = new Map<string, number>();
+  /** Set by the state hub when entries must leave this thread. */
+  onLearn: LearnHook | null = null;
+  /** Identifies the secret without revealing it: entries saved under another secret are useless. */
+  readonly fingerprint: string;
 
   constructor(
     private readonly secret: Buffer,
     readonly expireMs: number,
     readonly maxEntries: number,
-  ) {}
+  ) {
+    this.fingerprint = new Bun.CryptoHasher("sha256")
+      .update("tether table\0")
+      .update(secret)
+      .digest("hex")
+      .slice(0, 16);
+  }
 
   /** The table key of a session ID. */
   keyOf(sessionId: string): number {
@@ -50,26 +63,58 @@ export class StickTable {
       return null;
     }
     const backendId = this.ids[v % MAX_BACKENDS] as string;
-    this.put(key, backendId, nowSec);
-    return { backendId, expiresAtSec: nowSec + Math.ceil(this.expireMs / 1000) };
+    const lifeSec = Math.ceil(this.expireMs / 1000);
+    const renewed = this.put(key, backendId, nowSec);
+    // Other copies of the table expire on their own clocks: re-announce a busy entry once a
+    // quarter of its life has passed, so a long session never expires elsewhere.
+    if (this.onLearn && expiresAtSec - nowSec < lifeSec * 0.75) this.onLearn(key, backendId, renewed);
+    return { backendId, expiresAtSec: renewed };
   }
 
   set(sessionId: string, backendId: string, nowSec: number): void {
-    this.put(this.keyOf(sessionId), backendId, nowSec);
+    const key = this.keyOf(sessionId);
+    const expiresAtSec = this.put(key, backendId, nowSec);
+    this.onLearn?.(key, backendId, expiresAtSec);
   }
 
-  private put(key: number, backendId: string, nowSec: number): void {
+  /** Applies an entry learned elsewhere (another thread, a snapshot, Redis); expired ones are skipped. */
+  putHashed(key: number, backendId: string, expiresAtSec: number, nowSec: number): void {
+    if (expiresAtSec <= nowSec) return;
+    this.put(key, backendId, expiresAtSec - Math.ceil(this.expireMs / 1000));
+  }
+
+  /** The backend of a hashed key, without touching recency (Redis lookups, tests). */
+  peekHashed(key: number, nowSec: number): StickEntry | null {
+    const v = this.map.get(key);
+    if (v === undefined) return null;
+    const expiresAtSec = Math.floor(v / MAX_BACKENDS);
+    if (expiresAtSec <= nowSec) return null;
+    return { backendId: this.ids[v % MAX_BACKENDS] as string, expiresAtSec };
+  }
+
+  /** Live entries, least recently used first: [key, backendId, expiresAtSec]. */
+  *entries(nowSec: number): Generator<[number, string, number]> {
+    for (const [key, v] of this.map) {
+      const expiresAtSec = Math.floor(v / MAX_BACKENDS);
+      if (expiresAtSec > nowSec) yield [key, this.ids[v % MAX_BACKENDS] as string, expiresAtSec];
+    }
+  }
+
+  /** Stores an entry as most recently used; returns its expiry. */
+  private put(key: number, backendId: string, nowSec: number): number {
     let i = this.index.get(backendId);
     if (i === undefined) {
       i = this.ids.length % MAX_BACKENDS;
       this.ids[i] = backendId;
       this.index.set(backendId, i);
     }
+    const expiresAtSec = nowSec + Math.ceil(this.expireMs / 1000);
     this.map.delete(key);
-    this.map.set(key, (nowSec + Math.ceil(this.expireMs / 1000)) * MAX_BACKENDS + i);
+    this.map.set(key, expiresAtSec * MAX_BACKENDS + i);
     if (this.map.size > this.maxEntries) {
       const oldest = this.map.keys().next();
       if (!oldest.done) this.map.delete(oldest.value);
     }
+    return expiresAtSec;
   }
 }

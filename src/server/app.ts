@@ -13,6 +13,7 @@ import type { Logger } from "../log.ts";
 import { HealthMonitor } from "../pool/health.ts";
 import type { ProxyDeps } from "../proxy/forward.ts";
 import { UpstreamClient } from "../proxy/upstream/client.ts";
+import { startSnapshots } from "../state/persist.ts";
 import { type ListenerHandle, startListener } from "./listener.ts";
 import { buildRuntime, type Runtime } from "./runtime.ts";
 
@@ -85,6 +86,8 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     return r;
   };
   let runtime = build(config);
+  const snapshots = startSnapshots(config, () => runtime, operatorStates, log);
+  if (snapshots.loadedStates) runtime = build(config, runtime);
   const current = () => runtime;
   const upstream = new UpstreamClient();
   const audit = opts.audit ?? createAudit(config.auditFile ?? config.audit);
@@ -191,6 +194,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       }
     },
     async stop(graceMs = runtime.config.shutdownGraceMs) {
+      snapshots.stop();
       await Promise.all([...listeners.values()].map((h) => drain(h, graceMs)));
       listeners.clear();
       health.stop();
