@@ -46,4 +46,14 @@ curl -sf "http://127.0.0.1:$P/" | grep -q '"backend":"app-' || { cat "$WORK/out.
 curl -sfk "https://127.0.0.1:$S/" | grep -q '"backend":"app-' || { cat "$WORK/out.log"; exit 1; }
 kill -TERM $PID
 wait $PID
+
+# The same with two worker threads: the worker module must be inside the binary.
+sed -i 's/"demo":/"workers": 2, "demo":/' "$WORK/config.json"
+env -i PATH=/usr/bin:/bin ./tether --config "$WORK/config.json" > "$WORK/out2.log" 2>&1 &
+PID=$!
+for _ in $(seq 1 100); do grep -q '"workers":2' "$WORK/out2.log" && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$P/" | grep -q '"backend":"app-' || { cat "$WORK/out2.log"; exit 1; }
+grep -q "worker error" "$WORK/out2.log" && { cat "$WORK/out2.log"; exit 1; }
+kill -TERM $PID
+wait $PID
 echo "binary smoke test passed"

@@ -8,7 +8,7 @@
 import { join } from "node:path";
 
 const root = join(import.meta.dir, "..");
-const entryPoints = ["src/main.ts"];
+const entryPoints = ["src/main.ts", "src/workers/worker.ts"];
 const cmd = [
   process.execPath,
   "build",

@@ -1,4 +1,5 @@
 #!/usr/bin/env bun
+import { randomBytes } from "node:crypto";
 import pkg from "../package.json" with { type: "json" };
 /**
  * tether's command line: parse arguments, load the config, then serve or check.
@@ -13,6 +14,7 @@ import { startDemo } from "./demo/start.ts";
 import { log } from "./log.ts";
 import { generateKey } from "./persistence/token.ts";
 import { startTether, type Tether } from "./server/app.ts";
+import { startPrimary } from "./workers/primary.ts";
 
 function fail(code: number, message: string): never {
   process.stderr.write(`${message}\n`);
@@ -41,24 +43,25 @@ async function serve(file: string): Promise<void> {
 
   // Handlers go in before the first listener logs "listening": Bun installs them
   // asynchronously, and a signal in that gap would otherwise be lost.
-  let tether: Tether | null = null;
+  let running: Running | null = null;
   let demo: { stop(): void } | null = null;
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log.info("shutting down", { signal, graceMs: tether?.runtime.config.shutdownGraceMs });
-    await tether?.stop();
+    const graceMs = running?.tether.runtime.config.shutdownGraceMs ?? 0;
+    log.info("shutting down", { signal, graceMs });
+    await running?.stop(graceMs);
     demo?.stop();
     log.info("stopped");
     process.exit(0);
   };
   const reload = () => {
-    if (!tether || stopping) return;
-    const running = tether;
+    if (!running || stopping) return;
+    const current = running;
     try {
       const next = loadConfigFile(file);
-      running
+      current
         .reload(next)
         .then(() => log.info("config reloaded", { file: next.file }))
         .catch((e) => log.error("reload failed; the previous config keeps serving", { error: String(e) }));
@@ -75,8 +78,23 @@ async function serve(file: string): Promise<void> {
   await Bun.sleep(0);
 
   demo = config.demo ? startDemo(config.demo, log) : null;
-  tether = startTether(config, log);
-  printBanner(tether, config);
+  const workers = config.workers === "auto" ? navigator.hardwareConcurrency : config.workers;
+  if (workers > 0) {
+    const primary = await startPrimary(config, workers, log, [randomBytes(32)]);
+    running = { tether: primary.tether, reload: primary.reload, stop: primary.stop };
+    printBanner(primary.tether, config, primary.ports);
+  } else {
+    const tether = startTether(config, log);
+    running = { tether, reload: tether.reload, stop: tether.stop };
+    printBanner(tether, config);
+  }
+}
+
+/** What serve() drives: one thread, or a primary with workers. */
+interface Running {
+  tether: Tether;
+  reload(next: Config): Promise<void>;
+  stop(graceMs: number): Promise<void>;
 }
 
 async function run(cmd: Command): Promise<void> {

@@ -20,7 +20,7 @@ interface Value {
 
 /** A counter family: one number per label combination, found by a joined key. */
 class CounterFamily {
-  private readonly series = new Map<string, { labels: Labels; value: number }>();
+  private readonly series = new Map<string, { labels: Labels; value: number; sent: number }>();
 
   constructor(
     readonly name: string,
@@ -32,7 +32,27 @@ class CounterFamily {
   inc(key: string, labels: () => Labels): void {
     const s = this.series.get(key);
     if (s) s.value++;
-    else this.series.set(key, { labels: labels(), value: 1 });
+    else this.series.set(key, { labels: labels(), value: 1, sent: 0 });
+  }
+
+  /** Increments since the last call (a worker sends these to the primary). */
+  drain(): [Labels, number][] {
+    const out: [Labels, number][] = [];
+    for (const s of this.series.values()) {
+      if (s.value === s.sent) continue;
+      out.push([s.labels, s.value - s.sent]);
+      s.sent = s.value;
+    }
+    return out;
+  }
+
+  absorb(deltas: [Labels, number][]): void {
+    for (const [labels, n] of deltas) {
+      const key = Object.values(labels).join("\0");
+      const s = this.series.get(key);
+      if (s) s.value += n;
+      else this.series.set(key, { labels, value: n, sent: 0 });
+    }
   }
 
   get() {
@@ -41,13 +61,19 @@ class CounterFamily {
   }
 }
 
+interface HistogramSeries {
+  labels: Labels;
+  counts: Float64Array;
+  sum: number;
+  count: number;
+  /** What a worker has already sent to the primary. */
+  sent: { counts: Float64Array; sum: number; count: number };
+}
+
 /** A histogram family with fixed buckets. */
 class HistogramFamily {
   readonly type = "histogram";
-  private readonly series = new Map<
-    string,
-    { labels: Labels; counts: Float64Array; sum: number; count: number }
-  >();
+  private readonly series = new Map<string, HistogramSeries>();
 
   constructor(
     readonly name: string,
@@ -58,7 +84,14 @@ class HistogramFamily {
   observe(key: string, labels: () => Labels, v: number): void {
     let s = this.series.get(key);
     if (!s) {
-      s = { labels: labels(), counts: new Float64Array(this.bounds.length), sum: 0, count: 0 };
+      const n = this.bounds.length;
+      s = {
+        labels: labels(),
+        counts: new Float64Array(n),
+        sum: 0,
+        count: 0,
+        sent: { counts: new Float64Array(n), sum: 0, count: 0 },
+      };
       this.series.set(key, s);
     }
     s.sum += v;
@@ -68,6 +101,44 @@ class HistogramFamily {
         (s.counts as Float64Array)[i] = (s.counts[i] as number) + 1;
         break;
       }
+    }
+  }
+
+  drain(): [Labels, number[], number, number][] {
+    const out: [Labels, number[], number, number][] = [];
+    for (const s of this.series.values()) {
+      if (s.count === s.sent.count) continue;
+      out.push([
+        s.labels,
+        Array.from(s.counts, (c, i) => c - (s.sent.counts[i] as number)),
+        s.sum - s.sent.sum,
+        s.count - s.sent.count,
+      ]);
+      s.sent = { counts: Float64Array.from(s.counts), sum: s.sum, count: s.count };
+    }
+    return out;
+  }
+
+  absorb(deltas: [Labels, number[], number, number][]): void {
+    for (const [labels, counts, sum, count] of deltas) {
+      const key = Object.values(labels).join("\0");
+      let s = this.series.get(key);
+      if (!s) {
+        const n = this.bounds.length;
+        s = {
+          labels,
+          counts: new Float64Array(n),
+          sum: 0,
+          count: 0,
+          sent: { counts: new Float64Array(n), sum: 0, count: 0 },
+        };
+        this.series.set(key, s);
+      }
+      counts.forEach((c, i) => {
+        if (i < this.bounds.length) (s.counts as Float64Array)[i] = (s.counts[i] as number) + c;
+      });
+      s.sum += sum;
+      s.count += count;
     }
   }
 
@@ -170,6 +241,35 @@ export class Metrics {
 
   rejected(reason: string): void {
     this.cookieRejected.inc(reason, () => ({ reason }));
+  }
+
+  private get families() {
+    return {
+      counters: [this.requests, this.connectErrors, this.decisions, this.cookieRejected],
+      histograms: [this.duration],
+    };
+  }
+
+  /** Per-request series' increments since the last call, for a worker to send to the primary. */
+  drain(): {
+    counters: Record<string, [Labels, number][]>;
+    histograms: Record<string, [Labels, number[], number, number][]>;
+  } {
+    const { counters, histograms } = this.families;
+    return {
+      counters: Object.fromEntries(counters.map((c) => [c.name, c.drain()])),
+      histograms: Object.fromEntries(histograms.map((h) => [h.name, h.drain()])),
+    };
+  }
+
+  /** Adds a worker's increments. */
+  absorb(d: {
+    counters: Record<string, [Labels, number][]>;
+    histograms: Record<string, [Labels, number[], number, number][]>;
+  }): void {
+    const { counters, histograms } = this.families;
+    for (const c of counters) c.absorb(d.counters[c.name] ?? []);
+    for (const h of histograms) h.absorb(d.histograms[h.name] ?? []);
   }
 
   text(): Promise<string> {

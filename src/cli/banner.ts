@@ -5,15 +5,22 @@ import type { Tether } from "../server/app.ts";
 export function printBanner(
   tether: Tether,
   config: Config,
+  /** With worker threads, the ports the primary settled (it has no listeners of its own). */
+  ports?: Record<string, number>,
   out: (s: string) => void = (s) => process.stderr.write(s),
 ) {
   const lines: string[] = [];
   let firstUrl = "";
-  for (const handle of tether.listeners.values()) {
-    const host = handle.server.hostname?.includes(":")
-      ? `[${handle.server.hostname}]`
-      : handle.server.hostname;
-    const url = `${handle.config.protocol}://${host}:${handle.server.port}/`;
+  const bound = ports
+    ? config.listeners.map((l) => ({ config: l, hostname: l.hostname, port: ports[l.name] ?? l.port }))
+    : [...tether.listeners.values()].map((h) => ({
+        config: h.config,
+        hostname: h.server.hostname,
+        port: h.server.port,
+      }));
+  for (const handle of bound) {
+    const host = handle.hostname?.includes(":") ? `[${handle.hostname}]` : handle.hostname;
+    const url = `${handle.config.protocol}://${host}:${handle.port}/`;
     firstUrl ||= url;
     lines.push(`  ${handle.config.name.padEnd(12)} ${url}  → pool ${handle.config.pool}`);
   }

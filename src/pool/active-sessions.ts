@@ -21,8 +21,12 @@ export class ActiveSessions {
     this.bucketMs = Math.max(1, Math.ceil(windowMs / (BUCKETS - 1)));
   }
 
+  /** When set, every added hash is also kept here (a worker sends them to the primary). */
+  tap: number[] | null = null;
+
   /** Records a session by the 32-bit hash of its key. */
   add(hash32: number, nowMs: number): void {
+    if (this.tap && this.tap.length < 100_000) this.tap.push(hash32);
     const slot = Math.floor(nowMs / this.bucketMs);
     const i = slot % BUCKETS;
     const regs = this.registers[i] as Uint8Array;

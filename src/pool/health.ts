@@ -41,6 +41,8 @@ export class HealthMonitor {
     private readonly current: () => Runtime,
     private readonly log: Logger,
     private readonly audit: Audit,
+    /** Told of every change (the primary passes it on to worker threads). */
+    private readonly onChange: (pool: Pool, b: Backend, down: boolean) => void = () => {},
   ) {}
 
   /** (Re)starts the timers for the current runtime's pools. */
@@ -73,6 +75,7 @@ export class HealthMonitor {
     if (health === "down") this.log.warn("backend down", fields);
     else this.log.info("backend up", fields);
     this.audit.emit("backend.state", fields);
+    this.onChange(pool, b, health === "down");
   }
 
   private async checkOne(pool: Pool, b: Backend): Promise<void> {

@@ -28,6 +28,7 @@ export const DEFAULT_HASH_BALANCE_FACTOR = 1.25;
 export class BoundedLoad {
   private readonly ids: readonly string[];
   private readonly weights: Float64Array;
+  private readonly totalWeight: number;
   /** Per-pick scratch, indexed like ring.members. */
   private readonly eligibleFlags: Uint8Array;
   private readonly loads: Float64Array;
@@ -59,6 +60,7 @@ export class BoundedLoad {
     }
     this.ids = ring.members.map((m) => m.id);
     this.weights = Float64Array.from(ring.members, (m) => m.weight);
+    this.totalWeight = ring.members.reduce((sum, m) => sum + m.weight, 0);
     this.eligibleFlags = new Uint8Array(ring.size);
     this.loads = new Float64Array(ring.size);
   }
@@ -67,12 +69,26 @@ export class BoundedLoad {
    * The backend for a new session with this key: the first eligible backend
    * in the key's preference order whose in-flight load is under its cap.
    * With factor 0, or when every load is 0, that is ring.lookup(keyHash,
-   * eligible). Returns null when no backend is eligible. Costs one call of
-   * `eligible` and of `load` per backend (the average needs every load).
+   * eligible). Returns null when no backend is eligible. When the first
+   * choice is idle (or far under any cap it could have) it costs one call of
+   * `eligible` and of `load`; otherwise one of each per backend, since the
+   * average needs every load.
    */
   pick(keyHash: KeyHash, eligible?: (id: string) => boolean): string | null {
     const { ring, factor, ids, weights, eligibleFlags, loads } = this;
     if (factor === 0) return ring.lookup(keyHash, eligible);
+    // Shortcut: the first choice is under its cap whenever it is under the
+    // smallest cap it could have (its own load as the total, every backend
+    // eligible); always so when it is idle. Saves asking about every backend.
+    const first = ring.lookupIndex(keyHash);
+    if (first >= 0) {
+      const id = ids[first] as string;
+      if (eligible === undefined || eligible(id)) {
+        const l = this.load(id);
+        const floorScale = (factor * (l + 1)) / this.totalWeight;
+        if (l < Math.ceil(floorScale * (weights[first] as number) - 1e-9)) return id;
+      }
+    }
     let total = 0;
     let weightSum = 0;
     for (let i = 0; i < ids.length; i++) {

@@ -146,18 +146,77 @@ export class HashRing {
     return Math.log(unitOf(mix(keyHash, this.seeds[index] as number))) * (this.groupInvWeight[g] as number);
   }
 
-  /** The first choice, with no callbacks: a plain scan when all weights are equal. */
+  /**
+   * The first choice, with no callbacks: what pick(keyHash, undefined,
+   * undefined, -1) returns, in loops with no calls in them (they compile
+   * much tighter). The test "lookup equals the reference" holds them together.
+   */
   private first(keyHash: KeyHash): number {
-    const seeds = this.seeds;
-    if (this.groupInvWeight.length !== 1) return this.pick(keyHash, undefined, undefined, -1);
-    let top = INT32_MIN;
-    let best = -1;
-    for (let i = 0; i < seeds.length; i++) {
-      const h = mix(keyHash, seeds[i] as number);
-      if (h >= top) {
-        top = h;
-        best = i;
+    const { seeds, groupStart, groupWeight, groupInvWeight } = this;
+    const groups = groupInvWeight.length;
+    if (groups === 1) {
+      let top = INT32_MIN;
+      let best = -1;
+      for (let i = 0; i < seeds.length; i++) {
+        const h = mix(keyHash, seeds[i] as number);
+        if (h >= top) {
+          top = h;
+          best = i;
+        }
       }
+      return best;
+    }
+    let best = -1;
+    let bestLow = Number.NEGATIVE_INFINITY;
+    let bestHigh = Number.NEGATIVE_INFINITY;
+    let bestScore = Number.NaN;
+    let bestU = 0;
+    let bestInvWeight = 0;
+    let start = 0;
+    for (let g = 0; g < groups; g++) {
+      const end = groupStart[g + 1] as number;
+      // Scan from the floor below which no member can beat the best (see
+      // pick()): later groups then rarely take the branch, and rarely mispredict it.
+      let top = INT32_MIN;
+      if (best >= 0 && end - start > 1) {
+        const floor = Math.floor((1 + bestLow * (groupWeight[g] as number)) * 4294967296) - 2;
+        if (floor > 0) top = (floor + INT32_MIN) | 0;
+      }
+      let topIndex = -1;
+      for (let i = start; i < end; i++) {
+        const h = mix(keyHash, seeds[i] as number);
+        if (h >= top) {
+          top = h;
+          topIndex = i;
+        }
+      }
+      start = end;
+      if (topIndex < 0) continue;
+      // From here on as in pick().
+      const invWeight = groupInvWeight[g] as number;
+      const u = unitOf(top);
+      const d = u - 1;
+      if (d * invWeight * WIDEN_HIGH <= bestLow) continue;
+      const high = ((2 * d) / (u + 1)) * invWeight * WIDEN_HIGH;
+      if (high <= bestLow) continue;
+      const low = ((d * (u + 1)) / (2 * u)) * invWeight * WIDEN_LOW;
+      if (low > bestHigh) {
+        best = topIndex;
+        bestLow = low;
+        bestHigh = high;
+        bestScore = Number.NaN;
+        bestU = u;
+        bestInvWeight = invWeight;
+        continue;
+      }
+      if (Number.isNaN(bestScore)) bestScore = Math.log(bestU) * bestInvWeight;
+      const s = Math.log(u) * invWeight;
+      if (s > bestScore) {
+        best = topIndex;
+        bestScore = s;
+      }
+      bestLow = bestScore;
+      bestHigh = bestScore;
     }
     return best;
   }

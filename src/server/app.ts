@@ -6,7 +6,7 @@ import type { Server } from "bun";
 import { dashboardHtml } from "../admin/dashboard.ts";
 import { Metrics } from "../admin/metrics.ts";
 import { startAdmin } from "../admin/server.ts";
-import { type Audit, createAudit } from "../audit.ts";
+import { type Audit, createAudit, noAudit } from "../audit.ts";
 import type { Config, ResolvedListener } from "../config/load.ts";
 import type { BackendState } from "../config/schema.ts";
 import type { Logger } from "../log.ts";
@@ -20,6 +20,13 @@ import { buildRuntime, type Runtime } from "./runtime.ts";
 export interface Tether {
   readonly runtime: Runtime;
   readonly listeners: ReadonlyMap<string, ListenerHandle>;
+  readonly metrics: Metrics;
+  /** States set by an operator, "pool\0id" → state. */
+  readonly operatorStates: ReadonlyMap<string, BackendState>;
+  /** Entries, states and health learned in another thread or instance. */
+  applyLearned(pool: string, table: string, key: number, backendId: string, expiresAtSec: number): void;
+  applyState(pool: string, backend: string, state: BackendState): void;
+  applyHealth(pool: string, backend: string, down: boolean): void;
   /** The admin listener, when configured: its port and token (generated when the config has none). */
   readonly admin: { port: number; token: string; generated: boolean } | null;
   /** Swaps in a new config; listeners whose socket settings changed are reopened. */
@@ -60,15 +67,31 @@ function needsKeys(config: Config): boolean {
   );
 }
 
+export type Role = "single" | "primary" | "worker";
+
 export interface StartOptions {
   /** Overrides the audit sink named in the config (tests). */
   audit?: Audit;
+  /**
+   * single (default): everything in this thread. primary: health, admin,
+   * snapshots and the state hub, no traffic. worker: traffic only.
+   */
+  role?: Role;
+  /** Keys to seal with when the config has none (workers get the primary's). */
+  fallbackKeys?: Buffer[];
+  /** Entries learned here leave through this (to other threads, Redis). */
+  onLearned?: (pool: string, table: string, key: number, backendId: string, expiresAtSec: number) => void;
+  /** Operator state changes made here leave through this. */
+  onStateChange?: (pool: string, backend: string, state: BackendState) => void;
+  /** Health changes seen here leave through this. */
+  onHealthChange?: (pool: string, backend: string, down: boolean) => void;
 }
 
 export function startTether(config: Config, log: Logger, opts: StartOptions = {}): Tether {
+  const role = opts.role ?? "single";
   // Without configured keys, one key generated now serves this process (and survives reloads).
-  const fallbackKeys = [randomBytes(32)];
-  if (!config.secrets.cookieKeys?.length && needsKeys(config)) {
+  const fallbackKeys = opts.fallbackKeys ?? [randomBytes(32)];
+  if (role !== "worker" && !config.secrets.cookieKeys?.length && needsKeys(config)) {
     log.warn("no secrets.cookieKeys configured: using a key generated at start", {
       consequence: "sessions will not survive a restart or span instances; run `tether keygen`",
     });
@@ -82,23 +105,34 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
         const s = operatorStates.get(`${pool.name}\0${b.id}`);
         if (s) b.state = s;
       }
+      const onLearned = opts.onLearned;
+      for (const [name, table] of pool.chain.tables) {
+        table.onLearn = onLearned
+          ? (key, backendId, exp) => onLearned(pool.name, name, key, backendId, exp)
+          : null;
+      }
     }
     return r;
   };
   let runtime = build(config);
-  const snapshots = startSnapshots(config, () => runtime, operatorStates, log);
+  const noSnapshots = { loadedStates: false, stop() {} };
+  const snapshots =
+    role === "worker" ? noSnapshots : startSnapshots(config, () => runtime, operatorStates, log);
   if (snapshots.loadedStates) runtime = build(config, runtime);
   const current = () => runtime;
   const upstream = new UpstreamClient();
-  const audit = opts.audit ?? createAudit(config.auditFile ?? config.audit);
+  const audit = opts.audit ?? (role === "worker" ? noAudit : createAudit(config.auditFile ?? config.audit));
   const metrics = new Metrics(current);
-  const health = new HealthMonitor(current, log, audit);
+  const health = new HealthMonitor(current, log, audit, (pool, b, down) =>
+    opts.onHealthChange?.(pool.name, b.id, down),
+  );
   const deps: ProxyDeps = { upstream, log, audit, metrics, health };
   const listeners = new Map<string, ListenerHandle>();
-  health.start();
+  // Workers keep passive marks of their own; active checks run once, in the primary.
+  if (role !== "worker") health.start();
 
   let admin: { server: Server<undefined>; token: string; generated: boolean } | null = null;
-  if (config.admin) {
+  if (config.admin && role !== "worker") {
     const generated = !config.admin.token;
     const token = config.admin.token ?? randomBytes(24).toString("base64url");
     const server = startAdmin(
@@ -112,6 +146,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
           const before = backend.state;
           backend.state = state;
           operatorStates.set(`${pool.name}\0${backend.id}`, state);
+          opts.onStateChange?.(pool.name, backend.id, state);
           if (before !== state) {
             const fields = { pool: pool.name, backend: backend.id, from: before, state, by: "admin" };
             log.info("backend state changed", fields);
@@ -139,7 +174,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
   };
 
   try {
-    for (const l of config.listeners) open(l);
+    if (role !== "primary") for (const l of config.listeners) open(l);
   } catch (e) {
     for (const h of listeners.values()) h.server.stop(true);
     health.stop();
@@ -155,8 +190,24 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     get admin() {
       return admin ? { port: admin.server.port ?? 0, token: admin.token, generated: admin.generated } : null;
     },
+    metrics,
+    operatorStates,
+    applyLearned(pool, table, key, backendId, expiresAtSec) {
+      const p = runtime.pools.get(pool);
+      if (p?.get(backendId))
+        p.chain.tables.get(table)?.putHashed(key, backendId, expiresAtSec, Math.floor(Date.now() / 1000));
+    },
+    applyState(pool, backend, state) {
+      operatorStates.set(`${pool}\0${backend}`, state);
+      const b = runtime.pools.get(pool)?.get(backend);
+      if (b) b.state = state;
+    },
+    applyHealth(pool, backend, down) {
+      const b = runtime.pools.get(pool)?.get(backend);
+      if (b) b.activeDown = down;
+    },
     async reload(next: Config) {
-      const nextNames = new Set(next.listeners.map((l) => l.name));
+      const nextNames = new Set(role === "primary" ? [] : next.listeners.map((l) => l.name));
       const retiring: ListenerHandle[] = [];
       for (const [name, handle] of listeners) {
         if (!nextNames.has(name)) {
@@ -166,7 +217,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       }
       const opened: ListenerHandle[] = [];
       try {
-        for (const l of next.listeners) {
+        for (const l of role === "primary" ? [] : next.listeners) {
           const old = listeners.get(l.name);
           if (old && socketSettings(old.config) === socketSettings(l)) continue;
           opened.push(open(l));
@@ -187,7 +238,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
         });
       }
       runtime = build(next, runtime);
-      health.start();
+      if (role !== "worker") health.start();
       for (const h of retiring) {
         log.info("listener closing", { name: h.config.name, port: h.server.port });
         void drain(h, next.shutdownGraceMs);

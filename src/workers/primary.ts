@@ -1,0 +1,210 @@
+/**
+ * The primary thread when "workers" > 0: it settles listener ports, starts
+ * worker threads one at a time with a ready handshake, relays learned
+ * sessions between them, tells them of health and operator state changes,
+ * collects their metrics, respawns a crashed worker with backoff, and on
+ * shutdown lets them drain. It runs health checks, the admin listener, the
+ * audit log and the snapshot itself (a Tether in "primary" role).
+ */
+import { isCompiled } from "../cli/header-limit.ts";
+import type { Config } from "../config/load.ts";
+import type { Logger } from "../log.ts";
+import { startTether, type Tether } from "../server/app.ts";
+import { collectSnapshot } from "../state/snapshot.ts";
+import { decode, encode, learnedEntries, type Message, PROTOCOL_VERSION } from "./messages.ts";
+
+const READY_TIMEOUT_MS = 15_000;
+const MAX_BACKOFF_MS = 5_000;
+
+/** Port 0 would give each worker its own port under reusePort: pick one real port first. */
+export function settlePorts(config: Config, keep: Record<string, number> = {}): Record<string, number> {
+  const ports: Record<string, number> = {};
+  for (const l of config.listeners) {
+    if (l.port !== 0) ports[l.name] = l.port;
+    else if (keep[l.name]) ports[l.name] = keep[l.name] as number;
+    else {
+      const probe = Bun.listen({ hostname: l.hostname, port: 0, socket: { data() {} } });
+      ports[l.name] = probe.port;
+      probe.stop(true);
+    }
+  }
+  return ports;
+}
+
+interface Slot {
+  id: number;
+  worker: Worker | null;
+  ready: boolean;
+  restarts: number;
+}
+
+export interface Primary {
+  readonly tether: Tether;
+  readonly ports: Record<string, number>;
+  reload(next: Config): Promise<void>;
+  stop(graceMs: number): Promise<void>;
+}
+
+/**
+ * Where the worker module is: beside this file in a checkout; in a compiled
+ * binary, the second entry point, which Bun stores relative to the entry
+ * points' common folder (src/) in its virtual file system.
+ */
+function workerUrl(): string {
+  return isCompiled() ? "/$bunfs/root/workers/worker.ts" : new URL("./worker.ts", import.meta.url).href;
+}
+
+export async function startPrimary(
+  config: Config,
+  count: number,
+  log: Logger,
+  fallbackKeys: Buffer[],
+): Promise<Primary> {
+  let ports = settlePorts(config);
+  const slots: Slot[] = Array.from({ length: count }, (_, id) => ({
+    id,
+    worker: null,
+    ready: false,
+    restarts: 0,
+  }));
+  let stopping = false;
+
+  const broadcast = (bytes: Uint8Array, except?: Slot) => {
+    for (const s of slots) if (s !== except && s.ready) s.worker?.postMessage(bytes);
+  };
+  const tether = startTether(config, log, {
+    role: "primary",
+    fallbackKeys,
+    onStateChange: (pool, backend, state) =>
+      broadcast(encode({ v: PROTOCOL_VERSION, t: "state", pool, backend, state })),
+    onHealthChange: (pool, backend, down) =>
+      broadcast(encode({ v: PROTOCOL_VERSION, t: "health", pool, backend, down })),
+  });
+
+  const waiters = new Map<Slot, Map<string, (m: Message) => void>>();
+  const expect = (slot: Slot, type: Message["t"], timeoutMs: number) =>
+    new Promise<Message | null>((resolve) => {
+      const timer = setTimeout(() => resolve(null), timeoutMs);
+      let forSlot = waiters.get(slot);
+      if (!forSlot) waiters.set(slot, (forSlot = new Map()));
+      forSlot.set(type, (m) => {
+        clearTimeout(timer);
+        resolve(m);
+      });
+    });
+
+  const onMessage = (slot: Slot, data: unknown) => {
+    const m = decode(data);
+    if (!m) return;
+    const waiter = waiters.get(slot)?.get(m.t);
+    if (waiter) {
+      waiters.get(slot)?.delete(m.t);
+      waiter(m);
+    }
+    if (m.t === "learn") {
+      for (const [pool, table, key, backendId, exp] of learnedEntries(m.e))
+        tether.applyLearned(pool, table, key, backendId, exp);
+      // The same bytes go to every other worker: no re-encoding.
+      broadcast(data as Uint8Array, slot);
+    } else if (m.t === "metrics") {
+      tether.metrics.absorb(m.d);
+      const now = Date.now();
+      for (const [pool, id, requests, errors, lastPinnedAt] of m.d.backends) {
+        const b = tether.runtime.pools.get(pool)?.get(id);
+        if (!b) continue;
+        b.requests += requests;
+        b.errors += errors;
+        b.lastPinnedAt = Math.max(b.lastPinnedAt, lastPinnedAt);
+      }
+      for (const [pool, id, hashes] of m.d.sessions) {
+        const b = tether.runtime.pools.get(pool)?.get(id);
+        if (b) for (const h of hashes) b.sessions.add(h, now);
+      }
+    }
+  };
+
+  const initMessage = (slot: Slot): Uint8Array => {
+    const runtime = tether.runtime;
+    const health: [string, string, boolean][] = [];
+    for (const p of runtime.pools.values())
+      for (const b of p.backends) health.push([p.name, b.id, b.activeDown]);
+    const snap = collectSnapshot(runtime, tether.operatorStates);
+    return encode({
+      v: PROTOCOL_VERSION,
+      t: "init",
+      id: slot.id,
+      file: config.file,
+      ports,
+      keys: fallbackKeys.map((k) => new Uint8Array(k)),
+      states: snap.states.map((s) => [s.pool, s.backend, s.state]),
+      health,
+      tables: snap.tables,
+    });
+  };
+
+  const spawn = async (slot: Slot): Promise<boolean> => {
+    const worker = new Worker(workerUrl());
+    slot.worker = worker;
+    slot.ready = false;
+    // Handlers first: a message posted before they exist is lost.
+    worker.onmessage = (ev) => onMessage(slot, ev.data);
+    worker.addEventListener("close", () => {
+      slot.ready = false;
+      slot.worker = null;
+      if (stopping) return;
+      const delay = Math.min(MAX_BACKOFF_MS, 100 * 2 ** slot.restarts++);
+      log.error("worker exited; respawning", { worker: slot.id, delayMs: delay });
+      setTimeout(() => void spawn(slot), delay);
+    });
+    worker.addEventListener("error", (ev) =>
+      log.error("worker error", { worker: slot.id, error: String(ev.message) }),
+    );
+    const ready = expect(slot, "ready", READY_TIMEOUT_MS);
+    worker.postMessage(initMessage(slot));
+    const m = await ready;
+    if (!m) {
+      log.error("worker did not become ready", { worker: slot.id });
+      return false;
+    }
+    slot.ready = true;
+    log.info("worker ready", { worker: slot.id });
+    return true;
+  };
+
+  // One at a time: several Workers spawned at once under load have crashed Bun.
+  for (const slot of slots) await spawn(slot);
+  for (const [name, port] of Object.entries(ports)) {
+    log.info("listening", {
+      name,
+      workers: count,
+      port,
+      address: config.listeners.find((l) => l.name === name)?.hostname,
+    });
+  }
+
+  return {
+    tether,
+    get ports() {
+      return ports;
+    },
+    async reload(next: Config) {
+      await tether.reload(next);
+      ports = settlePorts(next, ports);
+      const replies = slots.filter((s) => s.ready).map((s) => expect(s, "reloaded", 10_000));
+      broadcast(encode({ v: PROTOCOL_VERSION, t: "reload", ports }));
+      const results = await Promise.all(replies);
+      const failed = results.filter((r) => !r || (r.t === "reloaded" && !r.ok));
+      if (failed.length) throw new Error(`${failed.length} worker(s) failed to reload`);
+    },
+    async stop(graceMs: number) {
+      stopping = true;
+      const live = slots.filter((s) => s.worker);
+      const done = live.map((s) => expect(s, "stopped", graceMs + 2_000));
+      for (const s of live) s.worker?.postMessage(encode({ v: PROTOCOL_VERSION, t: "stop", graceMs }));
+      await Promise.all(done);
+      // Drained: ending them now cuts nothing.
+      for (const s of live) s.worker?.terminate();
+      await tether.stop(graceMs);
+    },
+  };
+}

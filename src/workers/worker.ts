@@ -1,0 +1,134 @@
+/**
+ * A worker thread: serves every traffic listener (reusePort shares the
+ * ports), learns sessions, and trades state with the primary thread in
+ * msgpack messages. Listed as an entry point of the compiled binary.
+ */
+import { type Config, loadConfigFile } from "../config/load.ts";
+import { createLogger } from "../log.ts";
+import { startTether, type Tether } from "../server/app.ts";
+import {
+  decode,
+  encode,
+  LearnBatcher,
+  learnedEntries,
+  type Message,
+  type MetricDeltas,
+  PROTOCOL_VERSION,
+} from "./messages.ts";
+
+declare const self: Worker;
+
+const METRICS_EVERY_MS = 1000;
+
+let tether: Tether | null = null;
+let workerId = "?";
+const pending: Message[] = [];
+const post = (m: Message) => self.postMessage(encode(m));
+const batcher = new LearnBatcher((bytes) => self.postMessage(bytes));
+
+// Set before any await: Bun drops messages that arrive before a handler exists.
+self.onmessage = (ev: MessageEvent) => {
+  const m = decode(ev.data);
+  if (!m) return;
+  if (!tether && m.t !== "init") {
+    pending.push(m);
+    return;
+  }
+  void handle(m);
+};
+
+const log = createLogger((line) => {
+  // Tag each line with the worker it came from.
+  process.stdout.write(line.replace(/^\{/, `{"worker":"${workerId}",`));
+});
+
+function withPorts(config: Config, ports: Record<string, number>): Config {
+  return { ...config, listeners: config.listeners.map((l) => ({ ...l, port: ports[l.name] ?? l.port })) };
+}
+
+/** Counters since the last report, for the primary's admin API and metrics. */
+const sent = new Map<string, [number, number]>();
+function deltas(t: Tether): MetricDeltas {
+  const backends: MetricDeltas["backends"] = [];
+  const sessions: MetricDeltas["sessions"] = [];
+  for (const pool of t.runtime.pools.values()) {
+    for (const b of pool.backends) {
+      const key = `${pool.name}\0${b.id}`;
+      const [r0, e0] = sent.get(key) ?? [0, 0];
+      if (b.requests !== r0 || b.errors !== e0)
+        backends.push([pool.name, b.id, b.requests - r0, b.errors - e0, b.lastPinnedAt]);
+      sent.set(key, [b.requests, b.errors]);
+      if (!b.sessions.tap) b.sessions.tap = [];
+      if (b.sessions.tap.length) {
+        sessions.push([pool.name, b.id, b.sessions.tap]);
+        b.sessions.tap = [];
+      }
+    }
+  }
+  return { ...t.metrics.drain(), backends, sessions };
+}
+
+async function handle(m: Message): Promise<void> {
+  switch (m.t) {
+    case "init": {
+      workerId = String(m.id);
+      const config = withPorts(loadConfigFile(m.file), m.ports);
+      const t = startTether(config, log, {
+        role: "worker",
+        fallbackKeys: m.keys.map((k) => Buffer.from(k)),
+        onLearned: (pool, table, key, backendId, exp) => batcher.add(pool, table, key, backendId, exp),
+      });
+      tether = t;
+      for (const [pool, backend, state] of m.states) t.applyState(pool, backend, state);
+      for (const [pool, backend, down] of m.health) t.applyHealth(pool, backend, down);
+      for (const table of m.tables) {
+        for (let i = 0; i + 2 < table.entries.length; i += 3) {
+          t.applyLearned(
+            table.pool,
+            table.table,
+            table.entries[i] as number,
+            table.entries[i + 1] as string,
+            table.entries[i + 2] as number,
+          );
+        }
+      }
+      deltas(t); // start the session taps
+      setInterval(
+        () => post({ v: PROTOCOL_VERSION, t: "metrics", d: deltas(t) }),
+        METRICS_EVERY_MS,
+      ).unref?.();
+      const ports = Object.fromEntries([...t.listeners].map(([name, h]) => [name, h.server.port ?? 0]));
+      post({ v: PROTOCOL_VERSION, t: "ready", ports });
+      for (const p of pending.splice(0)) void handle(p);
+      return;
+    }
+    case "learn":
+      for (const [pool, table, key, backendId, exp] of learnedEntries(m.e))
+        tether?.applyLearned(pool, table, key, backendId, exp);
+      return;
+    case "state":
+      tether?.applyState(m.pool, m.backend, m.state);
+      return;
+    case "health":
+      tether?.applyHealth(m.pool, m.backend, m.down);
+      return;
+    case "reload": {
+      try {
+        const file = tether?.runtime.config.file ?? "";
+        await tether?.reload(withPorts(loadConfigFile(file), m.ports));
+        post({ v: PROTOCOL_VERSION, t: "reloaded", ok: true });
+      } catch (e) {
+        post({ v: PROTOCOL_VERSION, t: "reloaded", ok: false, error: String(e) });
+      }
+      return;
+    }
+    case "stop": {
+      batcher.flush();
+      await tether?.stop(m.graceMs);
+      post({ v: PROTOCOL_VERSION, t: "stopped" });
+      return;
+    }
+    default:
+      return;
+  }
+}
