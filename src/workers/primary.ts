@@ -86,7 +86,10 @@ export async function startPrimary(
     new Promise<Message | null>((resolve) => {
       const timer = setTimeout(() => resolve(null), timeoutMs);
       let forSlot = waiters.get(slot);
-      if (!forSlot) waiters.set(slot, (forSlot = new Map()));
+      if (!forSlot) {
+        forSlot = new Map();
+        waiters.set(slot, forSlot);
+      }
       forSlot.set(type, (m) => {
         clearTimeout(timer);
         resolve(m);
