@@ -100,6 +100,7 @@ function buildRule(
 export class PersistenceChain {
   readonly rules: Rule[];
   readonly tables = new Map<string, StickTable>();
+  private readonly ruleTypes: string[];
   private readonly ring: HashRing;
   private readonly bounded: BoundedLoad;
   private readonly byId = new Map<string, Member>();
@@ -109,6 +110,7 @@ export class PersistenceChain {
     opts: ChainOptions,
   ) {
     for (const m of members) this.byId.set(m.id, m);
+    this.ruleTypes = opts.rules.map((r) => r.type);
     const ids = members.map((m) => m.id);
     this.ring = new HashRing(members.map((m) => ({ id: m.id, weight: m.weight })));
     this.bounded = new BoundedLoad(
@@ -208,6 +210,21 @@ export class PersistenceChain {
       sessionKey: sessionKey ? new Uint8Array(sessionKey) : null,
       decisions,
     };
+  }
+
+  /**
+   * Learned-table keys this request would look up that the local tables do
+   * not hold: what a cluster lookup should fetch before the decision.
+   */
+  missingKeys(req: RequestFacts): { table: string; key: number }[] {
+    const out: { table: string; key: number }[] = [];
+    this.rules.forEach((rule, i) => {
+      if (!(rule instanceof CookieLearnRule || rule instanceof UrlRule || rule instanceof TlsSessionRule)) return;
+      const key = rule.lookupKey(req);
+      if (key === null || rule.table.peekHashed(key, req.nowSec)) return;
+      out.push({ table: `${i}:${this.ruleTypes[i]}`, key });
+    });
+    return out;
   }
 
   /** The Cookie header the backend should see. */

@@ -23,6 +23,12 @@ export class CookieLearnRule implements Rule {
     return { kind: "pinned", backendId: entry.backendId, key: value, rule: this.name };
   }
 
+  /** The table key this request would look up, if it carries the cookie. */
+  lookupKey(req: RequestFacts): number | null {
+    const value = getCookie(req.cookie, this.cookieName);
+    return value ? this.table.keyOf(value) : null;
+  }
+
   remember(req: RequestFacts, placement: Placement, own: Decision, res: ResponseFacts): Effect[] {
     const effects: Effect[] = [];
     for (const header of res.setCookies) {

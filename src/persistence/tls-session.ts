@@ -22,6 +22,11 @@ export class TlsSessionRule implements Rule {
     return { kind: "pinned", backendId: entry.backendId, key: id, rule: this.name };
   }
 
+  /** The table key this connection would look up, if it offers a session ID. */
+  lookupKey(req: RequestFacts): number | null {
+    return req.tlsSessionId ? this.table.keyOf(req.tlsSessionId) : null;
+  }
+
   /** Called with the session ID a backend's ServerHello issued or echoed. */
   learn(sessionId: string, backendId: string, nowSec: number): void {
     if (sessionId) this.table.set(sessionId, backendId, nowSec);

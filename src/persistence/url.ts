@@ -57,6 +57,12 @@ export class UrlRule implements Rule {
     return { kind: "hash", key: id, rule: this.name };
   }
 
+  /** The table key this request would look up, if its URL carries a session ID. */
+  lookupKey(req: RequestFacts): number | null {
+    const id = this.idFrom(req.target);
+    return id === null ? null : this.table.keyOf(id);
+  }
+
   remember(req: RequestFacts, placement: Placement, own: Decision, res: ResponseFacts): Effect[] {
     const learned = new Set<string>();
     for (const header of res.setCookies) {

@@ -22,12 +22,36 @@ import { requestTarget, targetPath } from "./request-target.ts";
 import type { UpstreamClient } from "./upstream/client.ts";
 import type { UpstreamRequest, UpstreamResponse } from "./upstream/types.ts";
 
+/** Learned sessions held by other tether instances (Redis): consulted on a local miss. */
+export interface ClusterLookup {
+  lookup(pool: string, table: string, key: number): Promise<{ backendId: string; expiresAtSec: number } | null>;
+}
+
 export interface ProxyDeps {
   upstream: UpstreamClient;
   log: Logger;
   audit: Audit;
   metrics: Metrics;
   health: HealthMonitor;
+  cluster?: ClusterLookup | null;
+}
+
+/**
+ * The one decision step that waits on I/O: a session ID this instance has not
+ * learned is looked up in the cluster first (bounded by the lookup's own
+ * timeout; a miss or timeout places the request as new).
+ */
+export async function prefetchLearned(pool: Pool, facts: RequestFacts, deps: ProxyDeps): Promise<void> {
+  const cluster = deps.cluster;
+  if (!cluster || pool.chain.tables.size === 0) return;
+  const missing = pool.chain.missingKeys(facts);
+  if (missing.length === 0) return;
+  await Promise.all(
+    missing.map(async ({ table, key }) => {
+      const hit = await cluster.lookup(pool.name, table, key);
+      if (hit && pool.get(hit.backendId)) pool.chain.tables.get(table)?.putHashed(key, hit.backendId, hit.expiresAtSec, facts.nowSec);
+    }),
+  );
 }
 
 /** What the listener knows about the request before any backend is chosen. */
@@ -313,6 +337,7 @@ export async function forwardHttp(req: Request, info: RequestInfo, deps: ProxyDe
   try {
     pool = poolFor(req, target, info);
     const facts = requestFacts(req, target, info);
+    await prefetchLearned(pool, facts, deps);
     const placed = place(pool, facts, info, deps);
     if (!placed) throw new ProxyError("NO_BACKEND", `pool ${pool.name}`);
     const { body, bodyLength } = bodyOf(req);

@@ -7,7 +7,15 @@
 import type { Server, ServerWebSocket, WebSocketHandler } from "bun";
 import type { Backend, Pool } from "../pool/pool.ts";
 import { errorResponse, ProxyError, proxyErrorResponse } from "./errors.ts";
-import { forwardFacts, type ProxyDeps, place, poolFor, type RequestInfo, requestFacts } from "./forward.ts";
+import {
+  forwardFacts,
+  type ProxyDeps,
+  place,
+  poolFor,
+  prefetchLearned,
+  type RequestInfo,
+  requestFacts,
+} from "./forward.ts";
 import { backendRequestHeaders } from "./headers.ts";
 import { requestTarget } from "./request-target.ts";
 import type { UpstreamTarget } from "./upstream/types.ts";
@@ -106,6 +114,7 @@ export async function upgradeWebSocket(
     if (!HANDSHAKE.has(name)) headers[name] = value;
   }
   const tried = new Set<string>();
+  await prefetchLearned(pool, facts, deps);
   let placed = place(pool, facts, info, deps);
   for (let attempt = 0; placed && attempt <= pool.settings.retries; attempt++) {
     const { placement } = placed;
