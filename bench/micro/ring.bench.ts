@@ -47,9 +47,14 @@ for (const n of SIZES) {
     bench(`lookup n=${n} weights 1..4 + eligible`, () =>
       do_not_optimize(ringMixed.lookup(nextKey(), eligible)),
     );
-    const load = new Map(ids(n).map((id, i) => [id, (i * 7) % 13]));
+    // Busy: 20-32 requests in flight each, so every pick needs every load.
+    const load = new Map(ids(n).map((id, i) => [id, 20 + ((i * 7) % 13)]));
     const bounded = new BoundedLoad(ringEqual, 1.25, (id) => load.get(id) ?? 0);
-    bench(`BoundedLoad.pick n=${n} + eligible`, () => do_not_optimize(bounded.pick(nextKey(), eligible)));
+    bench(`BoundedLoad.pick n=${n} busy + eligible`, () =>
+      do_not_optimize(bounded.pick(nextKey(), eligible)),
+    );
+    const idle = new BoundedLoad(ringEqual, 1.25, () => 0);
+    bench(`BoundedLoad.pick n=${n} idle + eligible`, () => do_not_optimize(idle.pick(nextKey(), eligible)));
     const ketama = new Ketama(ids(n), 4000);
     bench(`baseline: ketama 4000 points/backend n=${n}`, () => do_not_optimize(ketama.lookup(nextKey())));
   });

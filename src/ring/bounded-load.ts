@@ -47,7 +47,7 @@ export class BoundedLoad {
    *   otherwise at least 1 (DEFAULT_HASH_BALANCE_FACTOR is 1.25). Lower
    *   spreads load more evenly and moves more new sessions off their first
    *   choice.
-   * @param load in-flight requests of a backend now, by id.
+   * @param load in-flight requests of a backend now, by id (a number >= 0).
    * @throws RangeError when factor is neither 0 nor a finite number >= 1.
    */
   constructor(
@@ -85,8 +85,8 @@ export class BoundedLoad {
       const id = ids[first] as string;
       if (eligible === undefined || eligible(id)) {
         const l = this.load(id);
-        const floorScale = (factor * (l + 1)) / this.totalWeight;
-        if (l < Math.ceil(floorScale * (weights[first] as number) - 1e-9)) return id;
+        const minScale = (factor * (l + 1)) / this.totalWeight;
+        if (l < Math.ceil(minScale * (weights[first] as number) - 1e-9)) return id;
       }
     }
     let total = 0;

@@ -196,22 +196,28 @@ describe("BoundedLoad", () => {
     );
   });
 
-  test("a pick is the first backend in the key's preference order that is under its cap", () => {
+  test("a pick is the first eligible backend in the key's preference order that is under its cap", () => {
     fc.assert(
       fc.property(
         arbIds(1, 8),
         fc.array(fc.nat(30), { minLength: 8, maxLength: 8 }),
+        fc.constantFrom(1, 1.25, 2),
         fc.integer(),
-        (ids, loads, seed) => {
+        (ids, loads, c, seed) => {
           const ms = members(ids, [2, 1, 1, 3]);
           const ring = new HashRing(ms);
-          const load = new Map(ids.map((id, i) => [id, loads[i] as number]));
-          const bounded = new BoundedLoad(ring, 1.25, (id) => load.get(id) ?? 0);
+          // Some idle backends, so the idle-first-choice shortcut is taken too.
+          const load = new Map(
+            ids.map((id, i) => [id, (loads[i] as number) % 3 === 0 ? 0 : (loads[i] as number)]),
+          );
+          const down = new Set(ids.filter((_, i) => (seed >>> (i % 31)) & 1));
+          const up = (id: string) => !down.has(id);
+          const bounded = new BoundedLoad(ring, c, (id) => load.get(id) ?? 0);
           for (const k of sessionKeyHashes(seed, 200)) {
             const expected = ring
               .preference(k)
-              .find((id) => (load.get(id) as number) < capOf(ms, load, 1.25, id));
-            expect(bounded.pick(k)).toBe(expected ?? null);
+              .find((id) => up(id) && (load.get(id) as number) < capOf(ms, load, c, id, up));
+            expect(bounded.pick(k, up)).toBe(expected ?? null);
           }
         },
       ),
