@@ -13,9 +13,11 @@ export interface TetherConfigInput {
   port: number;
   backends: Backend[];
   persistence: boolean;
+  /** tether's "workers" (default 0: one thread). */
+  workers?: number;
 }
 
-export function tetherConfig({ port, backends, persistence }: TetherConfigInput): object {
+export function tetherConfig({ port, backends, persistence, workers = 0 }: TetherConfigInput): object {
   const pool: Record<string, unknown> = {
     backends: backends.map((b) => ({ id: b.id, url: `http://127.0.0.1:${b.port}` })),
   };
@@ -24,6 +26,8 @@ export function tetherConfig({ port, backends, persistence }: TetherConfigInput)
     listeners: [{ name: "web", protocol: "http", address: `127.0.0.1:${port}`, pool: "app" }],
     pools: { app: pool },
     accessLog: false,
+    workers,
+    snapshot: false,
   };
 }
 

@@ -22,6 +22,8 @@ export interface Options {
   /** Distinct returning clients simulated per wrk thread. */
   clients: number;
   outDir: string;
+  /** tether's "workers" setting (0: one thread). */
+  tetherWorkers: number;
   /** Hidden: a stand-in for `bun src/main.ts`; "{config}" is replaced by the config path. */
   tetherCmd: string | null;
   quick: boolean;
@@ -60,6 +62,13 @@ export const SPECS: Record<string, Spec> = {
   },
   "--connections": { key: "connections", env: "BENCH_CONNECTIONS", kind: "int", min: 1, help: "wrk -c (64)" },
   "--threads": { key: "threads", env: "BENCH_THREADS", kind: "int", min: 1, help: "wrk -t (1)" },
+  "--tether-workers": {
+    key: "tetherWorkers",
+    env: "BENCH_TETHER_WORKERS",
+    kind: "int",
+    min: 0,
+    help: 'tether "workers" (0)',
+  },
   "--backends": { key: "backends", env: "BENCH_BACKENDS", kind: "int", min: 1, help: "backend servers (3)" },
   "--body-bytes": {
     key: "bodyBytes",
@@ -100,6 +109,7 @@ export function defaults(): Options {
     connections: 64,
     threads: 1,
     backends: 3,
+    tetherWorkers: 0,
     bodyBytes: 64,
     proxyCore: "0",
     loadCore: "1",

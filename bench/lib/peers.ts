@@ -146,7 +146,12 @@ function tetherPeer(): Peer {
   async function startTether(ctx: StartContext, withPersistence: boolean): Promise<Running> {
     const port = freePort();
     const cfg = JSON.stringify(
-      tetherConfig({ port, backends: ctx.backends, persistence: withPersistence }),
+      tetherConfig({
+        port,
+        backends: ctx.backends,
+        persistence: withPersistence,
+        workers: ctx.opts.tetherWorkers,
+      }),
       null,
       2,
     );
