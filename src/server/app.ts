@@ -10,9 +10,11 @@ import { type Audit, createAudit, noAudit } from "../audit.ts";
 import type { Config, ResolvedListener } from "../config/load.ts";
 import type { BackendState } from "../config/schema.ts";
 import type { Logger } from "../log.ts";
+import { startPassthroughListener } from "../passthrough/listener.ts";
 import { HealthMonitor } from "../pool/health.ts";
 import type { ProxyDeps } from "../proxy/forward.ts";
 import { UpstreamClient } from "../proxy/upstream/client.ts";
+import { ClusterSync } from "../state/cluster.ts";
 import { startSnapshots } from "../state/persist.ts";
 import { type ListenerHandle, startListener } from "./listener.ts";
 import { buildRuntime, type Runtime } from "./runtime.ts";
@@ -98,6 +100,13 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
   }
   // Backend states set through the admin API outlive reloads: "pool\0id" → state.
   const operatorStates = new Map<string, BackendState>();
+  // Another instance's sessions and states, through Redis, when "cluster" is configured.
+  let cluster: ClusterSync | null = null;
+  const learned = (pool: string, table: string, key: number, backendId: string, exp: number) => {
+    opts.onLearned?.(pool, table, key, backendId, exp);
+    cluster?.publishLearned(pool, table, key, backendId, exp);
+  };
+  const shareLearned = Boolean(opts.onLearned || config.redisUrl);
   const build = (c: Config, previous?: Runtime) => {
     const r = buildRuntime(c, previous, fallbackKeys);
     for (const pool of r.pools.values()) {
@@ -105,10 +114,9 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
         const s = operatorStates.get(`${pool.name}\0${b.id}`);
         if (s) b.state = s;
       }
-      const onLearned = opts.onLearned;
       for (const [name, table] of pool.chain.tables) {
-        table.onLearn = onLearned
-          ? (key, backendId, exp) => onLearned(pool.name, name, key, backendId, exp)
+        table.onLearn = shareLearned
+          ? (key, backendId, exp) => learned(pool.name, name, key, backendId, exp)
           : null;
       }
     }
@@ -126,7 +134,28 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
   const health = new HealthMonitor(current, log, audit, (pool, b, down) =>
     opts.onHealthChange?.(pool.name, b.id, down),
   );
-  const deps: ProxyDeps = { upstream, log, audit, metrics, health };
+  const deps: ProxyDeps = { upstream, log, audit, metrics, health, cluster: null };
+  if (config.redisUrl && config.cluster) {
+    const sync = new ClusterSync(
+      {
+        url: config.redisUrl,
+        prefix: config.cluster.redis.prefix,
+        lookupTimeoutMs: config.cluster.redis.lookupTimeoutMs,
+      },
+      log,
+      {
+        applyLearned: (pool, table, key, backendId, exp) =>
+          tether.applyLearned(pool, table, key, backendId, exp),
+        applyState: (pool, backend, state) => tether.applyState(pool, backend, state),
+      },
+    );
+    cluster = sync;
+    // Lookups only where traffic is served; the primary shares states.
+    if (role !== "primary") deps.cluster = sync;
+    void sync.start().then(async () => {
+      for (const [pool, backend, state] of await sync.loadStates()) tether.applyState(pool, backend, state);
+    });
+  }
   const listeners = new Map<string, ListenerHandle>();
   // Workers keep passive marks of their own; active checks run once, in the primary.
   if (role !== "worker") health.start();
@@ -147,6 +176,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
           backend.state = state;
           operatorStates.set(`${pool.name}\0${backend.id}`, state);
           opts.onStateChange?.(pool.name, backend.id, state);
+          cluster?.publishState(pool.name, backend.id, state);
           if (before !== state) {
             const fields = { pool: pool.name, backend: backend.id, from: before, state, by: "admin" };
             log.info("backend state changed", fields);
@@ -162,7 +192,10 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
 
   const open = (l: ResolvedListener) => {
     // reusePort lets a replacement listener bind the same port before the old one closes, so a reload drops nothing.
-    const handle = startListener(l, current, deps, { reusePort: true });
+    const handle =
+      l.protocol === "tls-passthrough"
+        ? startPassthroughListener(l, current, deps, { reusePort: true })
+        : startListener(l, current, deps, { reusePort: true });
     listeners.set(l.name, handle);
     log.info("listening", {
       name: l.name,
@@ -182,7 +215,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     throw e;
   }
 
-  return {
+  const tether: Tether = {
     get runtime() {
       return runtime;
     },
@@ -246,6 +279,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     },
     async stop(graceMs = runtime.config.shutdownGraceMs) {
       snapshots.stop();
+      await cluster?.stop();
       await Promise.all([...listeners.values()].map((h) => drain(h, graceMs)));
       listeners.clear();
       health.stop();
@@ -253,4 +287,5 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       upstream.close();
     },
   };
+  return tether;
 }
