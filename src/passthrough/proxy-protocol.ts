@@ -19,7 +19,9 @@ export const MAX_V2_PAYLOAD = 2048;
 export const V2_SIGNATURE = new Uint8Array([
   0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,
 ]);
-const V1_PREFIX = new TextEncoder().encode("PROXY ");
+const encoder = new TextEncoder();
+const latin1 = new TextDecoder("latin1");
+const V1_PREFIX = encoder.encode("PROXY ");
 
 export interface Endpoint {
   /** Dotted IPv4, or IPv6 in its RFC 5952 form. */
@@ -98,7 +100,7 @@ function parseV1(buf: Uint8Array): ProxyHeaderParse {
   }
   if (lf === -1) return buf.length >= MAX_V1_BYTES ? invalid("too-long") : INCOMPLETE;
   if (buf[lf - 1] !== 0x0d) return invalid("bad-line");
-  const line = new TextDecoder("latin1").decode(buf.subarray(0, lf - 1));
+  const line = latin1.decode(buf.subarray(0, lf - 1));
   if (line.includes("\r")) return invalid("bad-line");
   const parts = line.split(" ");
   const length = lf + 1;
@@ -330,9 +332,9 @@ export function serializeProxyHeader(h: ProxyHeader): Uint8Array {
 function serializeV1(h: ProxyHeader): Uint8Array {
   // v1 has no LOCAL command: UNKNOWN tells the receiver to use the real endpoints (§2.1).
   if (h.command === "local" || h.family === "unknown" || !h.source || !h.destination)
-    return new TextEncoder().encode("PROXY UNKNOWN\r\n");
+    return encoder.encode("PROXY UNKNOWN\r\n");
   const proto = h.family === "tcp4" ? "TCP4" : "TCP6";
-  return new TextEncoder().encode(
+  return encoder.encode(
     `PROXY ${proto} ${h.source.address} ${h.destination.address} ${h.source.port} ${h.destination.port}\r\n`,
   );
 }

@@ -219,7 +219,8 @@ export class PersistenceChain {
   missingKeys(req: RequestFacts): { table: string; key: number }[] {
     const out: { table: string; key: number }[] = [];
     this.rules.forEach((rule, i) => {
-      if (!(rule instanceof CookieLearnRule || rule instanceof UrlRule || rule instanceof TlsSessionRule)) return;
+      if (!(rule instanceof CookieLearnRule || rule instanceof UrlRule || rule instanceof TlsSessionRule))
+        return;
       const key = rule.lookupKey(req);
       if (key === null || rule.table.peekHashed(key, req.nowSec)) return;
       out.push({ table: `${i}:${this.ruleTypes[i]}`, key });

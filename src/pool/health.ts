@@ -2,13 +2,15 @@
  * Backend health: active checks on a timer per pool, passive marks from real
  * traffic. Every change is logged and audited (event "backend.state").
  *
- * Active: GET healthCheck.path every intervalMs; `fall` consecutive failures
+ * Active: GET healthCheck.path every intervalMs (a TCP connect for the tcp://
+ * backends of tls-passthrough pools); `fall` consecutive failures
  * mark a backend down, `rise` consecutive successes mark it up again.
  * Passive: `maxFails` consecutive connect errors or timeouts (and 5xx answers
  * with failOn5xx) mark it down for failTimeoutMs.
  */
 import type { Audit } from "../audit.ts";
 import type { Logger } from "../log.ts";
+import { probeTcp } from "../passthrough/probe.ts";
 import { UpstreamClient } from "../proxy/upstream/client.ts";
 import type { Runtime } from "../server/runtime.ts";
 import type { Backend, Pool } from "./pool.ts";
@@ -85,28 +87,42 @@ export class HealthMonitor {
     s.running = true;
     let ok = false;
     let why = "";
+    // tls-passthrough pools (tcp:// backends): a TCP connect instead of an HTTP request.
+    const tcpPool = this.current().config.pools[pool.name];
+    const tcp = tcpPool?.backends[0]?.tcp
+      ? probeTcp(b.target.hostname, b.target.port, {
+          timeoutMs: hc.timeoutMs,
+          ...(tcpPool.sendProxyProtocol ? { proxyProtocol: tcpPool.sendProxyProtocol } : {}),
+        })
+      : null;
     try {
-      const res = await this.client.request(
-        b.target,
-        {
-          method: "GET",
-          target: hc.path,
-          headers: [
-            ["host", `${b.target.hostname}:${b.target.port}`],
-            ["user-agent", "tether-health-check"],
-          ],
-          body: null,
-          bodyLength: null,
-        },
-        {
-          connectTimeoutMs: hc.timeoutMs,
-          responseTimeoutMs: hc.timeoutMs,
-          signal: AbortSignal.timeout(hc.timeoutMs),
-        },
-      );
-      if (res.body instanceof ReadableStream) await res.body.cancel();
-      ok = isHealthyStatus(res.status, hc.expectStatus);
-      why = `status ${res.status}`;
+      if (tcp) {
+        const r = await tcp;
+        ok = r.ok;
+        why = r.reason;
+      } else {
+        const res = await this.client.request(
+          b.target,
+          {
+            method: "GET",
+            target: hc.path,
+            headers: [
+              ["host", `${b.target.hostname}:${b.target.port}`],
+              ["user-agent", "tether-health-check"],
+            ],
+            body: null,
+            bodyLength: null,
+          },
+          {
+            connectTimeoutMs: hc.timeoutMs,
+            responseTimeoutMs: hc.timeoutMs,
+            signal: AbortSignal.timeout(hc.timeoutMs),
+          },
+        );
+        if (res.body instanceof ReadableStream) await res.body.cancel();
+        ok = isHealthyStatus(res.status, hc.expectStatus);
+        why = `status ${res.status}`;
+      }
     } catch (e) {
       why = (e as { code?: string }).code ?? "check failed";
     } finally {

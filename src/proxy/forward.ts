@@ -24,7 +24,11 @@ import type { UpstreamRequest, UpstreamResponse } from "./upstream/types.ts";
 
 /** Learned sessions held by other tether instances (Redis): consulted on a local miss. */
 export interface ClusterLookup {
-  lookup(pool: string, table: string, key: number): Promise<{ backendId: string; expiresAtSec: number } | null>;
+  lookup(
+    pool: string,
+    table: string,
+    key: number,
+  ): Promise<{ backendId: string; expiresAtSec: number } | null>;
 }
 
 export interface ProxyDeps {
@@ -49,7 +53,8 @@ export async function prefetchLearned(pool: Pool, facts: RequestFacts, deps: Pro
   await Promise.all(
     missing.map(async ({ table, key }) => {
       const hit = await cluster.lookup(pool.name, table, key);
-      if (hit && pool.get(hit.backendId)) pool.chain.tables.get(table)?.putHashed(key, hit.backendId, hit.expiresAtSec, facts.nowSec);
+      if (hit && pool.get(hit.backendId))
+        pool.chain.tables.get(table)?.putHashed(key, hit.backendId, hit.expiresAtSec, facts.nowSec);
     }),
   );
 }

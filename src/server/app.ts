@@ -65,7 +65,7 @@ async function drain(handle: ListenerHandle, graceMs: number): Promise<void> {
 /** True when some pool has a rule that needs cookie keys (sealing, route prefixes, table hashing). */
 function needsKeys(config: Config): boolean {
   return Object.values(config.pools).some((p) =>
-    p.persistence.some((r) => r.type === "cookie" || r.type === "url"),
+    p.persistence.some((r) => r.type === "cookie" || r.type === "url" || r.type === "tls-session"),
   );
 }
 

@@ -2,7 +2,7 @@
  * One traffic listener: a Bun.serve bound to the listener's address, handing
  * each request to the forwarder with the Runtime current at that moment.
  */
-import type { Server, TLSOptions } from "bun";
+import type { TLSOptions } from "bun";
 import type { ResolvedListener } from "../config/load.ts";
 import { errorResponse } from "../proxy/errors.ts";
 import { forwardHttp, type ProxyDeps, type RequestInfo } from "../proxy/forward.ts";
@@ -24,10 +24,20 @@ export const TLS12_CIPHERS = [
   "ECDHE-RSA-CHACHA20-POLY1305",
 ].join(":");
 
+/** What the app needs of a listening socket: a Bun.serve server, or a tls-passthrough listener. */
+export interface ListenerServer {
+  readonly port: number | undefined;
+  readonly hostname: string | undefined;
+  readonly pendingRequests: number;
+  readonly pendingWebSockets: number;
+  /** Stops accepting; with closeActiveConnections, also closes every open connection. */
+  stop(closeActiveConnections?: boolean): void | Promise<void>;
+}
+
 export interface ListenerHandle {
   readonly config: ResolvedListener;
-  readonly server: Server<WsData>;
-  /** Requests whose response has not been handed to Bun yet. */
+  readonly server: ListenerServer;
+  /** Requests whose response has not been handed to Bun yet (tls-passthrough: open connections). */
   inflight(): number;
 }
 
