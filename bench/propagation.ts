@@ -5,19 +5,12 @@
  * workers by SO_REUSEPORT) all reach the session's backend.
  * Run: bun bench/propagation.ts [sessions=200]
  */
-import { backend, rawRequest } from "../test/support/backends.ts";
+import { rawRequest, sessionBackends } from "../test/support/backends.ts";
 import { tempDir, writeConfig } from "../test/support/files.ts";
 import { spawnCli } from "../test/support/tether.ts";
 
 const sessions = Number(process.argv[2] ?? 200);
-const backends = ["b1", "b2", "b3"].map((name) =>
-  backend(name, (req) => {
-    const headers = new Headers({ "x-backend": name });
-    if (!(req.headers.get("cookie") ?? "").includes("SID="))
-      headers.append("set-cookie", `SID=${name}-${crypto.randomUUID()}`);
-    return new Response(name, { headers });
-  }),
-);
+const backends = sessionBackends();
 const file = writeConfig(tempDir(), {
   listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
   pools: {

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createAudit } from "../../src/audit.ts";
 import type { ConfigInput } from "../../src/config/schema.ts";
 import { startTether, type Tether } from "../../src/server/app.ts";
-import { backend, type TestBackend } from "../support/backends.ts";
+import { sessionBackends, type TestBackend } from "../support/backends.ts";
 import { startRedis, type TestRedis } from "../support/redis.ts";
 import { memoryLogger, config as resolve } from "../support/tether.ts";
 
@@ -22,14 +22,7 @@ describe("two instances through Redis", () => {
 
   beforeAll(async () => {
     redis = await startRedis();
-    backends = ["b1", "b2", "b3"].map((name) =>
-      backend(name, (req) => {
-        const headers = new Headers({ "x-backend": name });
-        if (!(req.headers.get("cookie") ?? "").includes("SID="))
-          headers.append("set-cookie", `SID=${name}-${crypto.randomUUID()}`);
-        return new Response(name, { headers });
-      }),
-    );
+    backends = sessionBackends();
     const input = {
       listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
       pools: {

@@ -4,44 +4,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { backend, type TestBackend } from "../support/backends.ts";
+import { makeCert, run } from "../support/certs.ts";
 import { REPO, tempDir } from "../support/files.ts";
 import { type Running, startInProcess } from "../support/tether.ts";
 
-async function run(cmd: string[], stdin = ""): Promise<{ code: number; out: string }> {
-  const p = Bun.spawn(cmd, { stdin: new TextEncoder().encode(stdin), stdout: "pipe", stderr: "pipe" });
-  const [out, err] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
-  return { code: await p.exited, out: out + err };
-}
-
 const sClient = (port: number, ...args: string[]) =>
   run(["openssl", "s_client", "-connect", `127.0.0.1:${port}`, "-brief", ...args], "Q\n");
-
-async function makeCert(dir: string, cn: string): Promise<{ cert: string; key: string }> {
-  const cert = join(dir, `${cn}.pem`);
-  const key = join(dir, `${cn}-key.pem`);
-  const r = await run([
-    "openssl",
-    "req",
-    "-x509",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:P-256",
-    "-nodes",
-    "-days",
-    "2",
-    "-subj",
-    `/CN=${cn}`,
-    "-addext",
-    `subjectAltName=DNS:${cn}`,
-    "-keyout",
-    key,
-    "-out",
-    cert,
-  ]);
-  if (r.code !== 0) throw new Error(r.out);
-  return { cert, key };
-}
 
 describe("https listener", () => {
   let app: TestBackend;

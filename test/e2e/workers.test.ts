@@ -3,7 +3,7 @@
  * primary's admin API sees every worker's traffic, shutdown drains.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { backend, rawRequest, type TestBackend } from "../support/backends.ts";
+import { backend, rawRequest, sessionBackends, type TestBackend } from "../support/backends.ts";
 import { tempDir, writeConfig } from "../support/files.ts";
 import { type Child, spawnCli } from "../support/tether.ts";
 
@@ -16,14 +16,7 @@ describe("workers: 2", () => {
   let adminPort = 0;
 
   beforeAll(async () => {
-    backends = ["b1", "b2", "b3"].map((name) =>
-      backend(name, (req) => {
-        const headers = new Headers({ "x-backend": name });
-        if (!(req.headers.get("cookie") ?? "").includes("SID="))
-          headers.append("set-cookie", `SID=${name}-${crypto.randomUUID()}; Path=/`);
-        return new Response(name, { headers });
-      }),
-    );
+    backends = sessionBackends();
     const file = writeConfig(tempDir(), {
       listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
       pools: {

@@ -9,47 +9,9 @@ import { join } from "node:path";
 import type { Socket, TCPSocketListener } from "bun";
 import { parseClientHello } from "../../src/passthrough/client-hello.ts";
 
-export async function run(
-  cmd: string[],
-  stdin = "",
-  timeoutMs = 10_000,
-): Promise<{ code: number; out: string }> {
-  const p = Bun.spawn(cmd, {
-    stdin: new TextEncoder().encode(stdin),
-    stdout: "pipe",
-    stderr: "pipe",
-    timeout: timeoutMs,
-  });
-  const [out, err] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
-  return { code: await p.exited, out: out + err };
-}
+export { makeCert, run } from "../support/certs.ts";
 
-export async function makeCert(dir: string, cn: string): Promise<{ cert: string; key: string }> {
-  const cert = join(dir, `${cn}.pem`);
-  const key = join(dir, `${cn}-key.pem`);
-  const r = await run([
-    "openssl",
-    "req",
-    "-x509",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:P-256",
-    "-nodes",
-    "-days",
-    "2",
-    "-subj",
-    `/CN=${cn}`,
-    "-addext",
-    `subjectAltName=DNS:${cn}`,
-    "-keyout",
-    key,
-    "-out",
-    cert,
-  ]);
-  if (r.code !== 0) throw new Error(r.out);
-  return { cert, key };
-}
+import { run } from "../support/certs.ts";
 
 export interface SServer {
   port: number;

@@ -3,7 +3,7 @@ import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { buildRuntime } from "../../src/server/runtime.ts";
 import { applySnapshot, collectSnapshot, readSnapshot, writeSnapshot } from "../../src/state/snapshot.ts";
-import { backend } from "../support/backends.ts";
+import { sessionBackends } from "../support/backends.ts";
 import { tempDir, writeConfig } from "../support/files.ts";
 import { config, spawnCli } from "../support/tether.ts";
 
@@ -93,14 +93,7 @@ describe("snapshot", () => {
   });
 
   test("a learned session and a drained backend survive a restart of the real process", async () => {
-    const backends = ["b1", "b2", "b3"].map((name) =>
-      backend(name, (req) => {
-        const headers = new Headers({ "x-backend": name });
-        if (!(req.headers.get("cookie") ?? "").includes("SID="))
-          headers.append("set-cookie", `SID=${name}-${crypto.randomUUID()}`);
-        return new Response(name, { headers });
-      }),
-    );
+    const backends = sessionBackends();
     const dir = tempDir();
     const file = writeConfig(dir, {
       listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],

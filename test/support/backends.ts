@@ -102,3 +102,19 @@ export async function rawRequest(port: number, bytes: string, timeoutMs = 3000):
     });
   });
 }
+
+/**
+ * Backends b1, b2, b3 that behave like an application with its own session
+ * cookie: a request without `SID` gets a fresh `SID=<name>-<uuid>`. Each
+ * answers with its name in X-Backend.
+ */
+export function sessionBackends(names = ["b1", "b2", "b3"]): TestBackend[] {
+  return names.map((name) =>
+    backend(name, (req) => {
+      const headers = new Headers({ "x-backend": name });
+      if (!(req.headers.get("cookie") ?? "").includes("SID="))
+        headers.append("set-cookie", `SID=${name}-${crypto.randomUUID()}; Path=/`);
+      return new Response(name, { headers });
+    }),
+  );
+}

@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Socket } from "bun";
 import type { RequestOptions, UpstreamRequest, UpstreamTarget } from "../../src/proxy/upstream/types.ts";
+import { makeCert } from "../support/certs.ts";
 
 export const OPTS: RequestOptions = { connectTimeoutMs: 2000, responseTimeoutMs: 5000 };
 
@@ -248,36 +249,11 @@ export interface Cert {
 /** A self-signed certificate for localhost and 127.0.0.1, made with openssl. */
 export async function selfSignedCert(): Promise<Cert> {
   const dir = mkdtempSync(join(tmpdir(), "tether-upstream-"));
-  const keyPath = join(dir, "key.pem");
-  const certPath = join(dir, "cert.pem");
-  const proc = Bun.spawn(
-    [
-      "openssl",
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-nodes",
-      "-keyout",
-      keyPath,
-      "-out",
-      certPath,
-      "-days",
-      "1",
-      "-subj",
-      "/CN=localhost",
-      "-addext",
-      "subjectAltName=DNS:localhost,IP:127.0.0.1",
-    ],
-    { stdout: "ignore", stderr: "pipe" },
-  );
-  if ((await proc.exited) !== 0) throw new Error(`openssl failed: ${await new Response(proc.stderr).text()}`);
+  const files = await makeCert(dir, "localhost", ["IP:127.0.0.1"]);
   return {
     dir,
-    key: await Bun.file(keyPath).text(),
-    cert: await Bun.file(certPath).text(),
+    key: await Bun.file(files.key).text(),
+    cert: await Bun.file(files.cert).text(),
     cleanup: () => rmSync(dir, { recursive: true, force: true }),
   };
 }
