@@ -5,7 +5,11 @@
  */
 import { randomBytes } from "node:crypto";
 import { getCookie, mapCookie } from "./cookies.ts";
-import { backendKey, TokenSealer } from "./token.ts";
+import { backendKey, type OpenResult, type TokenClaims, TokenSealer } from "./token.ts";
+
+/** Opened tokens remembered (about 200 bytes each). */
+const OPENED_CACHE_MAX = 50_000;
+
 import type { Decision, Effect, Placement, RequestFacts, ResponseFacts, Rule } from "./types.ts";
 
 export interface CookieInsertOptions {
@@ -41,10 +45,33 @@ export class CookieInsertRule implements Rule {
     for (const id of backendIds) this.byKey.set(backendKey(id), id);
   }
 
+  /**
+   * Tokens opened recently, by their exact text. A returning client sends the
+   * same token on every request until it is refreshed, and the same text is
+   * the same ciphertext, already authenticated: looking it up costs a Map
+   * get instead of an AES-GCM open. Only valid tokens are kept; time limits
+   * are still checked on every request. Bounded, oldest dropped first.
+   */
+  private readonly opened = new Map<string, { claims: TokenClaims; stale: boolean; key: string }>();
+
+  private open(token: string): OpenResult & { key?: string } {
+    const hit = this.opened.get(token);
+    if (hit) return { ok: true, claims: hit.claims, stale: hit.stale, key: hit.key };
+    const r = this.sealer.open(token);
+    if (!r.ok) return r;
+    const key = sessionKeyText(r.claims.sessionKey);
+    if (this.opened.size >= OPENED_CACHE_MAX) {
+      const oldest = this.opened.keys().next();
+      if (!oldest.done) this.opened.delete(oldest.value);
+    }
+    this.opened.set(token, { claims: r.claims, stale: r.stale, key });
+    return { ...r, key };
+  }
+
   decide(req: RequestFacts): Decision {
     const token = getCookie(req.cookie, this.opts.name);
     if (token === null) return { kind: "none", rule: this.name };
-    const opened = this.sealer.open(token);
+    const opened = this.open(token);
     if (!opened.ok) return { kind: "none", rule: this.name, rejected: opened.reason };
     const { claims } = opened;
     const { maxIdleMs, maxLifeMs } = this.opts;
@@ -60,7 +87,7 @@ export class CookieInsertRule implements Rule {
     const decision: Decision = {
       kind: "pinned",
       backendId,
-      key: sessionKeyText(claims.sessionKey),
+      key: opened.key ?? sessionKeyText(claims.sessionKey),
       rule: this.name,
       refresh,
     };

@@ -309,3 +309,44 @@ describe("client-ip", () => {
     expect(together).toBeLessThan(pairs.length);
   });
 });
+
+describe("maxConn and the queue", () => {
+  const limitedPool = (queueTimeoutMs: number) => {
+    let inflight = 0;
+    let peak = 0;
+    const b = backend("slow", async () => {
+      inflight++;
+      peak = Math.max(peak, inflight);
+      await Bun.sleep(250);
+      inflight--;
+      return new Response("slow", { headers: { "x-backend": "slow" } });
+    });
+    const audit: Record<string, unknown>[] = [];
+    const tether = startTether(
+      resolve({
+        listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+        pools: { app: { backends: [{ id: "s", url: b.url, maxConn: 1 }], queueTimeoutMs } },
+      } as ConfigInput),
+      memoryLogger(),
+      { audit: createAudit(undefined, (l) => audit.push(JSON.parse(l))) },
+    );
+    cleanup.push(() => b.stop());
+    cleanup.push(() => tether.stop(100));
+    const url = `http://127.0.0.1:${[...tether.listeners.values()][0]?.server.port}/`;
+    return { url, peak: () => peak };
+  };
+
+  test("requests over maxConn wait for a free slot instead of failing", async () => {
+    const p = limitedPool(5_000);
+    const statuses = await Promise.all(Array.from({ length: 4 }, () => fetch(p.url).then((r) => r.status)));
+    expect(statuses).toEqual([200, 200, 200, 200]);
+    expect(p.peak()).toBe(1);
+  });
+
+  test("past queueTimeoutMs a waiting request gets 503", async () => {
+    const p = limitedPool(100);
+    const statuses = await Promise.all(Array.from({ length: 3 }, () => fetch(p.url).then((r) => r.status)));
+    expect(statuses.filter((s) => s === 200).length).toBe(1);
+    expect(statuses.filter((s) => s === 503).length).toBe(2);
+  });
+});
