@@ -97,6 +97,15 @@ export function dashboardCsp(html: string): string {
 
 const cspCache = new WeakMap<AdminContext, string>();
 
+/** decodeURIComponent, or null for a malformed escape such as "%" or "%E0%A4" (which it throws on). */
+function decodePathSegment(s: string): string | null {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return null;
+  }
+}
+
 export async function handleAdmin(req: Request, ctx: AdminContext): Promise<Response> {
   const url = new URL(req.url);
   const path = url.pathname;
@@ -170,8 +179,11 @@ export async function handleAdmin(req: Request, ctx: AdminContext): Promise<Resp
   const m = /^\/api\/backends\/([^/]+)\/([^/]+)$/.exec(path);
   if (m) {
     if (req.method !== "PUT") return problem(405, 'use PUT with {"state": ...}');
-    const pool = runtime.pools.get(decodeURIComponent(m[1] as string));
-    const backend = pool?.get(decodeURIComponent(m[2] as string));
+    const [poolName, backendId] = [decodePathSegment(m[1] as string), decodePathSegment(m[2] as string)];
+    if (poolName === null || backendId === null)
+      return problem(400, "malformed percent-encoding in the path");
+    const pool = runtime.pools.get(poolName);
+    const backend = pool?.get(backendId);
     if (!pool || !backend) return problem(404, "no such pool or backend");
     const parsed = parseStateBody(await req.text());
     if ("error" in parsed) return problem(400, parsed.error);

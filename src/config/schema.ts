@@ -445,10 +445,11 @@ export const configSchema = z
       if (listenerNames.has(l.name))
         ctx.addIssue({ code: "custom", path: at("name"), message: `duplicate listener name "${l.name}"` });
       listenerNames.add(l.name);
-      if (!(l.pool in cfg.pools))
+      // Own keys only: "constructor" or "toString" must not count as pools (the prototype has them).
+      if (!Object.hasOwn(cfg.pools, l.pool))
         ctx.addIssue({ code: "custom", path: at("pool"), message: `no pool named "${l.pool}"` });
       l.routes.forEach((r, j) => {
-        if (!(r.pool in cfg.pools))
+        if (!Object.hasOwn(cfg.pools, r.pool))
           ctx.addIssue({
             code: "custom",
             path: at("routes", j, "pool"),
@@ -488,7 +489,7 @@ export const configSchema = z
       }
       const wantTcp = l.protocol === "tls-passthrough";
       for (const [j, poolName] of [[-1, l.pool] as const, ...l.routes.map((r, j) => [j, r.pool] as const)]) {
-        const pool = cfg.pools[poolName];
+        const pool = Object.hasOwn(cfg.pools, poolName) ? cfg.pools[poolName] : undefined;
         if (!pool) continue;
         const isTcp = pool.backends.every((b) => b.url.startsWith("tcp:"));
         if (isTcp !== wantTcp)

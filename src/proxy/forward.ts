@@ -65,6 +65,8 @@ export interface RequestInfo {
   runtime: Runtime;
   peerIp: string;
   startedAt: number;
+  /** Called once the response (its whole body, for a stream) has been handed to the client. */
+  responded?: () => void;
 }
 
 export function forwardFacts(req: Request, info: RequestInfo): ForwardFacts {
@@ -221,6 +223,8 @@ async function exchange(
       return { backend, response: releaseWhenDone(response, backend), placement };
     } catch (e) {
       release(backend);
+      // The client went away (the upstream call rejects with the abort reason): not the backend's fault.
+      if (signal.aborted) throw new ProxyError("BAD_REQUEST", "client went away");
       const err = e instanceof ProxyError ? e : new ProxyError("CONNECT_FAILED", String(e));
       deps.log.warn("upstream failed", { pool: pool.name, backend: backend.id, code: err.code, attempt });
       backend.errors++;
@@ -252,6 +256,7 @@ export function toClientResponse(
   res: UpstreamResponse,
   method: string,
   effects: readonly Effect[] = [],
+  responded?: () => void,
 ): Response {
   const headers = clientResponseHeaders(res.headers);
   if (effects.length) {
@@ -272,10 +277,45 @@ export function toClientResponse(
     // Bun keeps an explicit Content-Length on a streamed or HEAD response instead of chunking.
     headers.set("content-length", String(res.contentLength));
   }
-  return new Response(bodyless ? null : res.body, {
+  let body = bodyless ? null : res.body;
+  if (responded) {
+    if (body instanceof ReadableStream) body = whenDone(body, responded);
+    else responded();
+  }
+  return new Response(body, {
     status: res.status,
     statusText: res.statusText,
     headers,
+  });
+}
+
+/** Passes a stream through and calls `done` once when it ends, fails or is cancelled. */
+function whenDone(stream: ReadableStream<Uint8Array>, done: () => void): ReadableStream<Uint8Array> {
+  const reader = stream.getReader();
+  let called = false;
+  const once = () => {
+    if (!called) {
+      called = true;
+      done();
+    }
+  };
+  return new ReadableStream<Uint8Array>({
+    async pull(c) {
+      try {
+        const { done: end, value } = await reader.read();
+        if (end) {
+          once();
+          c.close();
+        } else c.enqueue(value);
+      } catch (e) {
+        once();
+        c.error(e);
+      }
+    },
+    cancel(reason) {
+      once();
+      return reader.cancel(reason);
+    },
   });
 }
 
@@ -359,7 +399,7 @@ export async function forwardHttp(req: Request, info: RequestInfo, deps: ProxyDe
     record(deps, info, pool, backend, placement, response.status);
     const effects = pool.chain.remember(facts, placement, responseFacts(response, info));
     accessLog(deps, info, req, target, pool.name, backend.id, response.status);
-    return toClientResponse(response, req.method, effects);
+    return toClientResponse(response, req.method, effects, info.responded);
   } catch (e) {
     const err = e instanceof ProxyError ? e : new ProxyError("BAD_REQUEST", String(e));
     accessLog(deps, info, req, target, pool?.name ?? "", "", err.status, err.code);
@@ -370,6 +410,7 @@ export async function forwardHttp(req: Request, info: RequestInfo, deps: ProxyDe
       err.status,
       (performance.now() - info.startedAt) / 1000,
     );
+    info.responded?.();
     return proxyErrorResponse(err);
   }
 }

@@ -20,6 +20,8 @@ const HOP_BY_HOP = new Set([
 /** Request headers that we set ourselves and never copy from the client. */
 const FORWARDING = new Set(["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"]);
 
+const isReserved = (name: string) => HOP_BY_HOP.has(name) || FORWARDING.has(name) || name === "content-length";
+
 /** Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1). */
 function connectionListed(connection: string | null): Set<string> | null {
   if (!connection) return null;
@@ -69,6 +71,9 @@ export function backendRequestHeaders(
   for (const [name, value] of headers) {
     if (HOP_BY_HOP.has(name) || FORWARDING.has(name) || name === "content-length") continue;
     if (listed?.has(name)) continue;
+    // CGI-style backends read "_" as "-": Transfer_Encoding or X_Forwarded_For would reach them as
+    // framing or forwarding headers tether never checked (nginx drops every underscore name).
+    if (name.includes("_") && isReserved(name.replaceAll("_", "-"))) continue;
     if (name === "cookie" && cookie !== undefined) {
       if (cookie) out.push(["cookie", cookie]);
       continue;

@@ -3,6 +3,8 @@
  * in Request.url, without building a URL object on the hot path.
  */
 export function requestTarget(url: string): string {
+  // Bun gives the bare target ("/a/b?q") when the Host header is missing or not a valid authority.
+  if (url.charCodeAt(0) === 47) return url;
   const schemeEnd = url.indexOf("//");
   const pathStart = url.indexOf("/", schemeEnd + 2);
   if (pathStart === -1) return "/";

@@ -2,7 +2,7 @@
  * One traffic listener: a Bun.serve bound to the listener's address, handing
  * each request to the forwarder with the Runtime current at that moment.
  */
-import type { TLSOptions } from "bun";
+import type { Server, TLSOptions } from "bun";
 import type { ResolvedListener } from "../config/load.ts";
 import { errorResponse } from "../proxy/errors.ts";
 import { forwardHttp, type ProxyDeps, type RequestInfo } from "../proxy/forward.ts";
@@ -69,6 +69,30 @@ function redirectToHttps(req: Request, l: ResolvedListener): Response | null {
   return new Response(null, { status: 308, headers: { location: url.href } });
 }
 
+/**
+ * Requests Bun.serve accepts that a reverse proxy must not pass on. Two Host
+ * lines (Bun merges them with a comma and builds the URL from the first) and
+ * a Host that is not a valid authority (Bun then hands over a bare target
+ * instead of a URL) get 400 as RFC 9112 §3.2 asks: the backend could read
+ * such a Host differently from the router. CONNECT asks for a tunnel, which
+ * tether does not offer (and Bun drops its authority-form target).
+ */
+function malformedRequest(req: Request): Response | null {
+  if (req.method === "CONNECT") return errorResponse(501, "CONNECT is not supported.");
+  const host = req.headers.get("host");
+  if (host !== null && (host.includes(",") || req.url.charCodeAt(0) === 47))
+    return errorResponse(400, "The request is malformed.");
+  return null;
+}
+
+function restoreIdleTimeout(srv: Server<WsData>, req: Request, seconds: number): void {
+  try {
+    srv.timeout(req, seconds);
+  } catch {
+    // The connection is already gone.
+  }
+}
+
 export function startListener(
   config: ResolvedListener,
   currentRuntime: () => Runtime,
@@ -80,15 +104,19 @@ export function startListener(
   const hsts = hstsValue(config);
   const tls = tlsOptions(config);
 
+  const idleSeconds = Math.floor(config.clientIdleMs / 1000);
+
   const server = Bun.serve<WsData>({
     hostname: config.hostname,
     port: config.port,
     reusePort: opts.reusePort ?? false,
-    idleTimeout: Math.floor(config.clientIdleMs / 1000),
+    idleTimeout: idleSeconds,
     maxRequestBodySize: config.maxBodyBytes,
     ...(tls ? { tls: tls.length === 1 ? tls[0] : tls } : {}),
     websocket: websocketHandler,
     async fetch(req, srv) {
+      const malformed = malformedRequest(req);
+      if (malformed) return malformed;
       const redirect = redirectToHttps(req, config);
       if (redirect) return redirect;
       const runtime = currentRuntime();
@@ -97,12 +125,19 @@ export function startListener(
         runtime,
         peerIp: normalizeIp(srv.requestIP(req)?.address ?? "") || "0.0.0.0",
         startedAt: performance.now(),
+        // Bun keeps a request's timeout for the rest of its connection: without this, a keep-alive
+        // connection that made one request would never be closed for idleness.
+        responded: () => restoreIdleTimeout(srv, req, idleSeconds),
       };
       // Waiting for a slow backend must not count as client idleness (Bun's idle timer covers it otherwise).
       srv.timeout(req, 0);
       inflight++;
       try {
-        if (isWebSocketUpgrade(req)) return await upgradeWebSocket(req, srv, info, deps);
+        if (isWebSocketUpgrade(req)) {
+          const refused = await upgradeWebSocket(req, srv, info, deps);
+          if (refused) info.responded?.();
+          return refused;
+        }
         const res = await forwardHttp(req, info, deps);
         if (hsts && !res.headers.has("strict-transport-security"))
           res.headers.set("strict-transport-security", hsts);

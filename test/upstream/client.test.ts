@@ -250,21 +250,30 @@ describe("stale pooled socket", () => {
     },
   );
 
-  test("POST with a Uint8Array body is replayed whole", async () => {
+  test("PUT (idempotent) with a Uint8Array body is replayed whole", async () => {
     const server = staleAfterFirst();
     fresh();
     await client.request(target(server.port), get(), OPTS);
-    await client.request(target(server.port), post(new TextEncoder().encode("data")), OPTS);
+    await client.request(target(server.port), { ...post(new TextEncoder().encode("data")), method: "PUT" }, OPTS);
     const last = server.requests.at(-1);
     expect(last?.conn).toBe(2);
     expect(new TextDecoder().decode(last?.body)).toBe("data");
   });
 
-  test("a small stream body is replayed from its buffer", async () => {
+  test("POST is never repeated on its own: the backend may have acted on it (RFC 9110 §9.2.2)", async () => {
     const server = staleAfterFirst();
     fresh();
     await client.request(target(server.port), get(), OPTS);
-    await client.request(target(server.port), post(streamOf("he", "llo")), OPTS);
+    const err = await failure(client.request(target(server.port), post(new TextEncoder().encode("charge=100")), OPTS));
+    expect(err.code).toBe("RESET_BEFORE_RESPONSE");
+    expect(server.connections).toBe(1);
+  });
+
+  test("a small stream body of an idempotent request is replayed from its buffer", async () => {
+    const server = staleAfterFirst();
+    fresh();
+    await client.request(target(server.port), get(), OPTS);
+    await client.request(target(server.port), { ...post(streamOf("he", "llo")), method: "PUT" }, OPTS);
     const last = server.requests.at(-1);
     expect(last?.conn).toBe(2);
     expect(new TextDecoder().decode(last?.body)).toBe("2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n");

@@ -5,7 +5,7 @@
  * detour through fetch's single HTTP-client thread.
  */
 import { Conn, type ConnOwner } from "./connection.ts";
-import { Exchange } from "./exchange.ts";
+import { Exchange, IDEMPOTENT } from "./exchange.ts";
 import { IdlePool } from "./pool.ts";
 import { serializeRequestHead } from "./serialize.ts";
 import type { RequestOptions, UpstreamRequest, UpstreamResponse, UpstreamTarget } from "./types.ts";
@@ -18,6 +18,9 @@ export interface UpstreamClientOptions {
   /** A larger response head (or trailer section) is a BAD_RESPONSE (default 64 KiB). */
   maxHeaderBytes?: number;
 }
+
+/** How recently a pooled socket must have been used for a non-idempotent request to reuse it. */
+const FRESH_IDLE_MS = 2_000;
 
 export class UpstreamClient implements ConnOwner {
   readonly maxHeaderBytes: number;
@@ -46,7 +49,9 @@ export class UpstreamClient implements ConnOwner {
     const { promise, resolve, reject } = Promise.withResolvers<UpstreamResponse>();
     const ex = new Exchange(target, req, opts, head, resolve, reject);
     signal?.addEventListener("abort", ex);
-    const pooled = this.takeIdle(target.key);
+    // A non-idempotent request cannot be retried if a pooled socket turns out
+    // to be closed, so it only reuses one that was busy moments ago.
+    const pooled = this.takeIdle(target.key, IDEMPOTENT.has(req.method) ? Number.POSITIVE_INFINITY : FRESH_IDLE_MS);
     if (pooled !== undefined) pooled.attach(ex, true);
     else this.connect(ex);
     return promise;
@@ -76,11 +81,18 @@ export class UpstreamClient implements ConnOwner {
     this.connect(ex);
   }
 
-  private takeIdle(key: string): Conn | undefined {
+  private takeIdle(key: string, maxIdleMs: number): Conn | undefined {
     for (;;) {
       const conn = this.pool.take(key);
-      if (conn === undefined || conn.usable) return conn;
-      conn.destroy();
+      if (conn === undefined) return undefined;
+      if (!conn.usable) {
+        conn.destroy();
+        continue;
+      }
+      if (performance.now() - conn.idleSince <= maxIdleMs) return conn;
+      // Too long idle for this request: keep it (as idle as it was) for an idempotent one.
+      if (!this.pool.restore(conn)) conn.close();
+      return undefined;
     }
   }
 

@@ -141,7 +141,9 @@ export class Conn implements Pooled {
       written = Math.max(0, (this.socket as Socket<Conn>).write(bytes));
       if (written === bytes.byteLength) return true;
     }
-    if (this.state !== CLOSED) this.outbox.push(transient ? bytes.slice(written) : bytes.subarray(written));
+    // A copy for transient bytes: Buffer's slice() is a view, and the scratch buffer is reused by the next request.
+    if (this.state !== CLOSED)
+      this.outbox.push(transient ? new Uint8Array(bytes.subarray(written)) : bytes.subarray(written));
     return false;
   }
 

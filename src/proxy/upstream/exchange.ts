@@ -25,6 +25,9 @@ export interface BodyErrorSink {
   error(reason: unknown): void;
 }
 
+/** Methods a proxy may repeat on its own (RFC 9110 §9.2.2). */
+export const IDEMPOTENT: ReadonlySet<string> = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
+
 export class Exchange {
   conn: Conn | null = null;
   /** Already moved to a fresh connection once. */
@@ -38,6 +41,7 @@ export class Exchange {
   private replay: Uint8Array[] | null = null;
   private replayBytes = 0;
   private reader: { cancel(reason?: unknown): Promise<void> } | null = null;
+  private pumping = false;
   private bodySent = false;
   private sentBytes = 0;
 
@@ -67,13 +71,19 @@ export class Exchange {
     this.replay = conn.fromPool && !this.retried ? [] : null;
     this.replayBytes = 0;
     if (this.bodySent) conn.endRequest();
-    else if (this.reader === null) this.pump(body);
+    else if (!this.pumping) this.pump(body);
   }
 
-  /** A retry is safe only if nothing of the request is lost: stream bodies need their replay. */
+  /**
+   * A retry is safe only if nothing of the request is lost (stream bodies
+   * need their replay) and the method is idempotent: the backend may have
+   * acted on the request before closing, and a proxy must not repeat a
+   * non-idempotent one on its own (RFC 9110 §9.2.2).
+   */
   mayRetry(): boolean {
     return (
       !this.retried &&
+      IDEMPOTENT.has(this.req.method) &&
       this.phase === PENDING &&
       (!(this.req.body instanceof ReadableStream) || this.replay !== null)
     );
@@ -94,6 +104,9 @@ export class Exchange {
 
   /** Rejects the promise, or errors the body stream once the head was delivered. */
   fail(reason: unknown): void {
+    // A stream body already (partly) read cannot be sent again: the caller must not retry it elsewhere.
+    if (reason instanceof ProxyError && reason.safeToRetry && this.reader !== null)
+      reason = new ProxyError(reason.code, reason.detail, false);
     if (this.phase === PENDING) this.reject(reason);
     else if (this.phase === STREAMING) this.sink?.error(reason);
     else return;
@@ -129,7 +142,12 @@ export class Exchange {
    */
   private async pump(body: ReadableStream<Uint8Array>): Promise<void> {
     const expected = this.req.bodyLength;
+    this.pumping = true;
     try {
+      // The body is read only once the connection is open: a failed connect leaves the stream
+      // untouched, so the caller can still send the request to another backend.
+      await this.conn?.drained();
+      if (this.phase === DONE) return;
       const reader = body.getReader();
       this.reader = reader;
       for (;;) {

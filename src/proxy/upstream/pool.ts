@@ -46,6 +46,19 @@ export class IdlePool<T extends Pooled> {
     return true;
   }
 
+  /** Puts back a connection taken but not used, keeping its idle time. */
+  restore(conn: T): boolean {
+    let list = this.byKey.get(conn.key);
+    if (list === undefined) {
+      list = [];
+      this.byKey.set(conn.key, list);
+    }
+    if (list.length >= this.maxPerKey) return false;
+    list.push(conn);
+    this.size++;
+    return true;
+  }
+
   /** Drops conn (closed by the backend while idle); a no-op if it is not parked. */
   remove(conn: T): void {
     const list = this.byKey.get(conn.key);
