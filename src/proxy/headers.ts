@@ -20,7 +20,8 @@ const HOP_BY_HOP = new Set([
 /** Request headers that we set ourselves and never copy from the client. */
 const FORWARDING = new Set(["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"]);
 
-const isReserved = (name: string) => HOP_BY_HOP.has(name) || FORWARDING.has(name) || name === "content-length";
+const isReserved = (name: string) =>
+  HOP_BY_HOP.has(name) || FORWARDING.has(name) || name === "content-length";
 
 /** Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1). */
 function connectionListed(connection: string | null): Set<string> | null {

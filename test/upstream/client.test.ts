@@ -254,7 +254,11 @@ describe("stale pooled socket", () => {
     const server = staleAfterFirst();
     fresh();
     await client.request(target(server.port), get(), OPTS);
-    await client.request(target(server.port), { ...post(new TextEncoder().encode("data")), method: "PUT" }, OPTS);
+    await client.request(
+      target(server.port),
+      { ...post(new TextEncoder().encode("data")), method: "PUT" },
+      OPTS,
+    );
     const last = server.requests.at(-1);
     expect(last?.conn).toBe(2);
     expect(new TextDecoder().decode(last?.body)).toBe("data");
@@ -264,7 +268,9 @@ describe("stale pooled socket", () => {
     const server = staleAfterFirst();
     fresh();
     await client.request(target(server.port), get(), OPTS);
-    const err = await failure(client.request(target(server.port), post(new TextEncoder().encode("charge=100")), OPTS));
+    const err = await failure(
+      client.request(target(server.port), post(new TextEncoder().encode("charge=100")), OPTS),
+    );
     expect(err.code).toBe("RESET_BEFORE_RESPONSE");
     expect(server.connections).toBe(1);
   });

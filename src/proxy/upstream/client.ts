@@ -51,7 +51,10 @@ export class UpstreamClient implements ConnOwner {
     signal?.addEventListener("abort", ex);
     // A non-idempotent request cannot be retried if a pooled socket turns out
     // to be closed, so it only reuses one that was busy moments ago.
-    const pooled = this.takeIdle(target.key, IDEMPOTENT.has(req.method) ? Number.POSITIVE_INFINITY : FRESH_IDLE_MS);
+    const pooled = this.takeIdle(
+      target.key,
+      IDEMPOTENT.has(req.method) ? Number.POSITIVE_INFINITY : FRESH_IDLE_MS,
+    );
     if (pooled !== undefined) pooled.attach(ex, true);
     else this.connect(ex);
     return promise;
