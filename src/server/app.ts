@@ -23,6 +23,8 @@ export interface Tether {
   readonly runtime: Runtime;
   readonly listeners: ReadonlyMap<string, ListenerHandle>;
   readonly metrics: Metrics;
+  /** Where session and backend events are written (the primary also writes its workers'). */
+  readonly audit: Audit;
   /** States set by an operator, "pool\0id" → state. */
   readonly operatorStates: ReadonlyMap<string, BackendState>;
   /** Entries, states and health learned in another thread or instance. */
@@ -72,7 +74,7 @@ function needsKeys(config: Config): boolean {
 export type Role = "single" | "primary" | "worker";
 
 export interface StartOptions {
-  /** Overrides the audit sink named in the config (tests). */
+  /** Overrides the audit sink named in the config (tests; workers send theirs to the primary). */
   audit?: Audit;
   /**
    * single (default): everything in this thread. primary: health, admin,
@@ -224,6 +226,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       return admin ? { port: admin.server.port ?? 0, token: admin.token, generated: admin.generated } : null;
     },
     metrics,
+    audit,
     operatorStates,
     applyLearned(pool, table, key, backendId, expiresAtSec) {
       const p = runtime.pools.get(pool);

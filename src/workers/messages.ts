@@ -43,7 +43,9 @@ export type Message =
   | { v: number; t: "reload"; ports: Record<string, number> }
   | { v: number; t: "reloaded"; ok: boolean; error?: string }
   | { v: number; t: "stop"; graceMs: number }
-  | { v: number; t: "stopped" };
+  | { v: number; t: "stopped" }
+  /** An audit event seen in a worker; the primary owns the audit file. */
+  | { v: number; t: "audit"; event: string; fields: Record<string, unknown> };
 
 const encoder = new Encoder();
 const decoder = new Decoder();

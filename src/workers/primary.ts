@@ -6,6 +6,8 @@
  * shutdown lets them drain. It runs health checks, the admin listener, the
  * audit log and the snapshot itself (a Tether in "primary" role).
  */
+
+import type { AuditEvent } from "../audit.ts";
 import { isCompiled } from "../cli/header-limit.ts";
 import type { Config } from "../config/load.ts";
 import type { Logger } from "../log.ts";
@@ -109,6 +111,8 @@ export async function startPrimary(
         tether.applyLearned(pool, table, key, backendId, exp);
       // The same bytes go to every other worker: no re-encoding.
       broadcast(data as Uint8Array, slot);
+    } else if (m.t === "audit") {
+      tether.audit.emit(m.event as AuditEvent, m.fields);
     } else if (m.t === "metrics") {
       tether.metrics.absorb(m.d);
       const now = Date.now();

@@ -75,6 +75,10 @@ async function handle(m: Message): Promise<void> {
       const config = withPorts(loadConfigFile(m.file), m.ports);
       const t = startTether(config, log, {
         role: "worker",
+        audit: {
+          emit: (event, fields) =>
+            post({ v: PROTOCOL_VERSION, t: "audit", event, fields: { ...fields, worker: m.id } }),
+        },
         fallbackKeys: m.keys.map((k) => Buffer.from(k)),
         onLearned: (pool, table, key, backendId, exp) => batcher.add(pool, table, key, backendId, exp),
       });

@@ -138,3 +138,50 @@ describe("workers: 2", () => {
     slow.stop();
   });
 });
+
+describe("workers: audit", () => {
+  test("session events seen in workers reach the primary's audit file", async () => {
+    const backends = sessionBackends();
+    const dir = tempDir();
+    const file = writeConfig(dir, {
+      listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+      pools: {
+        app: {
+          backends: backends.map((b, i) => ({ id: `b${i + 1}`, url: b.url })),
+          persistence: [{ type: "cookie", mode: "insert" }],
+        },
+      },
+      workers: 2,
+      audit: "audit.log",
+      snapshot: false,
+    });
+    const c = spawnCli(["--config", file]);
+    try {
+      const p = Number(
+        (await c.waitFor((l) => l.msg === "listening" && l.name === "web" && l.workers === 2, 15_000)).port,
+      );
+      await Promise.all(
+        Array.from({ length: 10 }, () =>
+          rawRequest(p, "GET / HTTP/1.1\r\nHost: x\r\nCookie: TETHER=forged\r\nConnection: close\r\n\r\n"),
+        ),
+      );
+      let lines: Record<string, unknown>[] = [];
+      for (let i = 0; i < 50 && lines.filter((l) => l.event === "persistence.rejected").length < 10; i++) {
+        await Bun.sleep(50);
+        const text = await Bun.file(`${dir}/audit.log`)
+          .text()
+          .catch(() => "");
+        lines = text
+          .split("\n")
+          .filter(Boolean)
+          .map((l) => JSON.parse(l));
+      }
+      expect(lines.filter((l) => l.event === "persistence.rejected").length).toBe(10);
+      expect(lines.filter((l) => l.event === "session.created").length).toBe(10);
+      expect(new Set(lines.map((l) => l.worker)).size).toBeGreaterThanOrEqual(1);
+    } finally {
+      await c.stop();
+      for (const b of backends) b.stop();
+    }
+  });
+});
