@@ -17,6 +17,7 @@ import { decode, encode, learnedEntries, type Message, PROTOCOL_VERSION } from "
 
 const READY_TIMEOUT_MS = 15_000;
 const MAX_BACKOFF_MS = 5_000;
+const STABLE_AFTER_MS = 30_000;
 
 /** Port 0 would give each worker its own port under reusePort: pick one real port first. */
 export function settlePorts(config: Config, keep: Record<string, number> = {}): Record<string, number> {
@@ -174,6 +175,10 @@ export async function startPrimary(
       return false;
     }
     slot.ready = true;
+    // A worker that stays up a while earns a fresh backoff: only crash loops wait long.
+    setTimeout(() => {
+      if (slot.worker === worker) slot.restarts = 0;
+    }, STABLE_AFTER_MS).unref?.();
     log.info("worker ready", { worker: slot.id });
     return true;
   };
