@@ -677,3 +677,126 @@ describe("active health checks for tcp:// pools", () => {
     }
   });
 });
+
+describe("three `s_server -www -no_ticket` backends, each with its own certificate subject", () => {
+  const CNS = ["nt-1", "nt-2", "nt-3"];
+  const HELLO_TIMEOUT_MS = 1200;
+  let dir: string;
+  let servers: SServer[];
+  let proxy: Started;
+
+  beforeAll(async () => {
+    dir = tempDir();
+    const certs = await Promise.all(CNS.map((cn) => makeCert(dir, cn)));
+    servers = await Promise.all(certs.map((c) => sServer(c, "-no_ticket")));
+    const backends = servers.map((s, i) => tcp(CNS[i] as string, s.port));
+    proxy = start({
+      listeners: [
+        listener("only", "only"),
+        listener("guarded", "guarded", { helloTimeoutMs: HELLO_TIMEOUT_MS }),
+      ],
+      pools: {
+        // tls-session and nothing else: a connection it does not place goes to a random point on the ring.
+        only: { backends, persistence: [{ type: "tls-session" }] },
+        guarded: { backends, persistence: [{ type: "tls-session" }, { type: "client-ip" }] },
+      },
+    });
+  });
+
+  afterAll(async () => {
+    await proxy.stop();
+    await Promise.all(servers.map((s) => s.stop()));
+  });
+
+  test("directly, each backend shows its own subject and issues a session ID but no ticket", async () => {
+    const outs = await Promise.all(servers.map((s) => sClient(s.port, "-tls1_2")));
+    expect(outs.map(peerCn)).toEqual(CNS);
+    for (const out of outs) {
+      expect(out).toContain("New, TLSv1.2");
+      expect(out).toMatch(/Session-ID: [0-9A-F]{64}/);
+      // The client offers tickets here; -no_ticket backends decline, so only the session ID can resume.
+      expect(out).not.toContain("TLS session ticket");
+    }
+  });
+
+  test("with only the tls-session rule, a resumed session lands on its issuer 20 times out of 20 while fresh sessions spread", async () => {
+    const port = proxy.port("only");
+    const sess = join(dir, "only.pem");
+    const first = await sClient(port, "-tls1_2", "-no_ticket", "-sess_out", sess);
+    expect(first).toContain("New, TLSv1.2");
+    const issuer = peerCn(first);
+    expect(CNS).toContain(String(issuer));
+    const before = proxy.stats("only");
+    const resumedOn: (string | null)[] = [];
+    const freshOn: (string | null)[] = [];
+    // Interleaved and concurrent: each batch is 2 resumptions and 3 fresh sessions at once.
+    for (let batch = 0; batch < 10; batch++) {
+      const resumes = Array.from({ length: 2 }, () =>
+        sClient(port, "-tls1_2", "-no_ticket", "-sess_in", sess),
+      );
+      const fresh = Array.from({ length: 3 }, () => sClient(port, "-tls1_2", "-no_ticket"));
+      for (const out of await Promise.all(resumes)) {
+        expect(out).toContain("Reused, TLSv1.2");
+        resumedOn.push(peerCn(out));
+      }
+      for (const out of await Promise.all(fresh)) {
+        expect(out).toContain("New, TLSv1.2");
+        freshOn.push(peerCn(out));
+      }
+    }
+    expect(resumedOn).toEqual(new Array(20).fill(issuer));
+    expect(freshOn).toHaveLength(30);
+    // A random ring point for each: all 30 on one of three backends has odds 3 · 3^-30.
+    expect(new Set(freshOn).size).toBeGreaterThanOrEqual(2);
+    const after = proxy.stats("only");
+    expect(after.resumed - before.resumed).toBe(20);
+    expect(after.learnedNew - before.learnedNew).toBe(30);
+  });
+
+  test("a garbage first packet, a truncated ClientHello and a ClientHello sent one byte a second are each closed within the timeout while other clients carry on", async () => {
+    const port = proxy.port("guarded");
+    const before = proxy.stats("guarded");
+    const auditFrom = proxy.audit.length;
+    const t0 = performance.now();
+    const garbage = await rawClient(port, text("SSH-2.0-OpenSSH_9.2p1\r\n"));
+    // The record header promises the whole hello; only its first 60 bytes ever come.
+    const truncated = await rawClient(port, HELLO.subarray(0, 60));
+    const drip = await rawClient(port, HELLO.subarray(0, 1));
+    let sent = 1;
+    const dripping = setInterval(() => {
+      if (!drip.closed && !drip.gotFin && sent < HELLO.length)
+        drip.socket.write(HELLO.subarray(sent, ++sent));
+    }, 1000);
+    try {
+      expect(await closedWithin(garbage, 250)).toBeLessThan(250);
+      expect(garbage.bytes).toBe(0);
+
+      // A real client meanwhile: a full handshake with a backend, well before the other two time out.
+      const out = await sClient(port, "-tls1_2", "-no_ticket");
+      expect(out).toContain("New, TLSv1.2");
+      expect(CNS).toContain(String(peerCn(out)));
+      const normalDone = performance.now() - t0;
+      expect(normalDone).toBeLessThan(HELLO_TIMEOUT_MS - 200);
+      for (const c of [truncated, drip]) expect(c.closed || c.gotFin).toBe(false);
+
+      for (const c of [truncated, drip]) {
+        await closedWithin(c, HELLO_TIMEOUT_MS + 1000);
+        const at = performance.now() - t0;
+        expect(at).toBeGreaterThanOrEqual(HELLO_TIMEOUT_MS - 50);
+        expect(at).toBeLessThan(HELLO_TIMEOUT_MS + 600);
+        expect(c.bytes).toBe(0);
+      }
+      // The drip got its second byte in (one a second) before the deadline, not the whole hello.
+      expect(sent).toBe(2);
+    } finally {
+      clearInterval(dripping);
+    }
+    const after = proxy.stats("guarded");
+    expect((after.rejected.timeout ?? 0) - (before.rejected.timeout ?? 0)).toBe(2);
+    const rejected = proxy.audit
+      .slice(auditFrom)
+      .filter((a) => a.event === "persistence.rejected" && a.listener === "guarded");
+    expect(rejected.map((a) => a.reason).sort()).toEqual(["malformed", "timeout", "timeout"]);
+    for (const a of rejected) expect(a.input).toBe("client-hello");
+  });
+});
