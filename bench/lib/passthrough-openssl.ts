@@ -4,8 +4,10 @@
  * load (`s_time`, pinned to the load core) and probes (`s_client`). Every
  * long-lived process goes through procs.ts, so it is stopped on exit.
  */
+
 import { closeSync, ftruncateSync, mkdirSync, openSync } from "node:fs";
 import { join } from "node:path";
+import { makeCert } from "../../test/support/certs.ts";
 import { HOST } from "./net.ts";
 import { pin } from "./peers.ts";
 import { type Child, isRunning, logTail, sleep, spawnLogged, stopChild } from "./procs.ts";
@@ -18,34 +20,6 @@ export interface TlsBackend {
 
 /** The file the bulk run downloads, in the backends' -WWW folder. */
 export const BULK_PATH = "/bulk.bin";
-
-export function makeCert(dir: string, cn: string): { cert: string; key: string } {
-  const cert = join(dir, `${cn}.pem`);
-  const key = join(dir, `${cn}-key.pem`);
-  const r = Bun.spawnSync(
-    [
-      "openssl",
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
-      "-days",
-      "2",
-      "-subj",
-      `/CN=${cn}`,
-      "-keyout",
-      key,
-      "-out",
-      cert,
-    ],
-    { stdin: "ignore", stdout: "pipe", stderr: "pipe" },
-  );
-  if (r.exitCode !== 0) throw new Error(`openssl req failed: ${r.stderr.toString()}`);
-  return { cert, key };
-}
 
 /** The s_server command line; -WWW serves files from its working folder, which holds only the bulk file. */
 export function sServerCommand(cert: { cert: string; key: string }): string[] {
@@ -85,7 +59,7 @@ export async function startTlsBackends(
   const out: TlsBackend[] = [];
   for (let i = 1; i <= count; i++) {
     const id = `app-${i}`;
-    const cert = makeCert(dir, id);
+    const cert = await makeCert(dir, id);
     const log = join(dir, `s_server-${id}.log`);
     const child = spawnLogged(`s_server ${id}`, [...pin(loadCore), ...sServerCommand(cert)], log, www);
     let port = 0;
