@@ -10,9 +10,9 @@
  * bulk download (-www of a large file). Proxy CPU comes from /proc. Peers are
  * interleaved; medians and same-round ratios are reported. Only 127.0.0.1.
  */
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { cpus, loadavg } from "node:os";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { type Machine as BaseMachine, machineInfo as baseMachineInfo, NOISY_PCT } from "./lib/machine.ts";
 import { othersPct, rssMiB, sample } from "./lib/measure.ts";
 import {
   BULK_PATH,
@@ -29,33 +29,12 @@ import { capture, cleanupSync, makeTempDir, sleep, stopAll } from "./lib/procs.t
 
 const REPO_ROOT = resolve(import.meta.dir, "..");
 const BACKENDS = 3;
-/** Above this share of a core taken by others, a run is flagged as noisy. */
-const NOISY_PCT = 10;
-
-interface Machine {
-  date: string;
-  nproc: number;
-  cpuModel: string;
-  kernel: string;
-  loadAvg: number[];
-  bun: string;
-  openssl: string;
-  clockTicks: number;
-  command: string;
-}
+type Machine = BaseMachine & { openssl: string };
 
 function machineInfo(): Machine {
-  const model = /^model name\s*:\s*(.+)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "unknown";
   return {
-    date: new Date().toISOString(),
-    nproc: Number(capture(["nproc"])) || cpus().length,
-    cpuModel: model.trim(),
-    kernel: capture(["uname", "-sr"]),
-    loadAvg: loadavg().map((x) => Math.round(x * 100) / 100),
-    bun: Bun.version,
+    ...baseMachineInfo("bench/passthrough.ts"),
     openssl: /OpenSSL (\S+)/.exec(capture(["openssl", "version"]))?.[1] ?? "?",
-    clockTicks: Number(capture(["getconf", "CLK_TCK"])) || 100,
-    command: ["bun", "bench/passthrough.ts", ...Bun.argv.slice(2)].join(" "),
   };
 }
 

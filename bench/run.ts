@@ -7,10 +7,10 @@
  * Peers run interleaved (tether, nginx, haproxy, direct, tether, ...), each run
  * in a fresh process, and medians are reported. Only 127.0.0.1 is contacted.
  */
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { cpus, loadavg } from "node:os";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Backend } from "./lib/configs.ts";
+import { type Machine as BaseMachine, machineInfo as baseMachineInfo, NOISY_PCT } from "./lib/machine.ts";
 import { othersPct, rssMiB, sample, usageBetween } from "./lib/measure.ts";
 import { checkSticky, HOST } from "./lib/net.ts";
 import { type Options, type PeerName, parseOptions, usage } from "./lib/options.ts";
@@ -20,33 +20,12 @@ import { type RunRecord, ratios, ratioTable, summarize, summaryTable } from "./l
 import { errorCount, runWrk, type WrkJob } from "./lib/wrk.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "..");
-/** Above this share of a core taken by others, a run is flagged as noisy. */
-const NOISY_PCT = 10;
-
-interface Machine {
-  date: string;
-  nproc: number;
-  cpuModel: string;
-  kernel: string;
-  loadAvg: number[];
-  bun: string;
-  wrk: string;
-  clockTicks: number;
-  command: string;
-}
+type Machine = BaseMachine & { wrk: string };
 
 function machineInfo(): Machine {
-  const model = /^model name\s*:\s*(.+)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "unknown";
   return {
-    date: new Date().toISOString(),
-    nproc: Number(capture(["nproc"])) || cpus().length,
-    cpuModel: model.trim(),
-    kernel: capture(["uname", "-sr"]),
-    loadAvg: loadavg().map((x) => Math.round(x * 100) / 100),
-    bun: Bun.version,
+    ...baseMachineInfo("bench/run.ts"),
     wrk: /wrk (?:\S*\/)?(\S+)/.exec(capture(["wrk", "-v"]))?.[1] ?? "?",
-    clockTicks: Number(capture(["getconf", "CLK_TCK"])) || 100,
-    command: ["bun", "bench/run.ts", ...Bun.argv.slice(2)].join(" "),
   };
 }
 

@@ -2,6 +2,7 @@
  * Command-line flags and BENCH_* environment variables. A flag beats the
  * environment, which beats --quick, which beats the defaults.
  */
+import { type FlagKind, parseFlagValue, readFlags } from "./flags.ts";
 
 export const ALL_PEERS = ["tether", "nginx", "haproxy", "direct"] as const;
 export type PeerName = (typeof ALL_PEERS)[number];
@@ -33,7 +34,7 @@ export interface Options {
 interface Spec {
   key: keyof Options;
   env: string;
-  kind: "int" | "string" | "peers";
+  kind: FlagKind;
   min?: number;
   help: string;
 }
@@ -125,24 +126,7 @@ export function defaults(): Options {
 const QUICK: Partial<Options> = { rounds: 1, durationS: 3, warmupS: 1 };
 
 function parseValue(flag: string, spec: Spec, raw: string): Options[keyof Options] {
-  if (spec.kind === "string") {
-    if (raw === "") throw new Error(`${flag} needs a value`);
-    return raw;
-  }
-  if (spec.kind === "peers") {
-    const names = raw
-      .split(",")
-      .map((s) => s.trim())
-      .filter(Boolean);
-    for (const n of names)
-      if (!(ALL_PEERS as readonly string[]).includes(n)) throw new Error(`${flag}: unknown peer "${n}"`);
-    if (names.length === 0) throw new Error(`${flag} needs at least one peer`);
-    return names as PeerName[];
-  }
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < (spec.min ?? 0))
-    throw new Error(`${flag} must be an integer >= ${spec.min ?? 0}`);
-  return n;
+  return parseFlagValue(flag, spec.kind, spec.min ?? 0, raw, ALL_PEERS);
 }
 
 function assign(o: Options, spec: Spec, value: Options[keyof Options]): void {
@@ -152,19 +136,12 @@ function assign(o: Options, spec: Spec, value: Options[keyof Options]): void {
 export function parseOptions(argv: string[], env: Record<string, string | undefined>): Options {
   const fromFlags = new Map<Spec, Options[keyof Options]>();
   const o = defaults();
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i] as string;
-    if (arg === "--quick") o.quick = true;
-    else if (arg === "--help" || arg === "-h") o.help = true;
-    else {
-      const eq = arg.indexOf("=");
-      const flag = eq > 0 ? arg.slice(0, eq) : arg;
-      const spec = SPECS[flag];
-      if (!spec) throw new Error(`unknown option ${arg} (try --help)`);
-      const raw = eq > 0 ? arg.slice(eq + 1) : argv[++i];
-      if (raw === undefined) throw new Error(`${flag} needs a value`);
-      fromFlags.set(spec, parseValue(flag, spec, raw));
-    }
+  const read = readFlags(argv, (flag) => flag in SPECS);
+  o.quick = read.quick;
+  o.help = read.help;
+  for (const [flag, raw] of read.values) {
+    const spec = SPECS[flag] as Spec;
+    fromFlags.set(spec, parseValue(flag, spec, raw));
   }
   if (o.quick || env.BENCH_QUICK === "1") Object.assign(o, QUICK, { quick: true });
   for (const [flag, spec] of Object.entries(SPECS)) {

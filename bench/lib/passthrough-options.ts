@@ -2,6 +2,7 @@
  * Flags of `bun bench/passthrough.ts`. A flag beats --quick, which beats the
  * defaults. The defaults keep the whole run under about two minutes.
  */
+import { type FlagKind, parseFlagValue, readFlags } from "./flags.ts";
 
 export const PT_PEERS = ["tether", "haproxy", "direct"] as const;
 export type PtPeerName = (typeof PT_PEERS)[number];
@@ -43,8 +44,7 @@ export function ptDefaults(): PtOptions {
 /** --quick: one short round, enough to see that every peer starts, sticks and carries bytes. */
 const QUICK: Partial<PtOptions> = { rounds: 1, durationS: 1, warmupS: 0, fileMiB: 64 };
 
-type Kind = "int" | "string" | "peers";
-const FLAGS: Record<string, { key: keyof PtOptions; kind: Kind; min?: number; help: string }> = {
+const FLAGS: Record<string, { key: keyof PtOptions; kind: FlagKind; min?: number; help: string }> = {
   "--peers": { key: "peers", kind: "peers", help: `comma list of ${PT_PEERS.join(",")}` },
   "--rounds": { key: "rounds", kind: "int", min: 1, help: "interleaved rounds (3)" },
   "--duration": { key: "durationS", kind: "int", min: 1, help: "s_time -time per measured run (2)" },
@@ -56,42 +56,18 @@ const FLAGS: Record<string, { key: keyof PtOptions; kind: Kind; min?: number; he
   "--out": { key: "outDir", kind: "string", help: "results folder (bench/results)" },
 };
 
-function parseValue(flag: string, kind: Kind, min: number, raw: string): PtOptions[keyof PtOptions] {
-  if (kind === "string") {
-    if (raw === "") throw new Error(`${flag} needs a value`);
-    return raw;
-  }
-  if (kind === "peers") {
-    const names = raw
-      .split(",")
-      .map((s) => s.trim())
-      .filter(Boolean);
-    for (const n of names)
-      if (!(PT_PEERS as readonly string[]).includes(n)) throw new Error(`${flag}: unknown peer "${n}"`);
-    if (names.length === 0) throw new Error(`${flag} needs at least one peer`);
-    return names as PtPeerName[];
-  }
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < min) throw new Error(`${flag} must be an integer >= ${min}`);
-  return n;
-}
-
 export function parsePtOptions(argv: string[]): PtOptions {
   const o = ptDefaults();
   const set = new Map<keyof PtOptions, PtOptions[keyof PtOptions]>();
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i] as string;
-    if (arg === "--quick") o.quick = true;
-    else if (arg === "--help" || arg === "-h") o.help = true;
-    else {
-      const eq = arg.indexOf("=");
-      const flag = eq > 0 ? arg.slice(0, eq) : arg;
-      const spec = FLAGS[flag];
-      if (!spec) throw new Error(`unknown option ${arg} (try --help)`);
-      const raw = eq > 0 ? arg.slice(eq + 1) : argv[++i];
-      if (raw === undefined) throw new Error(`${flag} needs a value`);
-      set.set(spec.key, parseValue(flag, spec.kind, spec.min ?? 0, raw));
-    }
+  const read = readFlags(argv, (flag) => flag in FLAGS);
+  o.quick = read.quick;
+  o.help = read.help;
+  for (const [flag, raw] of read.values) {
+    const spec = FLAGS[flag] as (typeof FLAGS)[string];
+    set.set(
+      spec.key,
+      parseFlagValue(flag, spec.kind, spec.min ?? 0, raw, PT_PEERS) as PtOptions[keyof PtOptions],
+    );
   }
   if (o.quick) Object.assign(o, QUICK);
   for (const [key, value] of set) (o as unknown as Record<string, unknown>)[key] = value;
