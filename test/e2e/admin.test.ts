@@ -2,12 +2,10 @@
  * Health checks, the admin API and metrics, through a running tether.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { createAudit } from "../../src/audit.ts";
 import type { ConfigInput } from "../../src/config/schema.ts";
-import { startTether } from "../../src/server/app.ts";
 import { backend, type TestBackend } from "../support/backends.ts";
 import { tempDir, writeConfig } from "../support/files.ts";
-import { memoryLogger, config as resolve, spawnCli } from "../support/tether.ts";
+import { config as resolve, spawnCli, startInProcess } from "../support/tether.ts";
 
 const TOKEN = "admin-test-token";
 let cleanup: (() => unknown)[] = [];
@@ -21,17 +19,13 @@ function start(
   pool: Record<string, unknown> = {},
   extra: Partial<ConfigInput> = {},
 ) {
-  const audit: Record<string, unknown>[] = [];
   const input = {
     listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
     pools: { app: { backends: backends.map((b, i) => ({ id: `b${i + 1}`, url: b.url })), ...pool } },
     admin: { address: "127.0.0.1:0", token: TOKEN },
     ...extra,
   } as ConfigInput;
-  const log = memoryLogger();
-  const tether = startTether(resolve(input), log, {
-    audit: createAudit(undefined, (l) => audit.push(JSON.parse(l))),
-  });
+  const { tether, log, audit } = startInProcess(input);
   cleanup.push(() => tether.stop(100));
   for (const b of backends) cleanup.push(() => b.stop());
   const web = `http://127.0.0.1:${[...tether.listeners.values()][0]?.server.port}`;

@@ -6,7 +6,7 @@ import { createAudit } from "../../src/audit.ts";
 import type { ConfigInput } from "../../src/config/schema.ts";
 import { startTether } from "../../src/server/app.ts";
 import { backend, rawRequest, type TestBackend } from "../support/backends.ts";
-import { memoryLogger, type Running, config as resolve } from "../support/tether.ts";
+import { memoryLogger, type Running, config as resolve, startInProcess } from "../support/tether.ts";
 
 const KEY = Buffer.alloc(32, 7).toString("base64");
 
@@ -23,9 +23,7 @@ function trio(): TestBackend[] {
   );
 }
 
-interface Started extends Running {
-  audit: Record<string, unknown>[];
-}
+type Started = Running;
 
 function start(
   backends: TestBackend[],
@@ -33,8 +31,7 @@ function start(
   pool: Record<string, unknown> = {},
   extra: Partial<ConfigInput> = {},
 ): Started {
-  const audit: Record<string, unknown>[] = [];
-  const input = {
+  return startInProcess({
     listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
     pools: {
       app: { backends: backends.map((b, i) => ({ id: `b${i + 1}`, url: b.url })), persistence, ...pool },
@@ -42,20 +39,7 @@ function start(
     trustedProxies: ["127.0.0.1/32"],
     secrets: { cookieKeys: [KEY] },
     ...extra,
-  } as ConfigInput;
-  const log = memoryLogger();
-  const tether = startTether(resolve(input), log, {
-    audit: createAudit(undefined, (l) => audit.push(JSON.parse(l))),
-  });
-  const first = () => [...tether.listeners.values()][0];
-  return {
-    tether,
-    log,
-    audit,
-    port: () => first()?.server.port ?? 0,
-    url: () => `http://127.0.0.1:${first()?.server.port}`,
-    stop: () => tether.stop(200),
-  };
+  } as ConfigInput);
 }
 
 /** A tiny cookie jar for one client. */

@@ -5,11 +5,9 @@
  */
 import { join } from "node:path";
 import type { Subprocess } from "bun";
-import { createAudit } from "../../src/audit.ts";
 import type { ConfigInput } from "../../src/config/schema.ts";
-import { startTether } from "../../src/server/app.ts";
 import { BUN, REPO } from "../support/files.ts";
-import { memoryLogger, type Running, config as resolve } from "../support/tether.ts";
+import { type Running, startInProcess } from "../support/tether.ts";
 
 export const KEY = Buffer.alloc(32, 9).toString("base64");
 const BACKEND_SCRIPT = join(REPO, "test/faults/backend-proc.ts");
@@ -229,24 +227,6 @@ export function describe(samples: Sample[], limit = 10): string {
     .join("\n");
 }
 
-export interface InProcess extends Running {
-  audit: Record<string, unknown>[];
-}
-
 /** tether in this process, with its audit events collected. */
-export function startWithAudit(input: ConfigInput): InProcess {
-  const audit: Record<string, unknown>[] = [];
-  const log = memoryLogger();
-  const tether = startTether(resolve(input), log, {
-    audit: createAudit(undefined, (l) => audit.push(JSON.parse(l))),
-  });
-  const first = () => [...tether.listeners.values()][0];
-  return {
-    tether,
-    log,
-    audit,
-    port: () => first()?.server.port ?? 0,
-    url: () => `http://127.0.0.1:${first()?.server.port}`,
-    stop: () => tether.stop(200),
-  };
-}
+export type InProcess = Running;
+export const startWithAudit = (input: ConfigInput): InProcess => startInProcess(input);

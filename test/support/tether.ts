@@ -3,6 +3,7 @@
  * child process through the real CLI, on port 0.
  */
 import { join } from "node:path";
+import { createAudit } from "../../src/audit.ts";
 import { type Config, resolveConfig } from "../../src/config/load.ts";
 import type { ConfigInput } from "../../src/config/schema.ts";
 import { createLogger, type Logger } from "../../src/log.ts";
@@ -39,20 +40,27 @@ export function simpleConfig(
 export interface Running {
   tether: Tether;
   log: ReturnType<typeof memoryLogger>;
+  /** Audit events, as objects. */
+  audit: Record<string, unknown>[];
   /** Base URL of the named listener (default: the first). */
   url(listener?: string): string;
   port(listener?: string): number;
   stop(): Promise<void>;
 }
 
+/** tether in this process, its log and audit events kept for assertions. */
 export function startInProcess(input: ConfigInput, baseDir = REPO): Running {
   const log = memoryLogger();
-  const tether = startTether(config(input, baseDir), log);
+  const audit: Record<string, unknown>[] = [];
+  const tether = startTether(config(input, baseDir), log, {
+    audit: createAudit(undefined, (line) => audit.push(JSON.parse(line))),
+  });
   const first = () => [...tether.listeners.values()][0];
   const handle = (name?: string) => (name ? tether.listeners.get(name) : first());
   return {
     tether,
     log,
+    audit,
     port: (name) => handle(name)?.server.port ?? 0,
     url: (name) => {
       const h = handle(name);
