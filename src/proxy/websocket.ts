@@ -59,6 +59,8 @@ function openBackend(
   tls: UpstreamTarget["tls"],
 ) {
   return new Promise<WebSocket>((resolve, reject) => {
+    // Bun accepts an options object here; the DOM lib's constructor type (protocols only) wins in tsc,
+    // so the object is checked against Bun.WebSocketOptions and then passed through the DOM signature.
     const ws = new WebSocket(url, {
       headers,
       ...(protocols.length ? { protocols } : {}),
