@@ -444,7 +444,8 @@ function record(
     placement.outcome === "repinned" ? "repinned" : placement.outcome === "new" ? "miss" : "hit";
   deps.metrics.decision(pool.name, placement.rule === "new" ? "none" : placement.rule, outcome);
   // The deciding rule's key is the session's identity; only a brand-new session needs its key spelled out.
-  const sessionId = pinned?.key ?? (placement.sessionKey ? Buffer.from(placement.sessionKey).toString("hex") : null);
+  const sessionId =
+    pinned?.key ?? (placement.sessionKey ? Buffer.from(placement.sessionKey).toString("hex") : null);
   if (sessionId) backend.sessions.add(hashKey(sessionId), now);
 }
 
