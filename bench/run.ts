@@ -9,13 +9,13 @@
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import type { Backend } from "./lib/configs.ts";
+import { startBackends } from "./lib/backends.ts";
 import { type Machine as BaseMachine, machineInfo as baseMachineInfo, NOISY_PCT } from "./lib/machine.ts";
 import { othersPct, rssMiB, sample, usageBetween } from "./lib/measure.ts";
 import { checkSticky, HOST } from "./lib/net.ts";
 import { type Options, type PeerName, parseOptions, usage } from "./lib/options.ts";
-import { makePeers, type Peer, pin, type StartContext } from "./lib/peers.ts";
-import { capture, cleanupSync, makeTempDir, sleep, spawnLogged, stopAll } from "./lib/procs.ts";
+import { makePeers, type Peer, type StartContext } from "./lib/peers.ts";
+import { capture, cleanupSync, makeTempDir, sleep, stopAll } from "./lib/procs.ts";
 import { type RunRecord, ratios, ratioTable, summarize, summaryTable } from "./lib/report.ts";
 import { errorCount, runWrk, type WrkJob } from "./lib/wrk.ts";
 
@@ -27,30 +27,6 @@ function machineInfo(): Machine {
     ...baseMachineInfo("bench/run.ts"),
     wrk: /wrk (?:\S*\/)?(\S+)/.exec(capture(["wrk", "-v"]))?.[1] ?? "?",
   };
-}
-
-/** Starts the backends process on the load core and reads the ports it chose. */
-async function startBackends(opts: Options, dir: string): Promise<{ backends: Backend[]; pid: number }> {
-  const log = join(dir, "backends.log");
-  const cmd = [
-    ...pin(opts.loadCore),
-    process.execPath,
-    join(import.meta.dir, "backend.ts"),
-    "--count",
-    String(opts.backends),
-    "--body-bytes",
-    String(opts.bodyBytes),
-  ];
-  const child = spawnLogged("backends", cmd, log);
-  for (let waited = 0; waited < 10_000; waited += 50) {
-    const line = (await Bun.file(log).text()).split("\n").find((l) => l.startsWith('{"ready"'));
-    if (line) {
-      const ports = (JSON.parse(line) as { ports: number[] }).ports;
-      return { backends: ports.map((port, i) => ({ id: `app-${i + 1}`, port })), pid: child.proc.pid };
-    }
-    await sleep(50);
-  }
-  throw new Error(`backends did not start:\n${await Bun.file(log).text()}`);
 }
 
 type WrkJobBase = Omit<WrkJob, "durationS" | "logPath">;
@@ -225,7 +201,7 @@ async function main(): Promise<void> {
 
   const dir = makeTempDir("tether-bench-");
   try {
-    const { backends, pid } = await startBackends(opts, dir);
+    const { backends, pid } = await startBackends(dir, opts.backends, opts.loadCore, opts.bodyBytes);
     const ctx: StartContext = { dir, backends, backendsPid: pid, opts, repoRoot: REPO_ROOT };
     const outcome = await runRounds(active, ctx, machine.clockTicks);
     report(machine, opts, peers, skipped, outcome);

@@ -22,7 +22,8 @@ import { readdirSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { join } from "node:path";
 import type { Socket } from "bun";
-import { type Backend, tetherConfig } from "./lib/configs.ts";
+import { startBackends } from "./lib/backends.ts";
+import { tetherConfig } from "./lib/configs.ts";
 import { othersPct, sample } from "./lib/measure.ts";
 import { freePort, HOST, waitReady } from "./lib/net.ts";
 import { pin } from "./lib/peers.ts";
@@ -74,22 +75,6 @@ function parseArgs(argv: string[]): Opts {
       );
   }
   return o;
-}
-
-/** The backend process (bench/backend.ts) on the load core, and the port it chose. */
-async function startBackend(opts: Opts, dir: string): Promise<{ backends: Backend[]; pid: number }> {
-  const log = join(dir, "backend.log");
-  const cmd = [...pin(opts.loadCore), process.execPath, join(import.meta.dir, "backend.ts"), "--count", "2"];
-  const child = spawnLogged("backend", cmd, log);
-  for (let waited = 0; waited < 10_000; waited += 50) {
-    const line = (await Bun.file(log).text()).split("\n").find((l) => l.startsWith('{"ready"'));
-    if (line) {
-      const ports = (JSON.parse(line) as { ports: number[] }).ports;
-      return { backends: ports.map((port, i) => ({ id: `app-${i + 1}`, port })), pid: child.proc.pid };
-    }
-    await sleep(50);
-  }
-  throw new Error(`backend did not start:\n${await Bun.file(log).text()}`);
 }
 
 /** Keeps `count` slowloris connections open, reopening any that close, one byte a second each. */
@@ -233,7 +218,7 @@ async function main() {
   if (Bun.which("taskset")) capture(["taskset", "-a", "-cp", opts.loadCore, String(process.pid)]);
   if (!Bun.which("wrk")) throw new Error("wrk is not installed (apt-get install wrk)");
 
-  const { backends, pid: backendPid } = await startBackend(opts, dir);
+  const { backends, pid: backendPid } = await startBackends(dir, 2, opts.loadCore);
   const port = freePort();
   const configPath = join(dir, "tether.json");
   writeFileSync(configPath, JSON.stringify(tetherConfig({ port, backends, persistence: true })));
