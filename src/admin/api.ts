@@ -139,9 +139,8 @@ export async function handleAdmin(req: Request, ctx: AdminContext): Promise<Resp
   const runtime = ctx.current();
   const now = Date.now();
   if (path === "/metrics" && req.method === "GET") {
-    return new Response(await ctx.metrics.text(), {
-      headers: { "content-type": ctx.metrics.registry.contentType },
-    });
+    const { body, contentType } = await ctx.metrics.text();
+    return new Response(body, { headers: { "content-type": contentType } });
   }
   if (path === "/api/pools" && req.method === "GET") {
     const pools = [...runtime.pools.values()].map((p) => ({

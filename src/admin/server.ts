@@ -21,6 +21,8 @@ export function startAdmin(
       return new Response("Internal error.\n", { status: 500 });
     },
   });
+  // Metrics are served here: load prom-client now rather than on the first scrape.
+  ctx.metrics.load().catch((e) => log.error("metrics unavailable", { error: String(e) }));
   log.info("listening", { name: "admin", protocol: "http", address: server.hostname, port: server.port });
   return server;
 }

@@ -23,11 +23,11 @@
  * else), subscribes, and a PING watchdog tears down a link that stops answering.
  */
 
-import { Decoder, Encoder } from "@msgpack/msgpack";
 import { RedisClient } from "bun";
 import type { BackendState } from "../config/schema.ts";
 import type { Logger } from "../log.ts";
 import { type LearnedBatch, learnedEntries } from "../workers/messages.ts";
+import { decoder, encoder } from "./codec.ts";
 
 export const CLUSTER_PROTOCOL_VERSION = 1;
 
@@ -86,9 +86,6 @@ const BATCH_ENTRIES = 512;
 const MAX_MESSAGE_CHARS = 4 * 1024 * 1024;
 const MAX_KEY = 2 ** 48;
 const STATES: ReadonlySet<string> = new Set<BackendState>(["ready", "drain", "maint"]);
-
-const encoder = new Encoder();
-const decoder = new Decoder();
 
 interface Link {
   gen: number;

@@ -6,9 +6,9 @@
  * truncated snapshot is reported and ignored, never fatal.
  */
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
-import { Decoder, Encoder } from "@msgpack/msgpack";
 import type { BackendState } from "../config/schema.ts";
 import type { Runtime } from "../server/runtime.ts";
+import { decoder, encoder } from "./codec.ts";
 
 export const SNAPSHOT_VERSION = 1;
 
@@ -27,9 +27,6 @@ export interface Snapshot {
   tables: SnapshotTable[];
   states: { pool: string; backend: string; state: BackendState }[];
 }
-
-const encoder = new Encoder();
-const decoder = new Decoder();
 
 export function collectSnapshot(
   runtime: Runtime,

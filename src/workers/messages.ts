@@ -3,8 +3,8 @@
  * with one reused Encoder and Decoder per thread. Every message carries the
  * protocol version `v`; a thread drops messages of another version.
  */
-import { Decoder, Encoder } from "@msgpack/msgpack";
 import type { BackendState } from "../config/schema.ts";
+import { decoder, encoder } from "../state/codec.ts";
 import type { SnapshotTable } from "../state/snapshot.ts";
 
 export const PROTOCOL_VERSION = 1;
@@ -46,9 +46,6 @@ export type Message =
   | { v: number; t: "stopped" }
   /** An audit event seen in a worker; the primary owns the audit file. */
   | { v: number; t: "audit"; event: string; fields: Record<string, unknown> };
-
-const encoder = new Encoder();
-const decoder = new Decoder();
 
 export function encode(m: Message): Uint8Array {
   return encoder.encode(m);
