@@ -2,6 +2,7 @@
  * The running proxy: its listeners, the live Runtime, reload and shutdown.
  */
 import { randomBytes } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
 import type { Server } from "bun";
 import { dashboardHtml } from "../admin/dashboard.ts";
 import { Metrics } from "../admin/metrics.ts";
@@ -64,6 +65,41 @@ async function drain(handle: ListenerHandle, graceMs: number): Promise<void> {
   await handle.server.stop(true);
 }
 
+export const MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req";
+let migrateReqChecked = false;
+
+/**
+ * A reload that reopens a listener closes the old SO_REUSEPORT socket while
+ * the kernel is still queueing connections on it; Linux resets those unless
+ * net.ipv4.tcp_migrate_req (5.14+) moves them to another listener on the
+ * port. Turned on when this process may, once per process; otherwise a warning.
+ */
+function ensureMigrateReq(log: Logger): void {
+  if (migrateReqChecked || process.platform !== "linux") return;
+  migrateReqChecked = true;
+  const consequence = "a reload that reopens a listener can reset connections queued on the old one";
+  let value: string;
+  try {
+    value = readFileSync(MIGRATE_REQ, "utf8").trim();
+  } catch {
+    log.warn("net.ipv4.tcp_migrate_req is not available (Linux 5.14+)", { consequence });
+    return;
+  }
+  if (value === "1") return;
+  try {
+    writeFileSync(MIGRATE_REQ, "1");
+    log.info("set net.ipv4.tcp_migrate_req=1", {
+      why: "reopened listeners hand their queued connections on",
+    });
+  } catch (e) {
+    log.warn("net.ipv4.tcp_migrate_req is 0 and could not be set", {
+      consequence,
+      fix: "sysctl -w net.ipv4.tcp_migrate_req=1",
+      error: (e as NodeJS.ErrnoException).code ?? String(e),
+    });
+  }
+}
+
 /** True when some pool has a rule that needs cookie keys (sealing, route prefixes, table hashing). */
 function needsKeys(config: Config): boolean {
   return Object.values(config.pools).some((p) =>
@@ -93,6 +129,8 @@ export interface StartOptions {
 
 export function startTether(config: Config, log: Logger, opts: StartOptions = {}): Tether {
   const role = opts.role ?? "single";
+  // Workers share the process (and the setting) with their primary.
+  if (role !== "worker") ensureMigrateReq(log);
   // Without configured keys, one key generated now serves this process (and survives reloads).
   const fallbackKeys = opts.fallbackKeys ?? [randomBytes(32)];
   if (role !== "worker" && !config.secrets.cookieKeys?.length && needsKeys(config)) {
