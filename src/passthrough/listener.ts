@@ -65,8 +65,8 @@ export function startPassthroughListener(
     end(s) {
       s.data?.onClientEnd();
     },
-    close(s) {
-      s.data?.onClientClose();
+    close(s, error) {
+      s.data?.onClientClose(error);
     },
     error(s, err) {
       s.data?.socketError("client", err);

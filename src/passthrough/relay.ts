@@ -11,8 +11,12 @@
  *
  * Half-close: a FIN from one side shuts down the write side of the other
  * once its queue is written, and the other direction keeps flowing. A side
- * that closes (both directions over, or reset) ends the other after its
- * queue is written; bytes for the closed side are dropped.
+ * that closes (both directions over) ends the other after its queue is
+ * written; bytes for the closed side are dropped.
+ *
+ * Reset: a side that closed abortively (RST, or another socket error) has
+ * the other side terminated at once (RST too), its queue dropped: a FIN in
+ * its place would tell the peer the stream ended cleanly.
  */
 
 /** What the relay needs of a socket; Bun's Socket has all of it. */
@@ -132,6 +136,14 @@ export class Relay {
     const other = this.other(side);
     if (!other.closed && (other.queued === 0 || !other.socket)) this.endSide(other);
     this.checkDone();
+  }
+
+  /** `side` was reset: reset the other side now, dropping what is queued either way. */
+  reset(side: Side): void {
+    if (side.closed) return;
+    // Its socket is already gone: only the other one is terminated.
+    side.closed = side.eof = side.shut = true;
+    this.abort();
   }
 
   /** Closes both sides now, dropping what is queued (timeouts, shutdown). */

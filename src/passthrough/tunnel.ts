@@ -177,9 +177,11 @@ export class Tunnel {
     else if (this.phase !== "closed") this.reject("closed-early", null);
   }
 
-  onClientClose(): void {
-    if (this.phase === "open") this.relay.close(this.relay.client);
-    else this.finish();
+  /** `error` is set when the socket did not close cleanly (ECONNRESET for a RST). */
+  onClientClose(error?: Error): void {
+    if (this.phase !== "open") this.finish();
+    else if (error) this.reset("client", error);
+    else this.relay.close(this.relay.client);
   }
 
   onClientDrain(): void {
@@ -232,10 +234,22 @@ export class Tunnel {
     if (leg === this.leg && this.phase === "open") this.relay.end(this.relay.backend);
   }
 
-  onBackendClose(leg: Leg): void {
+  onBackendClose(leg: Leg, error?: Error): void {
     if (leg !== this.leg) return;
-    if (this.phase === "open") this.relay.close(this.relay.backend);
-    else if (this.phase === "connecting") this.connectFailed(leg, "CONNECT_FAILED");
+    if (this.phase === "open") {
+      if (error) this.reset("backend", error);
+      else this.relay.close(this.relay.backend);
+    } else if (this.phase === "connecting") this.connectFailed(leg, "CONNECT_FAILED");
+  }
+
+  /** An abortive close on one side is passed on as one (a RST), never as a FIN. */
+  private reset(side: "client" | "backend", error: Error): void {
+    this.ctx.deps.log.debug("passthrough connection reset", {
+      listener: this.ctx.config.name,
+      side,
+      error: (error as { code?: string }).code ?? error.message,
+    });
+    this.relay.reset(side === "client" ? this.relay.client : this.relay.backend);
   }
 
   onBackendDrain(leg: Leg): void {
@@ -528,8 +542,8 @@ const backendHandlers: SocketHandler<Leg> = {
   end(s) {
     s.data.tunnel.onBackendEnd(s.data);
   },
-  close(s) {
-    s.data.tunnel.onBackendClose(s.data);
+  close(s, error) {
+    s.data.tunnel.onBackendClose(s.data, error);
   },
   connectError(s) {
     s.data.tunnel.connectFailed(s.data, "CONNECT_FAILED");

@@ -194,6 +194,8 @@ export interface RawConn {
   /** The peer sent FIN. */
   gotFin: boolean;
   closed: boolean;
+  /** The error code Bun gave the close (ECONNRESET when the peer reset), else null. */
+  closeError: string | null;
   /** Resolves with the time (performance.now()) the connection closed. */
   whenClosed: Promise<number>;
   onData?: (c: RawConn, chunk: Uint8Array) => void;
@@ -223,6 +225,7 @@ function rawConn(socket: Socket<RawConn>, keep: boolean): Internal {
     bytes: 0,
     gotFin: false,
     closed: false,
+    closeError: null,
     whenClosed: new Promise((r) => {
       closedAt = r;
     }),
@@ -273,8 +276,10 @@ const rawHandlers = (keep: boolean, onOpen?: (c: RawConn) => void) => ({
     s.data.gotFin = true;
     s.data.onFin?.(s.data);
   },
-  close(s: Socket<RawConn>) {
-    (s.data as Internal | undefined)?.close();
+  close(s: Socket<RawConn>, error?: Error) {
+    const c = s.data as Internal | undefined;
+    if (c && error) c.closeError = (error as { code?: string }).code ?? error.message;
+    c?.close();
   },
   error() {},
 });
