@@ -66,37 +66,48 @@ async function drain(handle: ListenerHandle, graceMs: number): Promise<void> {
 }
 
 export const MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req";
-let migrateReqChecked = false;
+/** Why the kernel will not migrate queued connections (null: it will, or not Linux); settled once per process. */
+let migrateProblem: { msg: string; error?: string } | null | undefined;
+let migrateWarned = false;
 
 /**
  * A reload that reopens a listener closes the old SO_REUSEPORT socket while
  * the kernel is still queueing connections on it; Linux resets those unless
  * net.ipv4.tcp_migrate_req (5.14+) moves them to another listener on the
- * port. Turned on when this process may, once per process; otherwise a warning.
+ * port. Turned on once per process when it may be. When it cannot, the
+ * warning is logged once, where it matters: at start with worker threads
+ * (there every reopening reload reset connections, measured), with one
+ * thread at the first reload that reopens a listener.
  */
-function ensureMigrateReq(log: Logger): void {
-  if (migrateReqChecked || process.platform !== "linux") return;
-  migrateReqChecked = true;
-  const consequence = "a reload that reopens a listener can reset connections queued on the old one";
-  let value: string;
+function ensureMigrateReq(log: Logger, warn: boolean): void {
+  if (migrateProblem === undefined) migrateProblem = enableMigrateReq(log);
+  if (!warn || !migrateProblem || migrateWarned) return;
+  migrateWarned = true;
+  log.warn(migrateProblem.msg, {
+    consequence: "a reload that reopens a listener can reset connections queued on the old one",
+    fix: "sysctl -w net.ipv4.tcp_migrate_req=1",
+    ...(migrateProblem.error ? { error: migrateProblem.error } : {}),
+  });
+}
+
+function enableMigrateReq(log: Logger): { msg: string; error?: string } | null {
+  if (process.platform !== "linux") return null;
   try {
-    value = readFileSync(MIGRATE_REQ, "utf8").trim();
+    if (readFileSync(MIGRATE_REQ, "utf8").trim() === "1") return null;
   } catch {
-    log.warn("net.ipv4.tcp_migrate_req is not available (Linux 5.14+)", { consequence });
-    return;
+    return { msg: "net.ipv4.tcp_migrate_req is not available (Linux 5.14+)" };
   }
-  if (value === "1") return;
   try {
     writeFileSync(MIGRATE_REQ, "1");
     log.info("set net.ipv4.tcp_migrate_req=1", {
       why: "reopened listeners hand their queued connections on",
     });
+    return null;
   } catch (e) {
-    log.warn("net.ipv4.tcp_migrate_req is 0 and could not be set", {
-      consequence,
-      fix: "sysctl -w net.ipv4.tcp_migrate_req=1",
+    return {
+      msg: "net.ipv4.tcp_migrate_req is 0 and could not be set",
       error: (e as NodeJS.ErrnoException).code ?? String(e),
-    });
+    };
   }
 }
 
@@ -130,7 +141,7 @@ export interface StartOptions {
 export function startTether(config: Config, log: Logger, opts: StartOptions = {}): Tether {
   const role = opts.role ?? "single";
   // Workers share the process (and the setting) with their primary.
-  if (role !== "worker") ensureMigrateReq(log);
+  if (role !== "worker") ensureMigrateReq(log, role === "primary");
   // Without configured keys, one key generated now serves this process (and survives reloads).
   const fallbackKeys = opts.fallbackKeys ?? [randomBytes(32)];
   if (role !== "worker" && !config.secrets.cookieKeys?.length && needsKeys(config)) {
@@ -297,6 +308,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
           opened.push(open(l));
           if (old) retiring.push(old);
         }
+        if (role === "single" && opened.length && retiring.length) ensureMigrateReq(log, true);
       } catch (e) {
         // Could not bind a new listener: keep the old set serving and report.
         for (const h of opened) {
