@@ -36,13 +36,9 @@ import {
   stopAll,
   stopChild,
 } from "./lib/procs.ts";
+import { median } from "./lib/report.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "..");
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-};
 
 /** Child mode: fill one table and print {"beforeMiB","afterMiB","size"} as JSON. */
 async function fillTable(entries: number): Promise<void> {

@@ -13,9 +13,10 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { type Machine as BaseMachine, machineInfo as baseMachineInfo, NOISY_PCT } from "./lib/machine.ts";
-import { othersPct, rssMiB, sample } from "./lib/measure.ts";
+import { rssMiB } from "./lib/measure.ts";
 import {
   BULK_PATH,
+  measureSTime,
   runSTime,
   type STimeJob,
   startTlsBackends,
@@ -47,31 +48,17 @@ interface Ctx {
   cipher: string;
 }
 
-/** One measured s_time group with the proxy's CPU and both cores' noise sampled just around it. */
-async function measure(
-  ctx: Ctx,
-  run: PtRunning,
-  job: STimeJob,
-  clients: number,
-  tag: string,
-): Promise<Measure> {
-  const { opts, clk } = ctx;
-  const pids = run.measuredPids();
-  const loadPids = ctx.backends.map((b) => b.child.proc.pid);
-  let p0 = sample(pids, opts.proxyCore);
-  let l0 = sample(loadPids, opts.loadCore);
-  const g = await runSTime(job, clients, opts.loadCore, join(ctx.dir, `s_time-${tag}`), () => {
-    p0 = sample(pids, opts.proxyCore);
-    l0 = sample(loadPids, opts.loadCore);
+/** One measured s_time group, with the proxy's CPU and both cores' noise. */
+function measure(ctx: Ctx, run: PtRunning, job: STimeJob, clients: number, tag: string): Promise<Measure> {
+  const { opts } = ctx;
+  return measureSTime(job, clients, {
+    proxyPids: run.measuredPids(),
+    loadPids: ctx.backends.map((b) => b.child.proc.pid),
+    proxyCore: opts.proxyCore,
+    loadCore: opts.loadCore,
+    clk: ctx.clk,
+    logPrefix: join(ctx.dir, `s_time-${tag}`),
   });
-  const p1 = sample(pids, opts.proxyCore);
-  const l1 = sample(loadPids, opts.loadCore);
-  return {
-    ...g.result,
-    wallS: g.wallS,
-    cpuS: pids.length ? (p1.user - p0.user + p1.system - p0.system) / clk : null,
-    noisePct: { proxy: othersPct(p0, p1, clk), load: othersPct(l0, l1, clk, g.cpuS) },
-  };
 }
 
 /** One fresh start of `peer`: probe, warm-up, the three measured runs, stop. */

@@ -8,7 +8,9 @@
 import { closeSync, ftruncateSync, mkdirSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { makeCert } from "../../test/support/certs.ts";
+import { othersPct, sample } from "./measure.ts";
 import { HOST } from "./net.ts";
+import type { Measure } from "./passthrough-report.ts";
 import { pin } from "./peers.ts";
 import { type Child, isRunning, logTail, sleep, spawnLogged, stopChild } from "./procs.ts";
 
@@ -247,4 +249,33 @@ export async function runSTime(
     cpuUs += c.proc.resourceUsage()?.cpuTime.total ?? 0n;
   }
   return { result: sum, wallS, cpuS: Number(cpuUs) / 1e6 };
+}
+
+export interface MeasureSetup {
+  /** The proxy's processes, charged with CPU time; empty where no proxy runs. */
+  proxyPids: number[];
+  /** Other processes on the load core (backends), told apart from noise. */
+  loadPids: number[];
+  proxyCore: string;
+  loadCore: string;
+  clk: number;
+  logPrefix: string;
+}
+
+/** One runSTime group with the proxy's CPU and both cores' noise sampled just around it. */
+export async function measureSTime(job: STimeJob, clients: number, m: MeasureSetup): Promise<Measure> {
+  let p0 = sample(m.proxyPids, m.proxyCore);
+  let l0 = sample(m.loadPids, m.loadCore);
+  const g = await runSTime(job, clients, m.loadCore, m.logPrefix, () => {
+    p0 = sample(m.proxyPids, m.proxyCore);
+    l0 = sample(m.loadPids, m.loadCore);
+  });
+  const p1 = sample(m.proxyPids, m.proxyCore);
+  const l1 = sample(m.loadPids, m.loadCore);
+  return {
+    ...g.result,
+    wallS: g.wallS,
+    cpuS: m.proxyPids.length ? (p1.user - p0.user + p1.system - p0.system) / m.clk : null,
+    noisePct: { proxy: othersPct(p0, p1, m.clk), load: othersPct(l0, l1, m.clk, g.cpuS) },
+  };
 }
