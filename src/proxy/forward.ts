@@ -20,7 +20,7 @@ import { ProxyError, proxyErrorResponse } from "./errors.ts";
 import { backendRequestHeaders, clientAddress, clientResponseHeaders, type ForwardFacts } from "./headers.ts";
 import { requestTarget, targetPath } from "./request-target.ts";
 import type { UpstreamClient } from "./upstream/client.ts";
-import type { UpstreamRequest, UpstreamResponse } from "./upstream/types.ts";
+import type { AbortLike, UpstreamRequest, UpstreamResponse } from "./upstream/types.ts";
 
 /** Learned sessions held by other tether instances (Redis): consulted on a local miss. */
 export interface ClusterLookup {
@@ -67,6 +67,8 @@ export interface RequestInfo {
   startedAt: number;
   /** Called once the response (its whole body, for a stream) has been handed to the client. */
   responded?: () => void;
+  /** Aborts when the client goes away (default: the request's own signal). */
+  signal?: AbortLike;
 }
 
 export function forwardFacts(req: Request, info: RequestInfo): ForwardFacts {
@@ -105,7 +107,7 @@ function bodyOf(req: Request): { body: UpstreamRequest["body"]; bodyLength: numb
 }
 
 /** Waits for a slot under the backend's maxConn; a pinned session waits rather than breaking. */
-async function acquire(backend: Backend, queueTimeoutMs: number, signal: AbortSignal): Promise<void> {
+async function acquire(backend: Backend, queueTimeoutMs: number, signal: AbortLike): Promise<void> {
   if (backend.inflight < backend.maxConn) {
     backend.inflight++;
     return;
@@ -202,7 +204,7 @@ async function exchange(
   first: PlaceResult,
   facts: RequestFacts,
   request: UpstreamRequest,
-  signal: AbortSignal,
+  signal: AbortLike,
   deps: ProxyDeps,
 ): Promise<Exchanged> {
   const tried = new Set<string>();
@@ -394,7 +396,14 @@ export async function forwardHttp(req: Request, info: RequestInfo, deps: ProxyDe
       body,
       bodyLength,
     };
-    const { backend, response, placement } = await exchange(pool, placed, facts, request, req.signal, deps);
+    const { backend, response, placement } = await exchange(
+      pool,
+      placed,
+      facts,
+      request,
+      info.signal ?? req.signal,
+      deps,
+    );
     auditPlacement(deps, info, pool, facts, placed.placement, placement);
     record(deps, info, pool, backend, placement, response.status);
     const effects = pool.chain.remember(facts, placement, responseFacts(response, info));

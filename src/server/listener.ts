@@ -2,12 +2,13 @@
  * One traffic listener: a Bun.serve bound to the listener's address, handing
  * each request to the forwarder with the Runtime current at that moment.
  */
-import type { Server, TLSOptions } from "bun";
+import type { TLSOptions } from "bun";
 import type { ResolvedListener } from "../config/load.ts";
 import { errorResponse } from "../proxy/errors.ts";
 import { forwardHttp, type ProxyDeps, type RequestInfo } from "../proxy/forward.ts";
 import { normalizeIp } from "../proxy/trusted-proxies.ts";
 import { isWebSocketUpgrade, upgradeWebSocket, type WsData, websocketHandler } from "../proxy/websocket.ts";
+import { RequestClock } from "./request-clock.ts";
 import type { Runtime } from "./runtime.ts";
 
 /**
@@ -85,14 +86,6 @@ function malformedRequest(req: Request): Response | null {
   return null;
 }
 
-function restoreIdleTimeout(srv: Server<WsData>, req: Request, seconds: number): void {
-  try {
-    srv.timeout(req, seconds);
-  } catch {
-    // The connection is already gone.
-  }
-}
-
 export function startListener(
   config: ResolvedListener,
   currentRuntime: () => Runtime,
@@ -105,6 +98,8 @@ export function startListener(
   const tls = tlsOptions(config);
 
   const idleSeconds = Math.floor(config.clientIdleMs / 1000);
+  // Suspends the idle timer and watches for the client leaving, for requests that take a while.
+  const clock = new RequestClock(() => server, idleSeconds);
 
   const server = Bun.serve<WsData>({
     hostname: config.hostname,
@@ -120,22 +115,23 @@ export function startListener(
       const redirect = redirectToHttps(req, config);
       if (redirect) return redirect;
       const runtime = currentRuntime();
+      const ticket = clock.start(req);
       const info: RequestInfo = {
         listener: runtime.listeners.get(config.name) ?? config,
         runtime,
         peerIp: normalizeIp(srv.requestIP(req)?.address ?? "") || "0.0.0.0",
         startedAt: performance.now(),
-        // Bun keeps a request's timeout for the rest of its connection: without this, a keep-alive
-        // connection that made one request would never be closed for idleness.
-        responded: () => restoreIdleTimeout(srv, req, idleSeconds),
+        responded: () => ticket.finish(),
+        // A request with a body watches its client from the start: when Bun rejects a malformed
+        // body or a pipelined request it closes the connection, and nothing may reach the backend.
+        signal: req.body === null ? ticket.abort : req.signal,
       };
-      // Waiting for a slow backend must not count as client idleness (Bun's idle timer covers it otherwise).
-      srv.timeout(req, 0);
       inflight++;
       try {
         if (isWebSocketUpgrade(req)) {
           const refused = await upgradeWebSocket(req, srv, info, deps);
-          if (refused) info.responded?.();
+          if (refused) ticket.finish();
+          else ticket.detach();
           return refused;
         }
         const res = await forwardHttp(req, info, deps);

@@ -2,6 +2,7 @@
  * HTTP forwarding through a running tether (RFC 9110 / 9112 behaviour).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { connect } from "node:net";
 import { gzipSync } from "node:zlib";
 import { backend, closedPort, rawBackend, rawRequest, type TestBackend } from "../support/backends.ts";
 import { type Running, simpleConfig, startInProcess } from "../support/tether.ts";
@@ -288,6 +289,35 @@ describe("failures", () => {
 });
 
 describe("long responses", () => {
+  test("a client that hangs up on a slow backend cancels the backend request", async () => {
+    const seen = Promise.withResolvers<void>();
+    const closed = Promise.withResolvers<void>();
+    // Never answers: only the client leaving can end the exchange.
+    const silent = Bun.listen({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: { data: () => seen.resolve(), close: () => closed.resolve() },
+    });
+    const proxy = startInProcess({
+      listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+      pools: { app: { backends: [{ id: "s", url: `http://127.0.0.1:${silent.port}` }] } },
+    });
+    try {
+      const client = connect(proxy.port(), "127.0.0.1");
+      client.write("GET /wait HTTP/1.1\r\nHost: shop.example\r\n\r\n");
+      await seen.promise;
+      client.destroy();
+      const outcome = await Promise.race([
+        closed.promise.then(() => "backend connection closed"),
+        Bun.sleep(5000).then(() => "still open after 5 s"),
+      ]);
+      expect(outcome).toBe("backend connection closed");
+    } finally {
+      await proxy.stop();
+      silent.stop(true);
+    }
+  });
+
   test("a server-sent event stream quieter than clientIdleMs is not cut", async () => {
     const sse = backend("sse", () => {
       return new Response(

@@ -54,5 +54,13 @@ export interface RequestOptions {
   /** From request written to response head parsed; 0 = no limit. */
   responseTimeoutMs: number;
   /** Aborts the exchange (client went away). */
-  signal?: AbortSignal;
+  signal?: AbortLike;
+}
+
+/** What the client uses of an AbortSignal; an AbortSignal is one. */
+export interface AbortLike {
+  readonly aborted: boolean;
+  readonly reason: unknown;
+  addEventListener(type: "abort", listener: { handleEvent(): void } | (() => void)): void;
+  removeEventListener(type: "abort", listener: { handleEvent(): void } | (() => void)): void;
 }
