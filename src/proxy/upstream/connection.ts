@@ -59,7 +59,17 @@ export class Conn implements Pooled {
   /** The current exchange got this connection from the idle pool. */
   fromPool = false;
   private state = CONNECTING;
+  /** The connect timer. */
   private timer: Timer | null = null;
+  /**
+   * The response-head deadline (performance.now() ms; 0: not waiting). One
+   * timer per connection outlives its requests and is re-armed only when it
+   * fires before the current deadline: most responses beat it, and a timer
+   * per request costs a native call to set and another to clear.
+   */
+  private responseDue = 0;
+  private responseTimer: Timer | null = null;
+  private responseTimerAt = 0;
   private readonly outbox: Uint8Array[] = [];
   private requestEnded = false;
   private requestWritten = false;
@@ -180,7 +190,25 @@ export class Conn implements Pooled {
   private markWritten(): void {
     this.requestWritten = true;
     const ms = this.ex?.opts.responseTimeoutMs ?? 0;
-    if (ms > 0 && this.reading === HEAD) this.timer = setTimeout(responseTimedOut, ms, this);
+    if (ms > 0 && this.reading === HEAD) {
+      this.responseDue = performance.now() + ms;
+      if (this.responseTimer === null || this.responseTimerAt > this.responseDue) this.armResponseTimer(ms);
+    }
+  }
+
+  private armResponseTimer(ms: number): void {
+    if (this.responseTimer !== null) clearTimeout(this.responseTimer);
+    this.responseTimerAt = performance.now() + ms;
+    this.responseTimer = setTimeout(responseTimerFired, ms, this);
+    this.responseTimer.unref();
+  }
+
+  responseTimerFired(): void {
+    this.responseTimer = null;
+    if (this.responseDue === 0) return;
+    const left = this.responseDue - performance.now();
+    if (left > 0) this.armResponseTimer(Math.ceil(left));
+    else this.fail("RESPONSE_TIMEOUT");
   }
 
   private wake(): void {
@@ -470,6 +498,11 @@ export class Conn implements Pooled {
   }
 
   private clearTimer(): void {
+    this.responseDue = 0;
+    if (this.state === CLOSED && this.responseTimer !== null) {
+      clearTimeout(this.responseTimer);
+      this.responseTimer = null;
+    }
     if (this.timer === null) return;
     clearTimeout(this.timer);
     this.timer = null;
@@ -531,8 +564,8 @@ function connectTimedOut(conn: Conn): void {
   conn.timedOut("CONNECT_TIMEOUT");
 }
 
-function responseTimedOut(conn: Conn): void {
-  conn.timedOut("RESPONSE_TIMEOUT");
+function responseTimerFired(conn: Conn): void {
+  conn.responseTimerFired();
 }
 
 function ignore(): void {}
