@@ -69,6 +69,13 @@ describe("wrk", () => {
     });
     expect(cmd.slice(0, 4)).toEqual(["taskset", "-c", "1", "wrk"]);
     expect(cmd.slice(-2)).toEqual(["--", "32"]);
+    expect(cmd).not.toContain("Connection: close");
+  });
+  test("--keepalive 0 makes wrk open a connection per request", () => {
+    expect(parseOptions(["--keepalive", "0"], {}).keepAlive).toBe(0);
+    const job = { url: "http://127.0.0.1:1/", durationS: 3, connections: 8, threads: 1, clients: 8 };
+    const cmd = wrkCommand({ ...job, core: null, logPath: "", keepAlive: false });
+    expect(cmd[cmd.indexOf("-H") + 1]).toBe("Connection: close");
   });
 });
 

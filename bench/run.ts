@@ -58,6 +58,7 @@ async function measureOnce(peer: Peer, ctx: StartContext, round: number, clk: nu
       connections: opts.connections,
       threads: opts.threads,
       clients: opts.clients,
+      keepAlive: opts.keepAlive !== 0,
       core: Bun.which("taskset") ? opts.loadCore : null,
     };
     // Unmeasured: lets JITs compile, pools fill and caches warm before the clock starts.
@@ -123,7 +124,7 @@ function header(m: Machine, opts: Options, peers: Peer[]): string {
     `- machine: ${m.cpuModel}, nproc ${m.nproc}, ${m.kernel}, load average at start ${m.loadAvg.join(" ")}`,
     `- versions: ${[`Bun ${m.bun}`, `wrk ${m.wrk}`, ...versions].join(" · ")}`,
     `- command: \`${m.command}\``,
-    `- job: ${opts.backends} backends (${opts.bodyBytes} B body) · wrk -t${opts.threads} -c${opts.connections} -d${opts.durationS}s after ${opts.warmupS} s warm-up · ${opts.clients} returning clients per wrk thread · ${opts.rounds} interleaved round(s), medians shown`,
+    `- job: ${opts.backends} backends (${opts.bodyBytes} B body) · wrk -t${opts.threads} -c${opts.connections} -d${opts.durationS}s after ${opts.warmupS} s warm-up · ${opts.clients} returning clients per wrk thread${opts.keepAlive === 0 ? " · client keep-alive off" : ""} · ${opts.rounds} interleaved round(s), medians shown`,
     `- cores: proxy on CPU ${opts.proxyCore}; wrk and backends on CPU ${opts.loadCore}${Bun.which("taskset") ? "" : " (taskset missing: NOT pinned)"}`,
   ].join("\n");
 }

@@ -22,6 +22,8 @@ export interface Options {
   loadCore: string;
   /** Distinct returning clients simulated per wrk thread. */
   clients: number;
+  /** 1: wrk keeps its connections open; 0: every request on a new connection (Connection: close). */
+  keepAlive: number;
   outDir: string;
   /** tether's "workers" setting (0: one thread). */
   tetherWorkers: number;
@@ -97,6 +99,13 @@ export const SPECS: Record<string, Spec> = {
     min: 1,
     help: "returning clients per wrk thread (64)",
   },
+  "--keepalive": {
+    key: "keepAlive",
+    env: "BENCH_KEEPALIVE",
+    kind: "int",
+    min: 0,
+    help: "1: client keep-alive (1); 0: a new connection per request",
+  },
   "--out": { key: "outDir", env: "BENCH_OUT", kind: "string", help: "results folder (bench/results)" },
   "--tether-cmd": { key: "tetherCmd", env: "BENCH_TETHER_CMD", kind: "string", help: "" },
 };
@@ -115,6 +124,7 @@ export function defaults(): Options {
     proxyCore: "0",
     loadCore: "1",
     clients: 64,
+    keepAlive: 1,
     outDir: "bench/results",
     tetherCmd: null,
     quick: false,

@@ -26,6 +26,8 @@ export interface WrkJob {
   connections: number;
   threads: number;
   clients: number;
+  /** false: wrk sends Connection: close and opens a connection per request. */
+  keepAlive?: boolean;
   /** taskset CPU list, or null to run unpinned. */
   core: string | null;
   logPath: string;
@@ -41,6 +43,7 @@ export function wrkCommand(job: WrkJob): string[] {
     `-c${Math.max(job.connections, job.threads)}`,
     `-d${job.durationS}s`,
     "--latency",
+    ...(job.keepAlive === false ? ["-H", "Connection: close"] : []),
     "-s",
     LUA_SCRIPT,
     job.url,
