@@ -12,6 +12,7 @@ export type ProxyErrorCode =
   | "RESPONSE_TIMEOUT" // responseTimeoutMs passed before response headers
   | "BAD_RESPONSE" // the backend's response could not be parsed
   | "BODY_TOO_LARGE"
+  | "CLIENT_TIMEOUT" // the client sent no request body byte for the listener's clientIdleMs
   | "BAD_REQUEST";
 
 const catalog: Record<ProxyErrorCode, { status: number; text: string }> = {
@@ -22,6 +23,7 @@ const catalog: Record<ProxyErrorCode, { status: number; text: string }> = {
   RESPONSE_TIMEOUT: { status: 504, text: "The backend did not answer in time." },
   BAD_RESPONSE: { status: 502, text: "The backend sent an invalid response." },
   BODY_TOO_LARGE: { status: 413, text: "The request body is too large." },
+  CLIENT_TIMEOUT: { status: 408, text: "The request body did not arrive in time." },
   BAD_REQUEST: { status: 400, text: "The request is malformed." },
 };
 

@@ -19,6 +19,7 @@ import type { Runtime } from "../server/runtime.ts";
 import { ProxyError, proxyErrorResponse } from "./errors.ts";
 import { backendRequestHeaders, clientAddress, clientResponseHeaders, type ForwardFacts } from "./headers.ts";
 import { requestTarget, targetPath } from "./request-target.ts";
+import { guardStream } from "./stream-guard.ts";
 import type { UpstreamClient } from "./upstream/client.ts";
 import type { AbortLike, UpstreamRequest, UpstreamResponse } from "./upstream/types.ts";
 
@@ -106,12 +107,11 @@ function bodyOf(req: Request): { body: UpstreamRequest["body"]; bodyLength: numb
   return { body: req.body, bodyLength: null };
 }
 
-/** Waits for a slot under the backend's maxConn; a pinned session waits rather than breaking. */
-async function acquire(backend: Backend, queueTimeoutMs: number, signal: AbortLike): Promise<void> {
-  if (backend.inflight < backend.maxConn) {
-    backend.inflight++;
-    return;
-  }
+/**
+ * Waits for a slot under the backend's maxConn; a pinned session waits rather
+ * than breaking. The caller takes a free slot itself, without a promise.
+ */
+async function waitForSlot(backend: Backend, queueTimeoutMs: number, signal: AbortLike): Promise<void> {
   await new Promise<void>((resolve, reject) => {
     const wake = () => {
       clearTimeout(timer);
@@ -206,6 +206,7 @@ async function exchange(
   request: UpstreamRequest,
   signal: AbortLike,
   deps: ProxyDeps,
+  bodyIdleMs: number,
 ): Promise<Exchanged> {
   const tried = new Set<string>();
   let placed: PlaceResult | null = first;
@@ -214,17 +215,21 @@ async function exchange(
     const { placement } = placed;
     const backend = pool.get(placement.backendId) as Backend;
     tried.add(backend.id);
-    await acquire(backend, pool.settings.queueTimeoutMs, signal);
+    if (backend.inflight < backend.maxConn) backend.inflight++;
+    else await waitForSlot(backend, pool.settings.queueTimeoutMs, signal);
     try {
       const response = await deps.upstream.request(backend.target, request, {
         connectTimeoutMs: pool.settings.connectTimeoutMs,
         responseTimeoutMs: pool.settings.responseTimeoutMs,
+        bodyIdleMs,
         signal,
       });
       deps.health.succeeded(backend);
       return { backend, response: releaseWhenDone(response, backend), placement };
     } catch (e) {
       release(backend);
+      // A stalled upload is the client's doing: no backend failure, no retry (the body is partly spent).
+      if (e instanceof ProxyError && e.code === "CLIENT_TIMEOUT") throw e;
       // The client went away (the upstream call rejects with the abort reason): not the backend's fault.
       if (signal.aborted) throw new ProxyError("BAD_REQUEST", "client went away");
       const err = e instanceof ProxyError ? e : new ProxyError("CONNECT_FAILED", String(e));
@@ -259,6 +264,8 @@ export function toClientResponse(
   method: string,
   effects: readonly Effect[] = [],
   responded?: () => void,
+  /** A streamed body Bun does not pull for this long is cut (the client stopped reading); 0: never. */
+  clientIdleMs = 0,
 ): Response {
   const headers = clientResponseHeaders(res.headers);
   if (effects.length) {
@@ -280,44 +287,14 @@ export function toClientResponse(
     headers.set("content-length", String(res.contentLength));
   }
   let body = bodyless ? null : res.body;
-  if (responded) {
-    if (body instanceof ReadableStream) body = whenDone(body, responded);
-    else responded();
-  }
+  // Only a stream gets the wrapper (and its timer): a body that arrived whole is handed over at once.
+  if (body instanceof ReadableStream) {
+    if (responded || clientIdleMs > 0) body = guardStream(body, clientIdleMs, responded);
+  } else responded?.();
   return new Response(body, {
     status: res.status,
     statusText: res.statusText,
     headers,
-  });
-}
-
-/** Passes a stream through and calls `done` once when it ends, fails or is cancelled. */
-function whenDone(stream: ReadableStream<Uint8Array>, done: () => void): ReadableStream<Uint8Array> {
-  const reader = stream.getReader();
-  let called = false;
-  const once = () => {
-    if (!called) {
-      called = true;
-      done();
-    }
-  };
-  return new ReadableStream<Uint8Array>({
-    async pull(c) {
-      try {
-        const { done: end, value } = await reader.read();
-        if (end) {
-          once();
-          c.close();
-        } else c.enqueue(value);
-      } catch (e) {
-        once();
-        c.error(e);
-      }
-    },
-    cancel(reason) {
-      once();
-      return reader.cancel(reason);
-    },
   });
 }
 
@@ -384,7 +361,7 @@ export async function forwardHttp(req: Request, info: RequestInfo, deps: ProxyDe
   try {
     pool = poolFor(req, target, info);
     const facts = requestFacts(req, target, info);
-    await prefetchLearned(pool, facts, deps);
+    if (deps.cluster) await prefetchLearned(pool, facts, deps);
     const placed = place(pool, facts, info, deps);
     if (!placed) throw new ProxyError("NO_BACKEND", `pool ${pool.name}`);
     const { body, bodyLength } = bodyOf(req);
@@ -403,12 +380,13 @@ export async function forwardHttp(req: Request, info: RequestInfo, deps: ProxyDe
       request,
       info.signal ?? req.signal,
       deps,
+      info.listener.clientIdleMs,
     );
     auditPlacement(deps, info, pool, facts, placed.placement, placement);
     record(deps, info, pool, backend, placement, response.status);
     const effects = pool.chain.remember(facts, placement, responseFacts(response, info));
     accessLog(deps, info, req, target, pool.name, backend.id, response.status);
-    return toClientResponse(response, req.method, effects, info.responded);
+    return toClientResponse(response, req.method, effects, info.responded, info.listener.clientIdleMs);
   } catch (e) {
     const err = e instanceof ProxyError ? e : new ProxyError("BAD_REQUEST", String(e));
     accessLog(deps, info, req, target, pool?.name ?? "", "", err.status, err.code);

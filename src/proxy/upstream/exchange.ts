@@ -20,6 +20,8 @@ const DONE = 2;
  */
 const REPLAY_LIMIT = 64 * 1024;
 
+type Timer = ReturnType<typeof setTimeout>;
+
 /** What a response body stream exposes to the exchange. */
 export interface BodyErrorSink {
   error(reason: unknown): void;
@@ -44,6 +46,10 @@ export class Exchange {
   private pumping = false;
   private bodySent = false;
   private sentBytes = 0;
+  /** Bounds a stalled upload (opts.bodyIdleMs); one per exchange, re-armed only when it fires. */
+  private bodyTimer: Timer | null = null;
+  /** When the pump began waiting for the client's next chunk; -1 while it waits on the backend. */
+  private awaitingClientSince = -1;
 
   constructor(
     readonly target: UpstreamTarget,
@@ -128,9 +134,35 @@ export class Exchange {
     this.fail(this.opts.signal?.reason);
   }
 
+  /**
+   * The body timer fired. Only time spent waiting on the client counts: a
+   * backend that is slow to take the upload is not the client's fault.
+   */
+  checkBodyIdle(): void {
+    this.bodyTimer = null;
+    if (this.phase === DONE || this.bodySent) return;
+    const idleMs = this.opts.bodyIdleMs as number;
+    const since = this.awaitingClientSince;
+    const left = since < 0 ? idleMs : since + idleMs - performance.now();
+    if (left > 0) {
+      this.bodyTimer = setTimeout(bodyIdle, left, this);
+      return;
+    }
+    // Part of the body is on the wire: the connection cannot carry anything else.
+    this.conn?.destroy();
+    this.fail(new ProxyError("CLIENT_TIMEOUT", `no request body byte for ${idleMs} ms`));
+  }
+
+  private stopBodyTimer(): void {
+    if (this.bodyTimer === null) return;
+    clearTimeout(this.bodyTimer);
+    this.bodyTimer = null;
+  }
+
   private finish(reason?: unknown): void {
     this.phase = DONE;
     this.conn = null;
+    this.stopBodyTimer();
     this.opts.signal?.removeEventListener("abort", this);
     if (this.reader !== null && !this.bodySent) this.reader.cancel(reason).catch(ignore);
   }
@@ -150,8 +182,13 @@ export class Exchange {
       if (this.phase === DONE) return;
       const reader = body.getReader();
       this.reader = reader;
+      const idleMs = this.opts.bodyIdleMs ?? 0;
+      // Progress is a timestamp per chunk; the timer checks it when it fires, so chunks cost no timer calls.
+      if (idleMs > 0) this.bodyTimer = setTimeout(bodyIdle, idleMs, this);
       for (;;) {
+        this.awaitingClientSince = performance.now();
         const { done, value } = await reader.read();
+        this.awaitingClientSince = -1;
         if (this.phase === DONE) return;
         if (done) break;
         if (value.byteLength === 0) continue;
@@ -164,6 +201,7 @@ export class Exchange {
         throw new Error("body shorter than its Content-Length");
       if (expected === null && !(await this.send(LAST_CHUNK))) return;
       this.bodySent = true;
+      this.stopBodyTimer();
       this.conn?.endRequest();
     } catch (err) {
       if (this.phase === DONE) return;
@@ -188,6 +226,10 @@ export class Exchange {
     if (this.replayBytes > REPLAY_LIMIT) this.replay = null;
     else this.replay.push(bytes);
   }
+}
+
+function bodyIdle(ex: Exchange): void {
+  ex.checkBodyIdle();
 }
 
 function ignore(): void {}

@@ -53,6 +53,11 @@ export interface RequestOptions {
   connectTimeoutMs: number;
   /** From request written to response head parsed; 0 = no limit. */
   responseTimeoutMs: number;
+  /**
+   * A stream body that yields no byte for this long fails the exchange with
+   * CLIENT_TIMEOUT (the client stalled mid-upload); 0 or absent = no limit.
+   */
+  bodyIdleMs?: number;
   /** Aborts the exchange (client went away). */
   signal?: AbortLike;
 }
