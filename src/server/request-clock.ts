@@ -10,11 +10,17 @@
  * the tickets it has already seen once (250-500 ms old): only then are the
  * idle timer suspended and req.signal consulted. Bun reports a signal
  * accessed after the client left as already aborted, so nothing is missed.
+ *
+ * Bun's idle timers tick every 4 s and a timeout of N seconds fires on the
+ * ceil(N/4)-th tick, so it can fire up to 4 s early: as soon as the next
+ * tick for N <= 4. Such short idle timeouts are suspended at once instead.
  */
 import type { Server } from "bun";
 import type { AbortLike } from "../proxy/upstream/types.ts";
 
 const SWEEP_MS = 250;
+/** Idle timeouts up to this many seconds can fire before a sweep reaches the request. */
+const EAGER_IDLE_SECONDS = 4;
 
 type AbortListener = ((this: unknown) => void) | { handleEvent(): void };
 
@@ -51,8 +57,10 @@ export class Ticket {
   readonly abort = new ClientAbort();
   /** Seen by one sweep: the next one promotes it. */
   seen = false;
-  /** Idle timer suspended and client signal attached. */
+  /** Client signal attached (and idle timer suspended). */
   promoted = false;
+  /** Idle timer suspended: restored when the request finishes. */
+  suspended = false;
   done = false;
 
   constructor(
@@ -77,15 +85,19 @@ export class Ticket {
 export class RequestClock {
   private readonly open = new Set<Ticket>();
   private timer: ReturnType<typeof setInterval> | null = null;
+  private readonly eager: boolean;
 
   /** idleSeconds: the listener's idle timeout, restored after a promoted request. */
   constructor(
     private readonly server: () => Server<unknown> | undefined,
     private readonly idleSeconds: number,
-  ) {}
+  ) {
+    this.eager = idleSeconds > 0 && idleSeconds <= EAGER_IDLE_SECONDS;
+  }
 
   start(req: Request): Ticket {
     const t = new Ticket(req, this);
+    if (this.eager) this.suspend(t);
     this.open.add(t);
     if (this.timer === null) {
       this.timer = setInterval(() => this.sweep(), SWEEP_MS);
@@ -95,10 +107,8 @@ export class RequestClock {
   }
 
   finished(t: Ticket): void {
-    if (!t.promoted) {
-      this.open.delete(t);
-      return;
-    }
+    if (!t.promoted) this.open.delete(t);
+    if (!t.suspended) return;
     // Bun keeps a request's timeout for the rest of its connection: restore it for the next request.
     try {
       this.server()?.timeout(t.req, this.idleSeconds);
@@ -121,6 +131,15 @@ export class RequestClock {
     this.timer = null;
   }
 
+  private suspend(t: Ticket, srv = this.server()): void {
+    t.suspended = true;
+    try {
+      srv?.timeout(t.req, 0);
+    } catch {
+      // The connection is already gone: its signal is aborted.
+    }
+  }
+
   private sweep(): void {
     if (this.open.size === 0) {
       this.stop();
@@ -134,11 +153,7 @@ export class RequestClock {
       }
       this.open.delete(t);
       t.promoted = true;
-      try {
-        srv?.timeout(t.req, 0);
-      } catch {
-        // The connection is already gone: its signal below is aborted.
-      }
+      if (!t.suspended) this.suspend(t, srv);
       const signal = t.req.signal;
       if (signal.aborted) t.abort.abort(signal.reason);
       else signal.addEventListener("abort", () => t.abort.abort(signal.reason), { once: true });
