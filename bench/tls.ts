@@ -15,7 +15,7 @@ import { writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { makeCert } from "../test/support/certs.ts";
 import { startBackends } from "./lib/backends.ts";
-import { type Backend, tetherConfig } from "./lib/configs.ts";
+import { type Backend, haproxyConfig, tetherConfig } from "./lib/configs.ts";
 import { readFlags } from "./lib/flags.ts";
 import { machineInfo, NOISY_PCT } from "./lib/machine.ts";
 import { freePort, HOST } from "./lib/net.ts";
@@ -46,28 +46,6 @@ interface Opts {
   loadCore: string;
 }
 
-function haproxyTlsConfig(port: number, pem: string, backends: Backend[]): string {
-  const servers = backends.map((b, i) => `  server s${i + 1} ${HOST}:${b.port} cookie s${i + 1}`).join("\n");
-  return `global
-  nbthread 1
-  maxconn 4096
-
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-  http-reuse always
-
-listen web
-  bind ${HOST}:${port} ssl crt ${pem}
-  balance roundrobin
-  cookie SRVID insert indirect nocache
-${servers}
-`;
-}
-
 async function startPeer(
   name: PeerName,
   opts: Opts,
@@ -94,7 +72,7 @@ async function startPeer(
     cmd = [...bin, "--config", path];
   } else {
     const path = join(dir, "haproxy.cfg");
-    writeFileSync(path, haproxyTlsConfig(port, cert.pem, backends));
+    writeFileSync(path, haproxyConfig(port, backends, cert.pem));
     cmd = ["haproxy", "-db", "-f", path];
   }
   const child = spawnLogged(name, [...pin(opts.proxyCore), ...cmd], join(dir, `${name}.log`), REPO_ROOT);

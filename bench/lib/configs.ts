@@ -77,8 +77,11 @@ ${servers}
 `;
 }
 
-/** HAProxy inserts its own cookie naming the server (s1, s2, ...) and strips it before forwarding. */
-export function haproxyConfig(port: number, backends: Backend[]): string {
+/**
+ * HAProxy inserts its own cookie naming the server (s1, s2, ...) and strips it before forwarding.
+ * With `pem` (certificate and key in one file) it terminates TLS on the same bind.
+ */
+export function haproxyConfig(port: number, backends: Backend[], pem?: string): string {
   const servers = backends
     .map((b, i) => `  server s${i + 1} 127.0.0.1:${b.port} cookie s${i + 1}`)
     .join("\n");
@@ -96,7 +99,7 @@ defaults
   http-reuse always
 
 listen web
-  bind 127.0.0.1:${port}
+  bind 127.0.0.1:${port}${pem ? ` ssl crt ${pem}` : ""}
   balance roundrobin
   cookie SRVID insert indirect nocache
 ${servers}
