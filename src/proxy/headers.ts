@@ -34,6 +34,11 @@ function connectionListed(connection: string | null): Set<string> | null {
   return names;
 }
 
+/** The request asks for the connection to close after its response (RFC 9112 §9.6). */
+export function asksToClose(headers: Headers): boolean {
+  return connectionListed(headers.get("connection"))?.has("close") ?? false;
+}
+
 export interface ForwardFacts {
   /** The TCP peer (the client, or a proxy in front of us). */
   peerIp: string;

@@ -6,6 +6,7 @@ import type { TLSOptions } from "bun";
 import type { ResolvedListener } from "../config/load.ts";
 import { errorResponse } from "../proxy/errors.ts";
 import { forwardHttp, type ProxyDeps, type RequestInfo } from "../proxy/forward.ts";
+import { asksToClose } from "../proxy/headers.ts";
 import { normalizeIp } from "../proxy/trusted-proxies.ts";
 import { isWebSocketUpgrade, upgradeWebSocket, type WsData, websocketHandler } from "../proxy/websocket.ts";
 import { RequestClock } from "./request-clock.ts";
@@ -137,6 +138,9 @@ export function startListener(
         const res = await forwardHttp(req, info, deps);
         if (hsts && !res.headers.has("strict-transport-security"))
           res.headers.set("strict-transport-security", hsts);
+        // Bun closes after answering a "Connection: close" request but does not say so, and a
+        // client that reads the answer as keep-alive sends its next request into a closed socket.
+        if (asksToClose(req.headers)) res.headers.set("connection", "close");
         return res;
       } finally {
         inflight--;

@@ -87,6 +87,15 @@ describe("forwarding", () => {
     expect(out.endsWith("\r\n\r\n")).toBe(true);
   });
 
+  test("a Connection: close request gets Connection: close on its response (RFC 9112 §9.6)", async () => {
+    const out = await rawRequest(proxy.port(), "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    expect(out).toMatch(/^HTTP\/1\.1 200/);
+    expect(out.toLowerCase()).toContain("\r\nconnection: close\r\n");
+    const kept = await fetch(`${proxy.url()}/`);
+    expect(kept.headers.get("connection")).not.toBe("close");
+    await kept.text();
+  });
+
   test("204 and 304 come through without a body", async () => {
     const a = await fetch(`${proxy.url()}/no-content`);
     expect(a.status).toBe(204);
