@@ -4,7 +4,6 @@
  * same run.
  *
  *   bun run build && bun bench/startup.ts [--runs 30] [--warmup 3]
- *   bun bench/startup.ts --bytecode     # also a build of the binary with --bytecode
  *   bun bench/startup.ts --cmd "label=/path/to/tether --config {config}"
  *
  * Each timed command is bench/lib/first-response.sh: it launches the proxy
@@ -34,33 +33,14 @@ interface HyperfineResult {
   times: number[];
 }
 
-/**
- * scripts/build.ts's build plus --bytecode: JSC bytecode compiled at build
- * time, so the binary skips parsing its ~0.5 MB bundle at every start.
- */
-function bytecodeBuild(dir: string): string {
-  const out = join(dir, "tether-bytecode");
-  const flags = ["--compile", "--bytecode", "--minify-whitespace", "--minify-syntax"];
-  const noAutoload = ["--no-compile-autoload-dotenv", "--no-compile-autoload-bunfig"];
-  const entries = ["src/main.ts", "src/workers/worker.ts"];
-  const cmd = [process.execPath, "build", ...flags, ...noAutoload, ...entries, "--outfile", out];
-  const r = Bun.spawnSync(cmd, { cwd: REPO_ROOT, stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`bytecode build failed:\n${r.stderr.toString()}`);
-  return out;
-}
-
 async function main(): Promise<void> {
   const known = ["--runs", "--warmup", "--cmd", "--proxy-core", "--load-core"];
   const argv = Bun.argv.slice(2);
-  const bytecode = argv.includes("--bytecode");
-  const flags = readFlags(
-    argv.filter((a) => a !== "--bytecode"),
-    (f) => known.includes(f),
-  );
+  const flags = readFlags(argv, (f) => known.includes(f));
   const get = (f: string) => flags.values.findLast(([k]) => k === f)?.[1];
   if (flags.help) {
     console.log(
-      "usage: bun bench/startup.ts [--bytecode] [--runs 30] [--warmup 3] [--proxy-core 0] [--load-core 1] [--cmd 'label=argv ... {config}']...",
+      "usage: bun bench/startup.ts [--runs 30] [--warmup 3] [--proxy-core 0] [--load-core 1] [--cmd 'label=argv ... {config}']...",
     );
     return;
   }
@@ -105,12 +85,6 @@ async function main(): Promise<void> {
         tetherPort,
       ]);
     }
-    if (bytecode)
-      commands.push([
-        "dist/tether built with --bytecode",
-        [bytecodeBuild(dir), "--config", tetherCfg],
-        tetherPort,
-      ]);
     if (Bun.which("haproxy")) {
       const port = freePort();
       const cfg = join(dir, "haproxy.cfg");
