@@ -328,6 +328,7 @@ function svg(data: Second[], marks: typeof events, baselineMiB: number, warmupS:
     `<polyline fill="none" stroke="${color}" stroke-width="${width}" points="${pts.join(" ")}"/>`;
   const out: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
+    "<title>tether soak: RSS and requests per second over time</title>",
     `<rect width="${W}" height="${H}" fill="white"/>`,
     `<text x="${m.l}" y="20" font-size="14">tether soak: RSS (MiB, blue) and requests/s (grey); red: backend restart, green: reload</text>`,
     `<rect x="${m.l}" y="${m.t}" width="${((Math.min(warmupS, tMax) / tMax) * pw).toFixed(1)}" height="${ph}" fill="#f3f3f3"/>`,
