@@ -2,7 +2,6 @@
  * The running proxy: its listeners, the live Runtime, reload and shutdown.
  */
 import { randomBytes } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
 import type { Server } from "bun";
 import { dashboardHtml } from "../admin/dashboard.ts";
 import { Metrics } from "../admin/metrics.ts";
@@ -18,6 +17,7 @@ import { UpstreamClient } from "../proxy/upstream/client.ts";
 import { ClusterSync } from "../state/cluster.ts";
 import { startSnapshots } from "../state/persist.ts";
 import { type ListenerHandle, startListener } from "./listener.ts";
+import { ensureMigrateReq } from "./reuseport-migration.ts";
 import { buildRuntime, type Runtime } from "./runtime.ts";
 
 export interface Tether {
@@ -63,52 +63,6 @@ async function drain(handle: ListenerHandle, graceMs: number): Promise<void> {
     await Bun.sleep(20);
   }
   await handle.server.stop(true);
-}
-
-export const MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req";
-/** Why the kernel will not migrate queued connections (null: it will, or not Linux); settled once per process. */
-let migrateProblem: { msg: string; error?: string } | null | undefined;
-let migrateWarned = false;
-
-/**
- * A reload that reopens a listener closes the old SO_REUSEPORT socket while
- * the kernel is still queueing connections on it; Linux resets those unless
- * net.ipv4.tcp_migrate_req (5.14+) moves them to another listener on the
- * port. Turned on once per process when it may be. When it cannot, the
- * warning is logged once, where it matters: at start with worker threads
- * (there every reopening reload reset connections, measured), with one
- * thread at the first reload that reopens a listener.
- */
-function ensureMigrateReq(log: Logger, warn: boolean): void {
-  if (migrateProblem === undefined) migrateProblem = enableMigrateReq(log);
-  if (!warn || !migrateProblem || migrateWarned) return;
-  migrateWarned = true;
-  log.warn(migrateProblem.msg, {
-    consequence: "a reload that reopens a listener can reset connections queued on the old one",
-    fix: "sysctl -w net.ipv4.tcp_migrate_req=1",
-    ...(migrateProblem.error ? { error: migrateProblem.error } : {}),
-  });
-}
-
-function enableMigrateReq(log: Logger): { msg: string; error?: string } | null {
-  if (process.platform !== "linux") return null;
-  try {
-    if (readFileSync(MIGRATE_REQ, "utf8").trim() === "1") return null;
-  } catch {
-    return { msg: "net.ipv4.tcp_migrate_req is not available (Linux 5.14+)" };
-  }
-  try {
-    writeFileSync(MIGRATE_REQ, "1");
-    log.info("set net.ipv4.tcp_migrate_req=1", {
-      why: "reopened listeners hand their queued connections on",
-    });
-    return null;
-  } catch (e) {
-    return {
-      msg: "net.ipv4.tcp_migrate_req is 0 and could not be set",
-      error: (e as NodeJS.ErrnoException).code ?? String(e),
-    };
-  }
 }
 
 /** True when some pool has a rule that needs cookie keys (sealing, route prefixes, table hashing). */

@@ -16,7 +16,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { accessSync, constants, readFileSync } from "node:fs";
 import { dirname } from "node:path";
-import { MIGRATE_REQ } from "../../src/server/app.ts";
+import { MIGRATE_REQ } from "../../src/server/reuseport-migration.ts";
 import { closedPort } from "../support/backends.ts";
 import { tempDir, writeConfig } from "../support/files.ts";
 import { type Child, spawnCli } from "../support/tether.ts";
