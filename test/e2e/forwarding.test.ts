@@ -354,6 +354,25 @@ describe("long responses", () => {
     }
   });
 
+  // clientIdleMs over 4 s takes the lazy path (src/server/request-clock.ts): the idle timer is
+  // suspended by the sweep, after the request has been open for a quarter second or more.
+  test("a long poll that answers after a longer clientIdleMs (5 s) still arrives", async () => {
+    const poll = backend("poll", async () => {
+      await Bun.sleep(9500);
+      return new Response("late event");
+    });
+    const proxy = startInProcess({
+      listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app", clientIdleMs: 5000 }],
+      pools: { app: { backends: [{ id: "p", url: poll.url }] } },
+    });
+    try {
+      expect(await (await fetch(`${proxy.url()}/`)).text()).toBe("late event");
+    } finally {
+      await proxy.stop();
+      poll.stop();
+    }
+  }, 20_000);
+
   test("a long poll that answers after clientIdleMs still arrives", async () => {
     const poll = backend("poll", async () => {
       await Bun.sleep(2200);
