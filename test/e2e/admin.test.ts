@@ -78,7 +78,10 @@ describe("admin API", () => {
     const total = body.backends.reduce((n, b) => n + (b.requests as number), 0);
     expect(total).toBe(10);
     const sessions = body.backends.reduce((n, b) => n + (b.activeSessions as number), 0);
-    expect(sessions).toBe(10);
+    // An estimate (HyperLogLog, 1,024 registers per backend): two of the 10 sessions share a
+    // register about 4% of the time and count as one.
+    expect(sessions).toBeGreaterThanOrEqual(8);
+    expect(sessions).toBeLessThanOrEqual(11);
     expect(body.backends[0]).toMatchObject({ pool: "app", state: "ready", health: "up", inflight: 0 });
     const perPool = (await (await t.api("/api/sessions?pool=app")).json()) as { backends: unknown[] };
     expect(perPool.backends.length).toBe(2);
