@@ -268,23 +268,11 @@ export function toClientResponse(
   clientIdleMs = 0,
 ): Response {
   const headers = clientResponseHeaders(res.headers);
-  if (effects.length) {
-    const cookies = headers.getSetCookie();
-    let cachePrivate = false;
-    for (const e of effects) {
-      if (e.kind === "rewrite-set-cookie") cookies[e.index] = e.header;
-      else if (e.kind === "set-cookie") cookies.push(e.header);
-      else if (e.kind === "cache-private") cachePrivate = true;
-    }
-    headers.delete("set-cookie");
-    for (const c of cookies) headers.append("set-cookie", c);
-    const cc = cachePrivate ? privateCacheControl(headers.get("cache-control")) : null;
-    if (cc) headers.set("cache-control", cc);
-  }
+  if (effects.length) applyEffects(headers, effects);
   const bodyless = method === "HEAD" || res.status === 204 || res.status === 304;
   if (res.contentLength !== null && res.status !== 204 && (bodyless || !(res.body instanceof Uint8Array))) {
     // Bun keeps an explicit Content-Length on a streamed or HEAD response instead of chunking.
-    headers.set("content-length", String(res.contentLength));
+    headers.push(["content-length", String(res.contentLength)]);
   }
   let body = bodyless ? null : res.body;
   // Only a stream gets the wrapper (and its timer): a body that arrived whole is handed over at once.
@@ -296,6 +284,34 @@ export function toClientResponse(
     statusText: res.statusText,
     headers,
   });
+}
+
+/**
+ * The persistence rules' effects on the client's header pairs: a Set-Cookie
+ * rewritten (by its position among the response's Set-Cookies, as the rules
+ * saw them in responseFacts) or added, and Cache-Control made private.
+ */
+function applyEffects(headers: [string, string][], effects: readonly Effect[]): void {
+  const cookieAt: number[] = [];
+  headers.forEach(([name], i) => {
+    if (name.toLowerCase() === "set-cookie") cookieAt.push(i);
+  });
+  let cachePrivate = false;
+  for (const e of effects) {
+    if (e.kind === "rewrite-set-cookie") {
+      const at = cookieAt[e.index];
+      if (at !== undefined) headers[at] = ["set-cookie", e.header];
+    } else if (e.kind === "set-cookie") headers.push(["set-cookie", e.header]);
+    else if (e.kind === "cache-private") cachePrivate = true;
+  }
+  if (!cachePrivate) return;
+  // Several Cache-Control lines are one list (RFC 9110 §5.3): judged together, replaced by one.
+  const current = headers.filter(([name]) => name.toLowerCase() === "cache-control").map(([, v]) => v);
+  const cc = privateCacheControl(current.length ? current.join(", ") : null);
+  if (cc === null) return;
+  const kept = headers.filter(([name]) => name.toLowerCase() !== "cache-control");
+  headers.length = 0;
+  headers.push(...kept, ["cache-control", cc]);
 }
 
 function responseFacts(res: UpstreamResponse, info: RequestInfo): ResponseFacts {

@@ -106,9 +106,11 @@ export function backendRequestHeaders(
 /**
  * Headers for the client: hop-by-hop and framing removed (Bun.serve frames the
  * response itself). Content-Length is re-added by the caller when the body
- * length is known, so HEAD answers keep it.
+ * length is known, so HEAD answers keep it. Pairs rather than a Headers
+ * object: Response builds its own from them in one native call instead of
+ * one per field. The pairs are the backend's own: replace them, never edit.
  */
-export function clientResponseHeaders(headers: [string, string][]): Headers {
+export function clientResponseHeaders(headers: readonly [string, string][]): [string, string][] {
   let listed: Set<string> | null = null;
   for (const [name, value] of headers) {
     if (name.length === 10 && name.toLowerCase() === "connection") {
@@ -116,11 +118,11 @@ export function clientResponseHeaders(headers: [string, string][]): Headers {
       break;
     }
   }
-  const out = new Headers();
-  for (const [name, value] of headers) {
-    const lower = name.toLowerCase();
+  const out: [string, string][] = [];
+  for (const field of headers) {
+    const lower = field[0].toLowerCase();
     if (HOP_BY_HOP.has(lower) || lower === "content-length" || listed?.has(lower)) continue;
-    out.append(name, value);
+    out.push(field);
   }
   return out;
 }

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { createAudit } from "../../src/audit.ts";
 import type { ConfigInput } from "../../src/config/schema.ts";
 import { startTether } from "../../src/server/app.ts";
-import { backend, rawRequest, type TestBackend } from "../support/backends.ts";
+import { backend, rawBackend, rawRequest, type TestBackend } from "../support/backends.ts";
 import { memoryLogger, type Running, config as resolve, startInProcess } from "../support/tether.ts";
 
 const KEY = Buffer.alloc(32, 7).toString("base64");
@@ -118,6 +118,41 @@ describe("cookie insert", () => {
     const again = await fetch(`${t.url()}/`, { headers: { cookie: `${sc.split(";")[0]}; app=1` } });
     expect(again.headers.get("x-seen-cookie")).toBe("app=1");
     expect(again.headers.getSetCookie()).toEqual([]);
+  });
+
+  test("the new cookie joins the backend's own Set-Cookies; several Cache-Control lines become one private list", async () => {
+    // Raw answers: a Bun backend would merge the two Cache-Control lines itself.
+    const answer = (cacheControl: string) =>
+      rawBackend((s) =>
+        s.write(`HTTP/1.1 200 OK\r\nSet-Cookie: theirs=1\r\n${cacheControl}Content-Length: 2\r\n\r\nok`),
+      );
+    const two = answer("Cache-Control: max-age=60\r\nCache-Control: must-revalidate\r\n");
+    const t = startInProcess({
+      listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+      pools: { app: { backends: [{ id: "b1", url: two.url }], persistence: [rule] } },
+      secrets: { cookieKeys: [KEY] },
+    } as ConfigInput);
+    const noStore = answer("Cache-Control: no-store\r\n");
+    const u = startInProcess({
+      listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+      pools: { app: { backends: [{ id: "b1", url: noStore.url }], persistence: [rule] } },
+      secrets: { cookieKeys: [KEY] },
+    } as ConfigInput);
+    try {
+      const res = await fetch(`${t.url()}/`);
+      const cookies = res.headers.getSetCookie();
+      expect(cookies[0]).toBe("theirs=1");
+      expect(cookies[1]?.startsWith("TETHER=")).toBe(true);
+      expect(res.headers.get("cache-control")).toBe("private, max-age=60, must-revalidate");
+      expect(await res.text()).toBe("ok");
+      // Already kept out of shared caches: left as the backend sent it.
+      expect((await fetch(`${u.url()}/`)).headers.get("cache-control")).toBe("no-store");
+    } finally {
+      await t.stop();
+      await u.stop();
+      two.stop();
+      noStore.stop();
+    }
   });
 
   test("a tampered cookie is re-placed with a fresh cookie and audited, not followed", async () => {
