@@ -5,6 +5,7 @@ import { haproxyConfig, nginxConfig, tetherConfig } from "./lib/configs.ts";
 import { parseOptions } from "./lib/options.ts";
 import { median, type RunRecord, ratios } from "./lib/report.ts";
 import { parseWrkOutput, type WrkResult, wrkCommand } from "./lib/wrk.ts";
+import { serveVariant, VARIANTS } from "./price-servers.ts";
 
 const backends = [
   { id: "app-1", port: 9001 },
@@ -112,4 +113,29 @@ describe("report", () => {
 test("backend body has the requested size and names the backend", () => {
   expect(bodyFor("app-1", 64)).toHaveLength(64);
   expect(bodyFor("app-1", 64).startsWith("hello from app-1")).toBe(true);
+});
+
+test("every one-change server of bench/price.ts answers through to a backend", async () => {
+  const backend = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("from backend") });
+  const target = {
+    key: `http://127.0.0.1:${backend.port}`,
+    hostname: "127.0.0.1",
+    port: backend.port as number,
+  };
+  try {
+    for (const variant of VARIANTS) {
+      const server = serveVariant(variant, 0, target);
+      try {
+        const res = await fetch(`http://127.0.0.1:${server.port}/`);
+        expect(res.status).toBe(200);
+        const body = await res.text();
+        if (variant.startsWith("proxy") || variant === "raw") expect(body).toBe("from backend");
+        else expect(body).toStartWith("hello from a one-change server");
+      } finally {
+        server.stop();
+      }
+    }
+  } finally {
+    backend.stop(true);
+  }
 });

@@ -1,0 +1,156 @@
+/**
+ * One-change servers for bench/price.ts: each adds one piece of what a proxy
+ * on Bun does, so the CPU it costs per request can be read off against the
+ * others and against HAProxy in the same run.
+ *
+ *   bun bench/price-servers.ts --variant NAME --port P --upstream U
+ *
+ * static       Bun.serve answering a fixed response
+ * request-ip   static + server.requestIP(req) (a getpeername per request)
+ * signal       static + an abort listener on req.signal
+ * timeout      static + server.timeout(req, 0) and back (what a slow request needs)
+ * proxy        Bun.serve → tether's upstream client → a Response with the body
+ * proxy-full   proxy + what tether asks of Bun: requestIP, every request header
+ *              copied, forwarding headers, the response's headers into a Headers
+ * raw          Bun.listen + Bun.connect, no Request/Response objects: the head is
+ *              relayed as bytes, the answer framed by Content-Length (bodyless
+ *              GETs only: a floor, not a proxy)
+ */
+import { UpstreamClient } from "../src/proxy/upstream/client.ts";
+import type { UpstreamTarget } from "../src/proxy/upstream/types.ts";
+import { HOST } from "./lib/net.ts";
+
+export const VARIANTS = ["static", "request-ip", "signal", "timeout", "proxy", "proxy-full", "raw"] as const;
+export type Variant = (typeof VARIANTS)[number];
+
+const BODY = "hello from a one-change server".padEnd(63, ".") + "\n";
+const PLAIN = { "content-type": "text/plain" };
+
+/** Starts one variant on `port` (0: any); returns its port and a stop function. */
+export function serveVariant(
+  variant: Variant,
+  port: number,
+  target: UpstreamTarget,
+): { port: number; stop: () => void } {
+  if (variant === "raw") return serveRaw(port, target);
+  const client = new UpstreamClient();
+  const options = { connectTimeoutMs: 5000, responseTimeoutMs: 30_000 };
+  const server = Bun.serve({
+    hostname: HOST,
+    port,
+    idleTimeout: 120,
+    async fetch(req, server) {
+      switch (variant) {
+        case "request-ip":
+          server.requestIP(req);
+          break;
+        case "signal":
+          req.signal.addEventListener("abort", () => {});
+          break;
+        case "timeout":
+          server.timeout(req, 0);
+          server.timeout(req, 120);
+          break;
+        case "proxy": {
+          const headers: [string, string][] = [["host", req.headers.get("host") ?? ""]];
+          const r = await client.request(
+            target,
+            { method: req.method, target: "/", headers, body: null, bodyLength: null },
+            options,
+          );
+          return new Response(r.body as Uint8Array, { headers: PLAIN });
+        }
+        case "proxy-full": {
+          const ip = server.requestIP(req)?.address ?? "";
+          const headers: [string, string][] = [];
+          for (const [name, value] of req.headers) if (name !== "connection") headers.push([name, value]);
+          headers.push(["x-forwarded-for", ip], ["x-forwarded-proto", "http"], ["forwarded", `for=${ip}`]);
+          const r = await client.request(
+            target,
+            { method: req.method, target: "/", headers, body: null, bodyLength: null },
+            options,
+          );
+          const out = new Headers();
+          for (const [name, value] of r.headers) out.append(name, value);
+          return new Response(r.body as Uint8Array, {
+            status: r.status,
+            statusText: r.statusText,
+            headers: out,
+          });
+        }
+      }
+      return new Response(BODY, { headers: PLAIN });
+    },
+  });
+  return { port: server.port ?? port, stop: () => server.stop(true) };
+}
+
+interface RawClient {
+  buf: string;
+}
+interface RawUpstream {
+  client: import("bun").Socket<RawClient> | null;
+  buf: Buffer | null;
+}
+
+function serveRaw(port: number, target: UpstreamTarget): { port: number; stop: () => void } {
+  const idle: import("bun").Socket<RawUpstream>[] = [];
+  const upstream = () =>
+    Bun.connect<RawUpstream>({
+      hostname: target.hostname,
+      port: target.port,
+      data: { client: null, buf: null },
+      socket: {
+        data(up, chunk) {
+          const b = up.data.buf ? Buffer.concat([up.data.buf, chunk]) : chunk;
+          const end = b.indexOf("\r\n\r\n");
+          const length = /content-length: *(\d+)/i.exec(b.toString("latin1", 0, Math.max(end, 0)));
+          if (end < 0 || b.length < end + 4 + Number(length?.[1] ?? 0)) {
+            up.data.buf = b;
+            return;
+          }
+          const client = up.data.client;
+          up.data = { client: null, buf: null };
+          idle.push(up);
+          client?.write(b);
+        },
+      },
+    });
+  const listener = Bun.listen<RawClient>({
+    hostname: HOST,
+    port,
+    data: { buf: "" },
+    socket: {
+      open(c) {
+        c.data = { buf: "" };
+      },
+      async data(c, chunk) {
+        const text = c.data.buf + chunk.toString("latin1");
+        if (!text.includes("\r\n\r\n")) {
+          c.data.buf = text;
+          return;
+        }
+        c.data.buf = "";
+        const up = idle.pop() ?? (await upstream());
+        up.data.client = c;
+        up.write(text);
+      },
+    },
+  });
+  return {
+    port: listener.port,
+    stop: () => {
+      listener.stop(true);
+      for (const up of idle) up.end();
+    },
+  };
+}
+
+if (import.meta.main) {
+  const arg = (name: string) => process.argv[process.argv.indexOf(name) + 1] ?? "";
+  const variant = arg("--variant") as Variant;
+  if (!VARIANTS.includes(variant)) throw new Error(`--variant must be one of ${VARIANTS.join(", ")}`);
+  const upstreamPort = Number(arg("--upstream"));
+  const target = { key: `http://${HOST}:${upstreamPort}`, hostname: HOST, port: upstreamPort };
+  serveVariant(variant, Number(arg("--port")), target);
+}
