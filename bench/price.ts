@@ -6,7 +6,7 @@
  *   bun bench/price.ts [--rounds 6] [--duration 3] [--only static,proxy,tether,haproxy]
  *
  * Every peer starts fresh each round (tether then never reaches its cookie
- * refresh time with wrk's clients, which ignore Set-Cookie), gets a 1 s
+ * refresh time with wrk's clients, which ignore Set-Cookie), gets a 2 s
  * unmeasured warm-up and a measured wrk run: 64 keep-alive connections of
  * returning clients, as in bench/run.ts. The peer is pinned to CPU 0, wrk and
  * the backends to CPU 1. CPU per request is the peer's user + system time
@@ -50,7 +50,8 @@ async function measure(run: Running, ctx: StartContext, durationS: number, clk: 
     clients: 64,
     core: ctx.opts.loadCore,
   };
-  await runWrk({ ...job, durationS: 1, logPath: join(ctx.dir, "warm.log") });
+  // As bench/run.ts: 2 s for JIT tiers, pools and caches to settle before the clock starts.
+  await runWrk({ ...job, durationS: 2, logPath: join(ctx.dir, "warm.log") });
   const ticks = () => run.measuredPids().reduce((n, pid) => n + cpuTimes(pid).user + cpuTimes(pid).system, 0);
   const before = ticks();
   const { result } = await runWrk({ ...job, durationS, logPath: join(ctx.dir, "wrk.log") });
