@@ -23,7 +23,7 @@ import { HOST } from "./lib/net.ts";
 export const VARIANTS = ["static", "request-ip", "signal", "timeout", "proxy", "proxy-full", "raw"] as const;
 export type Variant = (typeof VARIANTS)[number];
 
-const BODY = "hello from a one-change server".padEnd(63, ".") + "\n";
+const BODY = `${"hello from a one-change server".padEnd(63, ".")}\n`;
 const PLAIN = { "content-type": "text/plain" };
 
 /** Starts one variant on `port` (0: any); returns its port and a stop function. */

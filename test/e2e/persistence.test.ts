@@ -122,36 +122,35 @@ describe("cookie insert", () => {
 
   test("the new cookie joins the backend's own Set-Cookies; several Cache-Control lines become one private list", async () => {
     // Raw answers: a Bun backend would merge the two Cache-Control lines itself.
-    const answer = (cacheControl: string) =>
-      rawBackend((s) =>
+    const through = (cacheControl: string) => {
+      const b = rawBackend((s) =>
         s.write(`HTTP/1.1 200 OK\r\nSet-Cookie: theirs=1\r\n${cacheControl}Content-Length: 2\r\n\r\nok`),
       );
-    const two = answer("Cache-Control: max-age=60\r\nCache-Control: must-revalidate\r\n");
-    const t = startInProcess({
-      listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
-      pools: { app: { backends: [{ id: "b1", url: two.url }], persistence: [rule] } },
-      secrets: { cookieKeys: [KEY] },
-    } as ConfigInput);
-    const noStore = answer("Cache-Control: no-store\r\n");
-    const u = startInProcess({
-      listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
-      pools: { app: { backends: [{ id: "b1", url: noStore.url }], persistence: [rule] } },
-      secrets: { cookieKeys: [KEY] },
-    } as ConfigInput);
+      const t = startInProcess({
+        listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+        pools: { app: { backends: [{ id: "b1", url: b.url }], persistence: [rule] } },
+        secrets: { cookieKeys: [KEY] },
+      } as ConfigInput);
+      const stop = async () => {
+        await t.stop();
+        b.stop();
+      };
+      return { url: t.url(), stop };
+    };
+    const two = through("Cache-Control: max-age=60\r\nCache-Control: must-revalidate\r\n");
+    const noStore = through("Cache-Control: no-store\r\n");
     try {
-      const res = await fetch(`${t.url()}/`);
+      const res = await fetch(`${two.url}/`);
       const cookies = res.headers.getSetCookie();
       expect(cookies[0]).toBe("theirs=1");
       expect(cookies[1]?.startsWith("TETHER=")).toBe(true);
       expect(res.headers.get("cache-control")).toBe("private, max-age=60, must-revalidate");
       expect(await res.text()).toBe("ok");
       // Already kept out of shared caches: left as the backend sent it.
-      expect((await fetch(`${u.url()}/`)).headers.get("cache-control")).toBe("no-store");
+      expect((await fetch(`${noStore.url}/`)).headers.get("cache-control")).toBe("no-store");
     } finally {
-      await t.stop();
-      await u.stop();
-      two.stop();
-      noStore.stop();
+      await two.stop();
+      await noStore.stop();
     }
   });
 
