@@ -166,22 +166,13 @@ export class HashRing {
       }
       return best;
     }
-    let best = -1;
-    let bestLow = Number.NEGATIVE_INFINITY;
-    let bestHigh = Number.NEGATIVE_INFINITY;
-    let bestScore = Number.NaN;
-    let bestU = 0;
-    let bestInvWeight = 0;
+    const leader = new Leader();
     let start = 0;
     for (let g = 0; g < groups; g++) {
       const end = groupStart[g + 1] as number;
-      // Scan from the floor below which no member can beat the best (see
+      // Scan from the floor below which no member can beat the leader (see
       // pick()): later groups then rarely take the branch, and rarely mispredict it.
-      let top = INT32_MIN;
-      if (best >= 0 && end - start > 1) {
-        const floor = Math.floor((1 + bestLow * (groupWeight[g] as number)) * 4294967296) - 2;
-        if (floor > 0) top = (floor + INT32_MIN) | 0;
-      }
+      let top = end - start > 1 ? leader.scanFrom(groupWeight[g] as number) : INT32_MIN;
       let topIndex = -1;
       for (let i = start; i < end; i++) {
         const h = mix(keyHash, seeds[i] as number);
@@ -191,34 +182,9 @@ export class HashRing {
         }
       }
       start = end;
-      if (topIndex < 0) continue;
-      // From here on as in pick().
-      const invWeight = groupInvWeight[g] as number;
-      const u = unitOf(top);
-      const d = u - 1;
-      if (d * invWeight * WIDEN_HIGH <= bestLow) continue;
-      const high = ((2 * d) / (u + 1)) * invWeight * WIDEN_HIGH;
-      if (high <= bestLow) continue;
-      const low = ((d * (u + 1)) / (2 * u)) * invWeight * WIDEN_LOW;
-      if (low > bestHigh) {
-        best = topIndex;
-        bestLow = low;
-        bestHigh = high;
-        bestScore = Number.NaN;
-        bestU = u;
-        bestInvWeight = invWeight;
-        continue;
-      }
-      if (Number.isNaN(bestScore)) bestScore = Math.log(bestU) * bestInvWeight;
-      const s = Math.log(u) * invWeight;
-      if (s > bestScore) {
-        best = topIndex;
-        bestScore = s;
-      }
-      bestLow = bestScore;
-      bestHigh = bestScore;
+      if (topIndex >= 0) leader.offer(topIndex, unitOf(top), groupInvWeight[g] as number);
     }
-    return best;
+    return leader.index;
   }
 
   /**
@@ -244,27 +210,18 @@ export class HashRing {
   ): number {
     const { ids, seeds, groupStart, groupWeight, groupInvWeight } = this;
     const groups = groupInvWeight.length;
-    let best = -1;
-    // The best score so far lies in [bestLow, bestHigh]; bestScore is NaN until computed.
-    let bestLow = Number.NEGATIVE_INFINITY;
-    let bestHigh = Number.NEGATIVE_INFINITY;
-    let bestScore = Number.NaN;
-    let bestU = 0;
-    let bestInvWeight = 0;
+    const leader = new Leader();
     for (let g = 0; g < groups; g++) {
       const end = groupStart[g + 1] as number;
-      const invWeight = groupInvWeight[g] as number;
-      // A member can beat the best only if its score's upper bound can:
-      // (u - 1) / w > bestLow, i.e. h > (1 + bestLow * w) * 2^32 - 0.5. Start
-      // the scan from that floor (less 2, to stay clear of rounding) so that
-      // hopeless members cost no callback. ">=" lets the first member of a
-      // group in even when its hash is the smallest; two members of a group
-      // never hash a key the same, so it takes no other tie.
-      let top = INT32_MIN;
-      if (best >= 0 && (eligible !== undefined || accept !== undefined)) {
-        const floor = Math.floor((1 + bestLow * (groupWeight[g] as number)) * 4294967296) - 2;
-        if (floor > 0) top = (floor + INT32_MIN) | 0;
-      }
+      // A member can beat the leader only if its score's upper bound can
+      // (Leader.scanFrom): start the scan from that floor so that hopeless
+      // members cost no callback. ">=" lets the first member of a group in
+      // even when its hash is the smallest; two members of a group never hash
+      // a key the same, so it takes no other tie.
+      let top =
+        eligible !== undefined || accept !== undefined
+          ? leader.scanFrom(groupWeight[g] as number)
+          : INT32_MIN;
       let topIndex = -1;
       for (let i = groupStart[g] as number; i < end; i++) {
         const h = mix(keyHash, seeds[i] as number);
@@ -280,33 +237,62 @@ export class HashRing {
       }
       if (topIndex < 0) continue;
       if (groups === 1) return topIndex;
-      const u = unitOf(top);
-      const d = u - 1;
-      // Cannot beat the best: first by the looser bound ln(u) <= u - 1 (no
-      // division), then by the tight one.
-      if (d * invWeight * WIDEN_HIGH <= bestLow) continue;
-      const high = ((2 * d) / (u + 1)) * invWeight * WIDEN_HIGH;
-      if (high <= bestLow) continue;
-      const low = ((d * (u + 1)) / (2 * u)) * invWeight * WIDEN_LOW;
-      if (low > bestHigh) {
-        // beats the best for certain
-        best = topIndex;
-        bestLow = low;
-        bestHigh = high;
-        bestScore = Number.NaN;
-        bestU = u;
-        bestInvWeight = invWeight;
-        continue;
-      }
-      if (Number.isNaN(bestScore)) bestScore = Math.log(bestU) * bestInvWeight;
-      const s = Math.log(u) * invWeight;
-      if (s > bestScore) {
-        best = topIndex;
-        bestScore = s;
-      }
-      bestLow = bestScore;
-      bestHigh = bestScore;
+      leader.offer(topIndex, unitOf(top), groupInvWeight[g] as number);
     }
-    return best;
+    return leader.index;
+  }
+}
+
+/**
+ * The best member so far across weight groups. Its score ln(u) / w is kept
+ * as an interval [low, high] from the bounds described at pick(); the
+ * logarithms are taken only when a challenger's interval overlaps it.
+ */
+class Leader {
+  index = -1;
+  low = Number.NEGATIVE_INFINITY;
+  high = Number.NEGATIVE_INFINITY;
+  /** NaN until computed. */
+  private score = Number.NaN;
+  private u = 0;
+  private invWeight = 0;
+
+  /**
+   * The hash a member of a group with this weight must reach to possibly
+   * beat the leader: (u - 1) / w > low, i.e. h > (1 + low * w) * 2^32 - 0.5,
+   * less 2 to stay clear of rounding.
+   */
+  scanFrom(weight: number): number {
+    if (this.index < 0) return INT32_MIN;
+    const floor = Math.floor((1 + this.low * weight) * 4294967296) - 2;
+    return floor > 0 ? (floor + INT32_MIN) | 0 : INT32_MIN;
+  }
+
+  /** A group's top member (its hash as u in (0, 1]) challenges the leader. */
+  offer(index: number, u: number, invWeight: number): void {
+    const d = u - 1;
+    // Cannot beat the leader: first by the looser bound ln(u) <= u - 1 (no division), then by the tight one.
+    if (d * invWeight * WIDEN_HIGH <= this.low) return;
+    const high = ((2 * d) / (u + 1)) * invWeight * WIDEN_HIGH;
+    if (high <= this.low) return;
+    const low = ((d * (u + 1)) / (2 * u)) * invWeight * WIDEN_LOW;
+    if (low > this.high) {
+      // Beats the leader for certain.
+      this.index = index;
+      this.low = low;
+      this.high = high;
+      this.score = Number.NaN;
+      this.u = u;
+      this.invWeight = invWeight;
+      return;
+    }
+    if (Number.isNaN(this.score)) this.score = Math.log(this.u) * this.invWeight;
+    const score = Math.log(u) * invWeight;
+    if (score > this.score) {
+      this.index = index;
+      this.score = score;
+    }
+    this.low = this.score;
+    this.high = this.score;
   }
 }
