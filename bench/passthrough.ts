@@ -12,7 +12,13 @@
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { type Machine as BaseMachine, machineInfo as baseMachineInfo, NOISY_PCT } from "./lib/machine.ts";
+import {
+  type Machine as BaseMachine,
+  machineInfo as baseMachineInfo,
+  NOISY_PCT,
+  pinHarness,
+  splitAvailable,
+} from "./lib/machine.ts";
 import { rssMiB } from "./lib/measure.ts";
 import {
   BULK_PATH,
@@ -204,15 +210,9 @@ async function main(): Promise<void> {
   installCleanup(budgetMs(opts));
   // Before pinning: nproc counts only the CPUs this process may use.
   const machine = machineInfo();
-  // The harness (probes, bookkeeping, Bun's own threads) stays off the proxy core.
-  if (Bun.which("taskset")) capture(["taskset", "-a", "-cp", opts.loadCore, String(process.pid)]);
+  pinHarness(opts.loadCore);
   const peers = makePtPeers(opts.peers);
-  const skipped: Record<string, string> = {};
-  for (const p of peers) {
-    const why = p.unavailable();
-    if (why) skipped[p.name] = why;
-  }
-  const active = peers.filter((p) => !skipped[p.name]);
+  const { active, skipped } = splitAvailable(peers);
 
   const dir = makeTempDir("tether-pt-bench-");
   const records: PtRecord[] = [];

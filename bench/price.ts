@@ -15,7 +15,7 @@
 import { join } from "node:path";
 import { startBackends } from "./lib/backends.ts";
 import { readFlags } from "./lib/flags.ts";
-import { machineInfo } from "./lib/machine.ts";
+import { machineInfo, pinHarness } from "./lib/machine.ts";
 import { freePort, HOST, waitReady } from "./lib/net.ts";
 import { defaults } from "./lib/options.ts";
 import { makePeers, pin, type Running, type StartContext } from "./lib/peers.ts";
@@ -72,7 +72,7 @@ async function main(): Promise<void> {
   for (const n of names) if (!ALL.includes(n)) throw new Error(`--only: unknown "${n}" (${ALL.join(", ")})`);
   const machine = machineInfo("bench/price.ts");
   const opts = { ...defaults(), peers: [] };
-  if (Bun.which("taskset")) Bun.spawnSync(["taskset", "-a", "-cp", opts.loadCore, String(process.pid)]);
+  pinHarness(opts.loadCore);
   console.log(`- ${machine.date} · ${machine.cpuModel}, nproc ${machine.nproc} · Bun ${machine.bun}`);
   console.log(
     `- ${rounds} round(s) of ${durationS} s per peer, peers interleaved; proxy on CPU ${opts.proxyCore}\n`,

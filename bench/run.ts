@@ -10,7 +10,13 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { startBackends } from "./lib/backends.ts";
-import { type Machine as BaseMachine, machineInfo as baseMachineInfo, NOISY_PCT } from "./lib/machine.ts";
+import {
+  type Machine as BaseMachine,
+  machineInfo as baseMachineInfo,
+  NOISY_PCT,
+  pinHarness,
+  splitAvailable,
+} from "./lib/machine.ts";
 import { othersPct, rssMiB, sample, usageBetween } from "./lib/measure.ts";
 import { checkSticky, HOST } from "./lib/net.ts";
 import { type Options, type PeerName, parseOptions, usage } from "./lib/options.ts";
@@ -187,15 +193,9 @@ async function main(): Promise<void> {
   installCleanup(budgetMs(opts));
   // Before pinning: nproc counts only the CPUs this process may use.
   const machine = machineInfo();
-  // The harness itself (probes, bookkeeping, Bun's own threads) stays off the proxy core.
-  if (Bun.which("taskset")) capture(["taskset", "-a", "-cp", opts.loadCore, String(process.pid)]);
+  pinHarness(opts.loadCore);
   const peers = makePeers(opts.peers);
-  const skipped: Record<string, string> = {};
-  for (const p of peers) {
-    const why = p.unavailable();
-    if (why) skipped[p.name] = why;
-  }
-  const active = peers.filter((p) => !skipped[p.name]);
+  const { active, skipped } = splitAvailable(peers);
   console.log(header(machine, opts, peers));
   for (const [name, why] of Object.entries(skipped)) console.log(`- SKIPPED ${name}: ${why}`);
   console.log("");

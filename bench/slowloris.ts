@@ -24,6 +24,7 @@ import { join } from "node:path";
 import type { Socket } from "bun";
 import { startBackends } from "./lib/backends.ts";
 import { tetherConfig } from "./lib/configs.ts";
+import { pinHarness } from "./lib/machine.ts";
 import { othersPct, sample } from "./lib/measure.ts";
 import { freePort, HOST, waitReady } from "./lib/net.ts";
 import { pin } from "./lib/peers.ts";
@@ -215,7 +216,7 @@ async function main() {
   process.on("SIGTERM", () => void bail("terminated", 143));
   const budgetS = (segmentS + 25) * (2 * opts.rounds + 1) + 60;
   setTimeout(() => void bail("time budget exceeded", 124), budgetS * 1000).unref();
-  if (Bun.which("taskset")) capture(["taskset", "-a", "-cp", opts.loadCore, String(process.pid)]);
+  pinHarness(opts.loadCore);
   if (!Bun.which("wrk")) throw new Error("wrk is not installed (apt-get install wrk)");
 
   const { backends, pid: backendPid } = await startBackends(dir, 2, opts.loadCore);

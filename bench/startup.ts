@@ -17,10 +17,10 @@ import { join, resolve } from "node:path";
 import { startBackends } from "./lib/backends.ts";
 import { haproxyConfig, tetherConfig } from "./lib/configs.ts";
 import { readFlags } from "./lib/flags.ts";
-import { machineInfo } from "./lib/machine.ts";
+import { machineInfo, pinHarness } from "./lib/machine.ts";
 import { freePort } from "./lib/net.ts";
 import { pin } from "./lib/peers.ts";
-import { capture, cleanupSync, makeTempDir, stopAll } from "./lib/procs.ts";
+import { cleanupSync, makeTempDir, stopAll } from "./lib/procs.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "..");
 const PROBE = join(import.meta.dir, "lib/first-response.sh");
@@ -54,7 +54,7 @@ async function main(): Promise<void> {
     `# tether start time, ${m.date}\n\n- ${m.cpuModel}, nproc ${m.nproc}, ${m.kernel}, Bun ${m.bun}, load ${m.loadAvg.join(" ")}\n`,
   );
   // The poller busy-polls: keep it and hyperfine off the proxy's core.
-  if (Bun.which("taskset")) capture(["taskset", "-a", "-cp", loadCore, String(process.pid)]);
+  pinHarness(loadCore);
 
   const dir = makeTempDir("tether-startup-");
   try {

@@ -17,14 +17,13 @@ import { makeCert } from "../test/support/certs.ts";
 import { startBackends } from "./lib/backends.ts";
 import { type Backend, haproxyConfig, tetherConfig } from "./lib/configs.ts";
 import { readFlags } from "./lib/flags.ts";
-import { machineInfo, NOISY_PCT } from "./lib/machine.ts";
+import { machineInfo, NOISY_PCT, pinHarness } from "./lib/machine.ts";
 import { freePort, HOST } from "./lib/net.ts";
 import { measureSTime, runSTime, type STimeMode, waitHandshake } from "./lib/passthrough-openssl.ts";
 import type { Measure } from "./lib/passthrough-report.ts";
 import { pin } from "./lib/peers.ts";
 import {
   type Child,
-  capture,
   cleanupSync,
   isRunning,
   makeTempDir,
@@ -118,7 +117,7 @@ async function main(): Promise<void> {
     process.exit(130);
   });
   // The harness stays off the proxy core.
-  if (Bun.which("taskset")) capture(["taskset", "-a", "-cp", opts.loadCore, String(process.pid)]);
+  pinHarness(opts.loadCore);
   const dir = makeTempDir("tether-tls-bench-");
   const runs: { round: number; peer: PeerName; mode: STimeMode; m: Measure }[] = [];
   const ciphers = new Map<PeerName, string>();

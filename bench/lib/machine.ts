@@ -31,3 +31,20 @@ export function machineInfo(script: string): Machine {
     command: ["bun", script, ...Bun.argv.slice(2)].join(" "),
   };
 }
+
+/** Keeps the harness itself (probes, bookkeeping, Bun's own threads) off the proxy core. */
+export function pinHarness(loadCore: string): void {
+  if (Bun.which("taskset")) capture(["taskset", "-a", "-cp", loadCore, String(process.pid)]);
+}
+
+/** The peers that can run here, and why each of the others cannot. */
+export function splitAvailable<P extends { name: string; unavailable(): string | null }>(
+  peers: P[],
+): { active: P[]; skipped: Record<string, string> } {
+  const skipped: Record<string, string> = {};
+  for (const p of peers) {
+    const why = p.unavailable();
+    if (why) skipped[p.name] = why;
+  }
+  return { active: peers.filter((p) => !skipped[p.name]), skipped };
+}
