@@ -13,8 +13,8 @@
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { join } from "node:path";
-import { BUN, REPO, tempDir, writeConfig } from "../support/files.ts";
-import type { Child } from "../support/tether.ts";
+import { REPO, tempDir, writeConfig } from "../support/files.ts";
+import { type Child, spawnCli } from "../support/tether.ts";
 import {
   backendRuns,
   describe as describeSamples,
@@ -24,67 +24,6 @@ import {
 } from "./support.ts";
 
 const DELAY_MS = 150;
-
-/** spawnCli with a preload: the same log collection, the same CLI. */
-function spawnWithPreload(configFile: string): Child & { lines: Record<string, unknown>[] } {
-  const proc = Bun.spawn(
-    [
-      BUN,
-      "--preload",
-      join(REPO, "test/faults/crash-worker.preload.ts"),
-      join(REPO, "src/main.ts"),
-      "--config",
-      configFile,
-    ],
-    { cwd: REPO, stdout: "pipe", stderr: "pipe" },
-  );
-  const lines: Record<string, unknown>[] = [];
-  let errText = "";
-  (async () => {
-    const decoder = new TextDecoder();
-    let buf = "";
-    for await (const chunk of proc.stdout as ReadableStream<Uint8Array>) {
-      buf += decoder.decode(chunk, { stream: true });
-      for (let nl = buf.indexOf("\n"); nl !== -1; nl = buf.indexOf("\n")) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        try {
-          lines.push(JSON.parse(line));
-        } catch {
-          lines.push({ raw: line });
-        }
-      }
-    }
-  })();
-  (async () => {
-    for await (const chunk of proc.stderr as ReadableStream<Uint8Array>)
-      errText += new TextDecoder().decode(chunk);
-  })();
-  const waitFor: Child["waitFor"] = async (pred, timeoutMs = 10_000) => {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const found = lines.find(pred);
-      if (found) return found;
-      if (Date.now() > deadline)
-        throw new Error(
-          `timed out; log so far:\n${lines.map((l) => JSON.stringify(l)).join("\n")}\n${errText}`,
-        );
-      await Bun.sleep(10);
-    }
-  };
-  return {
-    proc,
-    lines,
-    stderr: () => errText,
-    waitFor,
-    listening: async (name, timeoutMs) =>
-      Number((await waitFor((l) => l.msg === "listening" && l.name === name, timeoutMs)).port),
-    async stop() {
-      proc.kill("SIGTERM");
-      return await proc.exited;
-    },
-  };
-}
 
 let backends: ProcBackend[] = [];
 let child: Child;
@@ -104,7 +43,7 @@ beforeAll(async () => {
     accessLog: true,
     snapshot: false,
   });
-  child = spawnWithPreload(file);
+  child = spawnCli(["--config", file], {}, ["--preload", join(REPO, "test/faults/crash-worker.preload.ts")]);
   port = Number(
     (await child.waitFor((l) => l.msg === "listening" && l.name === "web" && l.workers === 2, 15_000)).port,
   );

@@ -84,9 +84,9 @@ export interface Child {
   stop(): Promise<number>;
 }
 
-/** Runs the real CLI (`bun src/main.ts ...`) and collects its JSON log lines. */
-export function spawnCli(args: string[], env: Record<string, string> = {}): Child {
-  const proc = Bun.spawn([BUN, join(REPO, "src/main.ts"), ...args], {
+/** Runs the real CLI (`bun [bunArgs] src/main.ts ...`) and collects its JSON log lines. */
+export function spawnCli(args: string[], env: Record<string, string> = {}, bunArgs: string[] = []): Child {
+  const proc = Bun.spawn([BUN, ...bunArgs, join(REPO, "src/main.ts"), ...args], {
     cwd: REPO,
     env: { ...process.env, ...env },
     stdout: "pipe",
