@@ -32,7 +32,7 @@ import {
 import { type PtOptions, parsePtOptions, ptUsage } from "./lib/passthrough-options.ts";
 import { makePtPeers, type PtPeer, type PtRunning } from "./lib/passthrough-peers.ts";
 import { type Measure, type PtRecord, ptRatios, ptTable, summarizePt } from "./lib/passthrough-report.ts";
-import { capture, cleanupSync, makeTempDir, sleep, stopAll } from "./lib/procs.ts";
+import { capture, cleanupSync, installCleanup, makeTempDir, sleep, stopAll } from "./lib/procs.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "..");
 const BACKENDS = 3;
@@ -122,28 +122,6 @@ async function measureOnce(ctx: Ctx, peer: PtPeer, round: number): Promise<PtRec
     await run.stop();
   }
   return rec;
-}
-
-/** Stops everything we started on Ctrl-C, SIGTERM, an uncaught error or a blown time budget. */
-function installCleanup(budgetMs: number): void {
-  let stopping = false;
-  const bail = async (why: string, code: number) => {
-    if (stopping) return;
-    stopping = true;
-    console.error(`\n${why}: stopping every process the bench started...`);
-    await stopAll();
-    cleanupSync();
-    process.exit(code);
-  };
-  process.on("SIGINT", () => void bail("interrupted", 130));
-  process.on("SIGTERM", () => void bail("terminated", 143));
-  process.on("uncaughtException", (e) => void bail(`error: ${e.stack ?? e}`, 1));
-  process.on("unhandledRejection", (e) => void bail(`error: ${(e as Error)?.stack ?? e}`, 1));
-  process.on("exit", cleanupSync);
-  setTimeout(
-    () => void bail(`time budget of ${Math.round(budgetMs / 1000)} s exceeded`, 124),
-    budgetMs,
-  ).unref();
 }
 
 /** What a run should take (s_time runs up to a second past -time), with margin: 1.5× plus a minute. */

@@ -21,7 +21,7 @@ import { othersPct, rssMiB, sample, usageBetween } from "./lib/measure.ts";
 import { checkSticky, HOST } from "./lib/net.ts";
 import { type Options, type PeerName, parseOptions, usage } from "./lib/options.ts";
 import { makePeers, type Peer, type StartContext } from "./lib/peers.ts";
-import { capture, cleanupSync, makeTempDir, sleep, stopAll } from "./lib/procs.ts";
+import { capture, cleanupSync, installCleanup, makeTempDir, sleep, stopAll } from "./lib/procs.ts";
 import { type RunRecord, ratios, ratioTable, summarize, summaryTable } from "./lib/report.ts";
 import { errorCount, runWrk, type WrkJob } from "./lib/wrk.ts";
 
@@ -91,27 +91,6 @@ async function measureOnce(peer: Peer, ctx: StartContext, round: number, clk: nu
   } finally {
     await run.stop();
   }
-}
-
-/** Stops everything we started on Ctrl-C, SIGTERM, an uncaught error or a blown time budget. */
-function installCleanup(budgetMs: number): void {
-  let stopping = false;
-  const bail = async (why: string, code: number) => {
-    if (stopping) return;
-    stopping = true;
-    console.error(`\n${why}: stopping every process the bench started...`);
-    await stopAll();
-    process.exit(code);
-  };
-  process.on("SIGINT", () => void bail("interrupted", 130));
-  process.on("SIGTERM", () => void bail("terminated", 143));
-  process.on("uncaughtException", (e) => void bail(`error: ${e.stack ?? e}`, 1));
-  process.on("unhandledRejection", (e) => void bail(`error: ${(e as Error)?.stack ?? e}`, 1));
-  process.on("exit", cleanupSync);
-  setTimeout(
-    () => void bail(`time budget of ${Math.round(budgetMs / 1000)} s exceeded`, 124),
-    budgetMs,
-  ).unref();
 }
 
 /** Generous upper bound for the whole run: every run plus start/stop/probe slack, and margin. */

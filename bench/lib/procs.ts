@@ -180,3 +180,25 @@ export function capture(cmd: string[]): string {
     return "";
   }
 }
+
+/** Stops everything we started on Ctrl-C, SIGTERM, an uncaught error or a blown time budget. */
+export function installCleanup(budgetMs: number): void {
+  let stopping = false;
+  const bail = async (why: string, code: number) => {
+    if (stopping) return;
+    stopping = true;
+    console.error(`\n${why}: stopping every process the bench started...`);
+    await stopAll();
+    cleanupSync();
+    process.exit(code);
+  };
+  process.on("SIGINT", () => void bail("interrupted", 130));
+  process.on("SIGTERM", () => void bail("terminated", 143));
+  process.on("uncaughtException", (e) => void bail(`error: ${e.stack ?? e}`, 1));
+  process.on("unhandledRejection", (e) => void bail(`error: ${(e as Error)?.stack ?? e}`, 1));
+  process.on("exit", cleanupSync);
+  setTimeout(
+    () => void bail(`time budget of ${Math.round(budgetMs / 1000)} s exceeded`, 124),
+    budgetMs,
+  ).unref();
+}
