@@ -20,7 +20,16 @@ import { UpstreamClient } from "../src/proxy/upstream/client.ts";
 import type { UpstreamTarget } from "../src/proxy/upstream/types.ts";
 import { HOST } from "./lib/net.ts";
 
-export const VARIANTS = ["static", "request-ip", "signal", "timeout", "proxy", "proxy-full", "raw"] as const;
+export const VARIANTS = [
+  "static",
+  "request-ip",
+  "signal",
+  "timeout",
+  "proxy",
+  "proxy-full",
+  "listen-proxy",
+  "raw",
+] as const;
 export type Variant = (typeof VARIANTS)[number];
 
 const BODY = `${"hello from a one-change server".padEnd(63, ".")}\n`;
@@ -33,6 +42,7 @@ export function serveVariant(
   target: UpstreamTarget,
 ): { port: number; stop: () => void } {
   if (variant === "raw") return serveRaw(port, target);
+  if (variant === "listen-proxy") return serveListenProxy(port, target);
   const client = new UpstreamClient();
   const options = { connectTimeoutMs: 5000, responseTimeoutMs: 30_000 };
   const server = Bun.serve({
@@ -144,6 +154,57 @@ function serveRaw(port: number, target: UpstreamTarget): { port: number; stop: (
       for (const up of idle) up.end();
     },
   };
+}
+
+/** Bun.listen front end: head parsed into pairs, tether's upstream client, the answer written as bytes. */
+function serveListenProxy(port: number, target: UpstreamTarget): { port: number; stop: () => void } {
+  const client = new UpstreamClient();
+  const options = { connectTimeoutMs: 5000, responseTimeoutMs: 30_000 };
+  const listener = Bun.listen<RawClient>({
+    hostname: HOST,
+    port,
+    data: { buf: "" },
+    socket: {
+      open(c) {
+        c.data = { buf: "" };
+      },
+      async data(c, chunk) {
+        const text = c.data.buf + chunk.toString("latin1");
+        const end = text.indexOf("\r\n\r\n");
+        if (end < 0) {
+          c.data.buf = text;
+          return;
+        }
+        c.data.buf = text.slice(end + 4);
+        const lines = text.slice(0, end).split("\r\n");
+        const [method, path] = (lines[0] ?? "").split(" ");
+        const headers: [string, string][] = [];
+        const ip = c.remoteAddress;
+        for (let i = 1; i < lines.length; i++) {
+          const l = lines[i] as string;
+          const colon = l.indexOf(":");
+          const name = l.slice(0, colon);
+          if (name.toLowerCase() !== "connection") headers.push([name, l.slice(colon + 1).trim()]);
+        }
+        headers.push(["x-forwarded-for", ip], ["x-forwarded-proto", "http"], ["forwarded", `for=${ip}`]);
+        const r = await client.request(
+          target,
+          { method: method ?? "GET", target: path ?? "/", headers, body: null, bodyLength: null },
+          options,
+        );
+        const body = r.body as Uint8Array;
+        let head = `HTTP/1.1 ${r.status} ${r.statusText}\r\n`;
+        for (const [name, value] of r.headers) {
+          const lower = name.toLowerCase();
+          if (lower !== "connection" && lower !== "keep-alive" && lower !== "content-length")
+            head += `${name}: ${value}\r\n`;
+        }
+        head += `content-length: ${body.length}\r\n\r\n`;
+        c.write(Buffer.concat([Buffer.from(head, "latin1"), body]));
+      },
+    },
+  });
+  return { port: listener.port, stop: () => listener.stop(true) };
 }
 
 if (import.meta.main) {

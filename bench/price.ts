@@ -3,7 +3,10 @@
  * in tether and in HAProxy, measured in one run with the peers interleaved
  * round by round, so each figure can be read against the others.
  *
- *   bun bench/price.ts [--rounds 6] [--duration 3] [--only static,proxy,tether,haproxy]
+ *   bun bench/price.ts [--rounds 6] [--duration 3] [--only static,proxy,tether,haproxy] [--base DIR]
+ *
+ * --base DIR adds a peer "base": tether run from another checkout (a git
+ * worktree of an earlier commit), for an A/B of a change in the same run.
  *
  * Every peer starts fresh each round (tether then never reaches its cookie
  * refresh time with wrk's clients, which ignore Set-Cookie), gets a 2 s
@@ -42,6 +45,12 @@ async function startVariant(name: string, ctx: StartContext): Promise<Running> {
   return { port, measuredPids: () => [child.proc.pid], stop: () => stopChild(child) };
 }
 
+/** The tether peer, run from another checkout's sources. */
+function baseContext(ctx: StartContext, dir: string): StartContext {
+  const tetherCmd = `${process.execPath} ${join(dir, "src/main.ts")}`;
+  return { ...ctx, opts: { ...ctx.opts, tetherCmd } };
+}
+
 async function measure(run: Running, ctx: StartContext, durationS: number, clk: number) {
   const job = {
     url: `http://${HOST}:${run.port}/`,
@@ -60,16 +69,23 @@ async function measure(run: Running, ctx: StartContext, durationS: number, clk: 
 }
 
 async function main(): Promise<void> {
-  const flags = readFlags(Bun.argv.slice(2), (f) => ["--rounds", "--duration", "--only"].includes(f));
+  const flags = readFlags(Bun.argv.slice(2), (f) =>
+    ["--rounds", "--duration", "--only", "--base"].includes(f),
+  );
   const get = (f: string) => flags.values.findLast(([k]) => k === f)?.[1];
   if (flags.help) {
-    console.log(`usage: bun bench/price.ts [--rounds 6] [--duration 3] [--only ${ALL.join(",")}]`);
+    console.log(
+      `usage: bun bench/price.ts [--rounds 6] [--duration 3] [--only ${ALL.join(",")}] [--base DIR]`,
+    );
     return;
   }
   const rounds = Number(get("--rounds") ?? 6);
   const durationS = Number(get("--duration") ?? 3);
-  const names = (get("--only") ?? ALL.join(",")).split(",").filter(Boolean);
-  for (const n of names) if (!ALL.includes(n)) throw new Error(`--only: unknown "${n}" (${ALL.join(", ")})`);
+  const baseDir = get("--base");
+  const known = baseDir ? [...ALL, "base"] : ALL;
+  const names = (get("--only") ?? known.join(",")).split(",").filter(Boolean);
+  for (const n of names)
+    if (!known.includes(n)) throw new Error(`--only: unknown "${n}" (${known.join(", ")})`);
   const machine = machineInfo("bench/price.ts");
   const opts = { ...defaults(), peers: [] };
   pinHarness(opts.loadCore);
@@ -82,11 +98,16 @@ async function main(): Promise<void> {
   const { backends, pid } = await startBackends(dir, 3, opts.loadCore);
   const ctx: StartContext = { dir, backends, backendsPid: pid, opts, repoRoot: REPO_ROOT };
   const peers = new Map(makePeers(["haproxy", "tether"]).map((p) => [p.name as string, p]));
+  const startPeer = (name: string): Promise<Running> => {
+    const tether = peers.get("tether");
+    if (name === "base" && tether && baseDir) return tether.start(baseContext(ctx, baseDir));
+    const peer = peers.get(name);
+    return peer ? peer.start(ctx) : startVariant(name, ctx);
+  };
   const results = new Map<string, { usPerReq: number; rps: number }[]>(names.map((n) => [n, []]));
   for (let round = 1; round <= rounds; round++) {
     for (const name of names) {
-      const peer = peers.get(name);
-      const run = peer ? await peer.start(ctx) : await startVariant(name, ctx);
+      const run = await startPeer(name);
       try {
         const m = await measure(run, ctx, durationS, machine.clockTicks);
         results.get(name)?.push(m);
@@ -99,22 +120,42 @@ async function main(): Promise<void> {
       await sleep(300);
     }
   }
-  const base = results.get("haproxy");
-  console.log("\n| peer | CPU µs/req | ÷ HAProxy | req/s |\n|---|---:|---:|---:|");
-  for (const [name, ms] of results) {
-    const ratio = base?.length
-      ? median(ms.map((m, i) => m.usPerReq / (base[i]?.usPerReq ?? Number.NaN)))
-      : Number.NaN;
-    const us = median(ms.map((m) => m.usPerReq)).toFixed(1);
-    console.log(
-      `| ${name} | ${us} | ${Number.isNaN(ratio) ? "" : `${ratio.toFixed(2)}×`} | ${Math.round(median(ms.map((m) => m.rps)))} |`,
-    );
-  }
+  console.log(priceTable(results));
 }
 
-process.on("exit", cleanupSync);
-try {
-  await main();
-} finally {
-  await stopAll();
+type Measured = { usPerReq: number; rps: number }[];
+
+/**
+ * Median CPU per request and same-round ratios to HAProxy and to "base";
+ * "quietest" is the lowest round: the neighbours on a shared machine only
+ * ever add CPU time, so it is the closest to the code's own cost.
+ */
+export function priceTable(results: ReadonlyMap<string, Measured>): string {
+  const ratioTo = (ms: Measured, ref: Measured | undefined) => {
+    if (!ref?.length) return "";
+    return `${median(ms.map((m, i) => m.usPerReq / (ref[i]?.usPerReq ?? Number.NaN))).toFixed(2)}×`;
+  };
+  const haproxy = results.get("haproxy");
+  const base = results.get("base");
+  const lines = [
+    "",
+    "| peer | CPU µs/req | quietest | ÷ HAProxy | ÷ base | req/s |",
+    "|---|---:|---:|---:|---:|---:|",
+  ];
+  for (const [name, ms] of results) {
+    const us = median(ms.map((m) => m.usPerReq)).toFixed(1);
+    const quietest = Math.min(...ms.map((m) => m.usPerReq)).toFixed(1);
+    const rps = Math.round(median(ms.map((m) => m.rps)));
+    lines.push(`| ${name} | ${us} | ${quietest} | ${ratioTo(ms, haproxy)} | ${ratioTo(ms, base)} | ${rps} |`);
+  }
+  return lines.join("\n");
+}
+
+if (import.meta.main) {
+  process.on("exit", cleanupSync);
+  try {
+    await main();
+  } finally {
+    await stopAll();
+  }
 }

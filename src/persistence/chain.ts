@@ -151,7 +151,7 @@ export class PersistenceChain {
    * request (a retry), so the next choice in the same key's order is taken.
    */
   place(req: RequestFacts, exclude?: ReadonlySet<string>, previous?: Placement): PlaceResult | null {
-    const decisions = previous?.decisions ?? this.rules.map((r) => r.decide(req));
+    const decisions = previous?.decisions ?? this.decideAll(req);
     const rejections: Rejection[] = [];
     for (const d of decisions) {
       if (d.kind === "none") {
@@ -195,6 +195,13 @@ export class PersistenceChain {
     };
   }
 
+  private decideAll(req: RequestFacts): Decision[] {
+    const rules = this.rules;
+    const out: Decision[] = new Array(rules.length);
+    for (let i = 0; i < rules.length; i++) out[i] = (rules[i] as Rule).decide(req);
+    return out;
+  }
+
   private placement(
     d: Decision,
     backendId: string,
@@ -202,12 +209,11 @@ export class PersistenceChain {
     decisions: Decision[],
     previous?: Placement,
   ): Placement {
-    const sessionKey = d.rule === "cookie-insert" && d.kind === "pinned" ? Buffer.from(d.key, "hex") : null;
     return {
       backendId,
       rule: d.rule,
       outcome: previous && outcome === "hit" ? "repinned" : outcome,
-      sessionKey: sessionKey ? new Uint8Array(sessionKey) : null,
+      sessionKey: d.kind === "pinned" ? (d.session?.sessionKey ?? null) : null,
       decisions,
     };
   }

@@ -29,11 +29,6 @@ export class CookieInsertRule implements Rule {
   readonly name = "cookie-insert" as const;
   private readonly sealer: TokenSealer;
   private readonly byKey = new Map<bigint, string>();
-  /** Per decision, the claims of the token it opened (for re-issue with the same issue time). */
-  private readonly issued = new WeakMap<
-    Decision,
-    { issuedAt: number; sessionKey: Uint8Array; stale: boolean }
-  >();
 
   constructor(
     private readonly opts: CookieInsertOptions,
@@ -84,19 +79,14 @@ export class CookieInsertRule implements Rule {
     const backendId = this.byKey.get(claims.backendKey);
     if (backendId === undefined) return { kind: "none", rule: this.name, rejected: "unknown-backend" };
     const refresh = opened.stale || (req.nowSec - claims.lastSeen) * 1000 >= this.opts.refreshAfterMs;
-    const decision: Decision = {
+    return {
       kind: "pinned",
       backendId,
       key: opened.key ?? sessionKeyText(claims.sessionKey),
       rule: this.name,
       refresh,
+      session: claims,
     };
-    this.issued.set(decision, {
-      issuedAt: claims.issuedAt,
-      sessionKey: claims.sessionKey,
-      stale: opened.stale,
-    });
-    return decision;
   }
 
   backendCookie(cookie: string): string {
@@ -106,7 +96,7 @@ export class CookieInsertRule implements Rule {
   remember(req: RequestFacts, placement: Placement, own: Decision, res: ResponseFacts): Effect[] {
     const hitHere = placement.rule === this.name && placement.outcome === "hit";
     if (hitHere && own.kind === "pinned" && !own.refresh) return [];
-    const prior = this.issued.get(own);
+    const prior = own.kind === "pinned" ? own.session : undefined;
     const sessionKey = placement.sessionKey ?? prior?.sessionKey ?? newSessionKey();
     const issuedAt = hitHere && prior ? prior.issuedAt : req.nowSec;
     const token = this.sealer.seal({

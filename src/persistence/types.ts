@@ -29,7 +29,15 @@ export interface RequestFacts {
 
 export type Decision =
   /** The request names a session remembered on a backend. `key` re-places it if that backend is gone. */
-  | { kind: "pinned"; backendId: string; key: string; rule: RuleName; refresh?: boolean }
+  | {
+      kind: "pinned";
+      backendId: string;
+      key: string;
+      rule: RuleName;
+      refresh?: boolean;
+      /** A sealed cookie's session: its key bytes and issue time, kept when the cookie is re-issued. */
+      session?: { sessionKey: Uint8Array; issuedAt: number };
+    }
   /** A pure hash key: the ring places it, the same way on every instance. */
   | { kind: "hash"; key: string; rule: RuleName }
   | { kind: "none"; rule: RuleName; rejected?: RejectReason };

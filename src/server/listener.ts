@@ -87,6 +87,13 @@ function malformedRequest(req: Request): Response | null {
   return null;
 }
 
+/** The client's address; an IPv4 peer (the common case) needs no normalizing. */
+function peerAddress(peer: { address: string; family: string } | null): string {
+  if (peer === null) return "0.0.0.0";
+  if (peer.family === "IPv4") return peer.address;
+  return normalizeIp(peer.address) || "0.0.0.0";
+}
+
 export function startListener(
   config: ResolvedListener,
   currentRuntime: () => Runtime,
@@ -120,7 +127,7 @@ export function startListener(
       const info: RequestInfo = {
         listener: runtime.listeners.get(config.name) ?? config,
         runtime,
-        peerIp: normalizeIp(srv.requestIP(req)?.address ?? "") || "0.0.0.0",
+        peerIp: peerAddress(srv.requestIP(req)),
         startedAt: performance.now(),
         responded: () => ticket.finish(),
         // A request with a body watches its client from the start: when Bun rejects a malformed
