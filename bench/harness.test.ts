@@ -3,9 +3,10 @@ import { describe, expect, test } from "bun:test";
 import { bodyFor } from "./backend.ts";
 import { haproxyConfig, nginxConfig, tetherConfig } from "./lib/configs.ts";
 import { parseOptions } from "./lib/options.ts";
+import { dsoSplit } from "./lib/perf.ts";
 import { median, type RunRecord, ratios } from "./lib/report.ts";
 import { parseWrkOutput, type WrkResult, wrkCommand } from "./lib/wrk.ts";
-import { priceTable } from "./price.ts";
+import { priceTable, splitTable } from "./price.ts";
 import { serveVariant, VARIANTS } from "./price-servers.ts";
 
 const backends = [
@@ -156,4 +157,41 @@ test("the price table divides round by round and keeps the quietest round", () =
   expect(row("tether")).toBe("| tether | 60.0 | 60.0 | 2.00× | 1.00× | 16667 |");
   expect(row("base")).toBe("| base | 90.0 | 60.0 | 3.00× | 1.00× | 11111 |");
   expect(row("haproxy")).toBe("| haproxy | 30.0 | 30.0 | 1.00× | 0.33× | 33333 |");
+});
+
+test("a connection sweep compares each row with HAProxy at the same count", () => {
+  const at = (usPerReq: number) => [{ usPerReq, rps: 1e6 / usPerReq }];
+  const table = priceTable(
+    new Map([
+      ["haproxy@2", at(100)],
+      ["haproxy@64", at(30)],
+      ["tether@2", at(150)],
+      ["tether@64", at(90)],
+    ]),
+  );
+  expect(table).toContain("| tether@2 | 150.0 | 150.0 | 1.50× |");
+  expect(table).toContain("| tether@64 | 90.0 | 90.0 | 3.00× |");
+});
+
+test("perf's report splits into kernel, the binary, JIT code, libc and the rest", () => {
+  const report = [
+    "# Overhead  Shared Object",
+    "# ........  .................",
+    "#",
+    "    42.70%  [kernel.kallsyms]",
+    "    42.53%  bun.exe          ",
+    "    11.32%  [JIT] tid 17435  ",
+    "     3.12%  libc.so.6        ",
+    "     0.33%  [vdso]           ",
+  ].join("\n");
+  const split = dsoSplit(report);
+  expect(split.kernel).toBeCloseTo(0.427, 6);
+  expect(split.binary).toBeCloseTo(0.4253, 6);
+  expect(split.jit).toBeCloseTo(0.1132, 6);
+  expect(split.libc).toBeCloseTo(0.0312, 6);
+  expect(split.other).toBeCloseTo(0.0033, 6);
+  expect(dsoSplit("    30.75%  haproxy\n    64.93%  [kernel.kallsyms]").binary).toBeCloseTo(0.3075, 6);
+  // Applied to the measured CPU per request: shares times the median.
+  const table = splitTable(new Map([["tether", [{ usPerReq: 100, rps: 10_000, split }]]]));
+  expect(table).toContain("| tether | 100.0 | 42.7 | 42.5 | 11.3 | 3.1 | 0.3 |");
 });

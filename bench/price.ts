@@ -7,6 +7,10 @@
  *
  * --base DIR adds a peer "base": tether run from another checkout (a git
  * worktree of an earlier commit), for an A/B of a change in the same run.
+ * --connections 1,2,8,64 measures each peer at each count (rows "peer@N"):
+ * CPU per request depends on the load, not only on the code.
+ * --perf also samples each measured run with Linux perf and splits the CPU
+ * per request into kernel, the program's binary, JIT-compiled JS and libc.
  *
  * Every peer starts fresh each round (tether then never reaches its cookie
  * refresh time with wrk's clients, which ignore Set-Cookie), gets a 2 s
@@ -22,6 +26,7 @@ import { machineInfo, pinHarness } from "./lib/machine.ts";
 import { freePort, HOST, waitReady } from "./lib/net.ts";
 import { defaults } from "./lib/options.ts";
 import { makePeers, pin, type Running, type StartContext } from "./lib/peers.ts";
+import { PARTS, perfAvailable, recordPerf, type Split } from "./lib/perf.ts";
 import { cleanupSync, cpuTimes, makeTempDir, sleep, spawnLogged, stopAll, stopChild } from "./lib/procs.ts";
 import { median } from "./lib/report.ts";
 import { runWrk } from "./lib/wrk.ts";
@@ -51,10 +56,23 @@ function baseContext(ctx: StartContext, dir: string): StartContext {
   return { ...ctx, opts: { ...ctx.opts, tetherCmd } };
 }
 
-async function measure(run: Running, ctx: StartContext, durationS: number, clk: number) {
+interface Measurement {
+  usPerReq: number;
+  rps: number;
+  split: Split | null;
+}
+
+async function measure(
+  run: Running,
+  ctx: StartContext,
+  durationS: number,
+  clk: number,
+  connections: number,
+  perfLabel: string | null,
+): Promise<Measurement> {
   const job = {
     url: `http://${HOST}:${run.port}/`,
-    connections: 64,
+    connections,
     threads: 1,
     clients: 64,
     core: ctx.opts.loadCore,
@@ -62,25 +80,34 @@ async function measure(run: Running, ctx: StartContext, durationS: number, clk: 
   // As bench/run.ts: 2 s for JIT tiers, pools and caches to settle before the clock starts.
   await runWrk({ ...job, durationS: 2, logPath: join(ctx.dir, "warm.log") });
   const ticks = () => run.measuredPids().reduce((n, pid) => n + cpuTimes(pid).user + cpuTimes(pid).system, 0);
+  const stopPerf = perfLabel ? recordPerf(run.measuredPids(), ctx.dir, perfLabel) : null;
   const before = ticks();
   const { result } = await runWrk({ ...job, durationS, logPath: join(ctx.dir, "wrk.log") });
   const cpuUs = ((ticks() - before) / clk) * 1e6;
-  return { usPerReq: cpuUs / result.requests, rps: result.requests / (result.durationUs / 1e6) };
+  const split = stopPerf ? await stopPerf() : null;
+  return { usPerReq: cpuUs / result.requests, rps: result.requests / (result.durationUs / 1e6), split };
 }
 
 async function main(): Promise<void> {
-  const flags = readFlags(Bun.argv.slice(2), (f) =>
-    ["--rounds", "--duration", "--only", "--base"].includes(f),
+  const argv = Bun.argv.slice(2);
+  // --perf takes no value.
+  const perf = argv.includes("--perf");
+  const flags = readFlags(
+    argv.filter((a) => a !== "--perf"),
+    (f) => ["--rounds", "--duration", "--only", "--base", "--connections"].includes(f),
   );
   const get = (f: string) => flags.values.findLast(([k]) => k === f)?.[1];
   if (flags.help) {
     console.log(
-      `usage: bun bench/price.ts [--rounds 6] [--duration 3] [--only ${ALL.join(",")}] [--base DIR]`,
+      `usage: bun bench/price.ts [--rounds 6] [--duration 3] [--only ${ALL.join(",")}] [--base DIR] [--connections 64] [--perf]`,
     );
     return;
   }
   const rounds = Number(get("--rounds") ?? 6);
   const durationS = Number(get("--duration") ?? 3);
+  const counts = (get("--connections") ?? "64").split(",").map(Number);
+  if (counts.some((n) => !Number.isInteger(n) || n < 1)) throw new Error("--connections: whole numbers ≥ 1");
+  if (perf && !perfAvailable()) throw new Error("--perf needs Linux perf (apt-get install linux-perf)");
   const baseDir = get("--base");
   const known = baseDir ? [...ALL, "base"] : ALL;
   const names = (get("--only") ?? known.join(",")).split(",").filter(Boolean);
@@ -104,16 +131,22 @@ async function main(): Promise<void> {
     const peer = peers.get(name);
     return peer ? peer.start(ctx) : startVariant(name, ctx);
   };
-  const results = new Map<string, { usPerReq: number; rps: number }[]>(names.map((n) => [n, []]));
+  const row = (name: string, n: number) => (counts.length > 1 ? `${name}@${n}` : name);
+  const results = new Map<string, Measurement[]>(
+    names.flatMap((name) => counts.map((n) => [row(name, n), []] as [string, Measurement[]])),
+  );
   for (let round = 1; round <= rounds; round++) {
     for (const name of names) {
       const run = await startPeer(name);
       try {
-        const m = await measure(run, ctx, durationS, machine.clockTicks);
-        results.get(name)?.push(m);
-        console.log(
-          `round ${round}/${rounds}: ${name} ${m.usPerReq.toFixed(1)} µs/req, ${Math.round(m.rps)} req/s`,
-        );
+        for (const n of counts) {
+          const label = row(name, n);
+          const m = await measure(run, ctx, durationS, machine.clockTicks, n, perf ? label : null);
+          results.get(label)?.push(m);
+          console.log(
+            `round ${round}/${rounds}: ${label} ${m.usPerReq.toFixed(1)} µs/req, ${Math.round(m.rps)} req/s`,
+          );
+        }
       } finally {
         await run.stop();
       }
@@ -121,9 +154,33 @@ async function main(): Promise<void> {
     }
   }
   console.log(priceTable(results));
+  if (perf) console.log(splitTable(results));
+}
+
+/** The CPU per request split by perf's samples: median shares applied to the median µs/request. */
+export function splitTable(results: ReadonlyMap<string, Measurement[]>): string {
+  const lines = [
+    "",
+    `| peer | CPU µs/req | ${PARTS.join(" | ")} |`,
+    `|---|---:|${PARTS.map(() => "---:").join("|")}|`,
+  ];
+  for (const [name, ms] of results) {
+    const splits = ms.flatMap((m) => (m.split ? [m.split] : []));
+    if (splits.length === 0) continue;
+    const us = median(ms.map((m) => m.usPerReq));
+    const parts = PARTS.map((p) => (median(splits.map((sp) => sp[p])) * us).toFixed(1));
+    lines.push(`| ${name} | ${us.toFixed(1)} | ${parts.join(" | ")} |`);
+  }
+  return lines.join("\n");
 }
 
 type Measured = { usPerReq: number; rps: number }[];
+
+/** "tether@8" is compared with "haproxy@8": the same load. */
+const atSameLoad = (name: string, peer: string) => {
+  const at = name.indexOf("@");
+  return at === -1 ? peer : `${peer}${name.slice(at)}`;
+};
 
 /**
  * Median CPU per request and same-round ratios to HAProxy and to "base";
@@ -135,8 +192,6 @@ export function priceTable(results: ReadonlyMap<string, Measured>): string {
     if (!ref?.length) return "";
     return `${median(ms.map((m, i) => m.usPerReq / (ref[i]?.usPerReq ?? Number.NaN))).toFixed(2)}×`;
   };
-  const haproxy = results.get("haproxy");
-  const base = results.get("base");
   const lines = [
     "",
     "| peer | CPU µs/req | quietest | ÷ HAProxy | ÷ base | req/s |",
@@ -146,6 +201,8 @@ export function priceTable(results: ReadonlyMap<string, Measured>): string {
     const us = median(ms.map((m) => m.usPerReq)).toFixed(1);
     const quietest = Math.min(...ms.map((m) => m.usPerReq)).toFixed(1);
     const rps = Math.round(median(ms.map((m) => m.rps)));
+    const haproxy = results.get(atSameLoad(name, "haproxy"));
+    const base = results.get(atSameLoad(name, "base"));
     lines.push(`| ${name} | ${us} | ${quietest} | ${ratioTo(ms, haproxy)} | ${ratioTo(ms, base)} | ${rps} |`);
   }
   return lines.join("\n");
