@@ -244,14 +244,15 @@ export class PersistenceChain {
   /** Effects of every rule once the backend answered; "learn" effects are applied here. */
   remember(req: RequestFacts, placement: Placement, res: ResponseFacts): Effect[] {
     const effects: Effect[] = [];
-    this.rules.forEach((rule, i) => {
-      if (!rule.remember) return;
+    for (let i = 0; i < this.rules.length; i++) {
+      const rule = this.rules[i] as Rule;
+      if (!rule.remember) continue;
       const own = placement.decisions[i] ?? { kind: "none", rule: rule.name };
       for (const e of rule.remember(req, placement, own, res)) {
         if (e.kind === "learn") this.learn(i, e.key, e.backendId, req.nowSec);
         else effects.push(e);
       }
-    });
+    }
     return effects;
   }
 

@@ -319,6 +319,9 @@ function responseFacts(res: UpstreamResponse, info: RequestInfo): ResponseFacts 
   let location: string | null = null;
   let cacheControl: string | null = null;
   for (const [name, value] of res.headers) {
+    // Most fields are none of the three: their length rules them out without lowercasing.
+    const n = name.length;
+    if (n !== 10 && n !== 8 && n !== 13) continue;
     const lower = name.toLowerCase();
     if (lower === "set-cookie") setCookies.push(value);
     else if (lower === "location") location = value;
@@ -353,6 +356,8 @@ function auditPlacement(
   first: Placement,
   final: Placement,
 ) {
+  // A returning session on its own backend, the common case, is no event.
+  if (final.outcome !== "new" && final.outcome !== "repinned" && final.backendId === first.backendId) return;
   const common = {
     listener: info.listener.name,
     pool: pool.name,

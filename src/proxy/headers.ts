@@ -55,8 +55,16 @@ function forwardedNode(ip: string): string {
   return ip.includes(":") ? `"[${ip}]"` : ip;
 }
 
+/** The last Host seen and its quoted form: a listener sees the same few Hosts over and over. */
+let lastHost = "";
+let lastHostValue = "";
+
 function forwardedValue(v: string): string {
-  return /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(v) ? v : `"${v.replace(/(["\\])/g, "\\$1")}"`;
+  if (v === lastHost) return lastHostValue;
+  const quoted = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(v) ? v : `"${v.replace(/(["\\])/g, "\\$1")}"`;
+  lastHost = v;
+  lastHostValue = quoted;
+  return quoted;
 }
 
 /**
