@@ -12,6 +12,9 @@
  * proxy        Bun.serve → tether's upstream client → a Response with the body
  * proxy-full   proxy + what tether asks of Bun: requestIP, every request header
  *              copied, forwarding headers, the response's headers into a Headers
+ * listen-proxy Bun.listen front end: the head parsed into header pairs, forwarding
+ *              headers added, tether's upstream client, the answer written as
+ *              bytes (bodyless GETs, no pipelining: a floor, not a proxy)
  * raw          Bun.listen + Bun.connect, no Request/Response objects: the head is
  *              relayed as bytes, the answer framed by Content-Length (bodyless
  *              GETs only: a floor, not a proxy)

@@ -3,7 +3,8 @@
  * in tether and in HAProxy, measured in one run with the peers interleaved
  * round by round, so each figure can be read against the others.
  *
- *   bun bench/price.ts [--rounds 6] [--duration 3] [--only static,proxy,tether,haproxy] [--base DIR]
+ *   bun bench/price.ts [--rounds 6] [--duration 3] [--only static,proxy,tether,haproxy]
+ *                      [--base DIR] [--connections 64] [--perf]
  *
  * --base DIR adds a peer "base": tether run from another checkout (a git
  * worktree of an earlier commit), for an A/B of a change in the same run.
@@ -14,7 +15,7 @@
  *
  * Every peer starts fresh each round (tether then never reaches its cookie
  * refresh time with wrk's clients, which ignore Set-Cookie), gets a 2 s
- * unmeasured warm-up and a measured wrk run: 64 keep-alive connections of
+ * unmeasured warm-up and a measured wrk run: 64 keep-alive connections (by default) of
  * returning clients, as in bench/run.ts. The peer is pinned to CPU 0, wrk and
  * the backends to CPU 1. CPU per request is the peer's user + system time
  * over the requests it served; "÷ HAProxy" is the median of same-round ratios.
