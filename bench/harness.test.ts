@@ -143,7 +143,8 @@ test("every one-change server of bench/price.ts answers through to a backend", a
 });
 
 test("the price table divides round by round and keeps the quietest round", () => {
-  const rounds = (...us: number[]) => us.map((usPerReq) => ({ usPerReq, rps: 1e6 / usPerReq }));
+  const rounds = (...us: number[]) =>
+    us.map((usPerReq) => ({ usPerReq, rps: 1e6 / usPerReq, p99Ms: usPerReq / 10 }));
   const table = priceTable(
     new Map([
       ["haproxy", rounds(30, 60, 30)],
@@ -154,13 +155,13 @@ test("the price table divides round by round and keeps the quietest round", () =
   const row = (name: string) => table.split("\n").find((l) => l.startsWith(`| ${name} |`));
   // Same-round ratios (2, 3, 2 against HAProxy) rather than a ratio of medians (60 / 30 = 2 as well, but
   // not in general); the noisy second round moves the median, never the quietest figure.
-  expect(row("tether")).toBe("| tether | 60.0 | 60.0 | 2.00× | 1.00× | 16667 |");
-  expect(row("base")).toBe("| base | 90.0 | 60.0 | 3.00× | 1.00× | 11111 |");
-  expect(row("haproxy")).toBe("| haproxy | 30.0 | 30.0 | 1.00× | 0.33× | 33333 |");
+  expect(row("tether")).toBe("| tether | 60.0 | 60.0 | 2.00× | 1.00× | 16667 | 6.00 | 2.00× |");
+  expect(row("base")).toBe("| base | 90.0 | 60.0 | 3.00× | 1.00× | 11111 | 9.00 | 3.00× |");
+  expect(row("haproxy")).toBe("| haproxy | 30.0 | 30.0 | 1.00× | 0.33× | 33333 | 3.00 | 1.00× |");
 });
 
 test("a connection sweep compares each row with HAProxy at the same count", () => {
-  const at = (usPerReq: number) => [{ usPerReq, rps: 1e6 / usPerReq }];
+  const at = (usPerReq: number) => [{ usPerReq, rps: 1e6 / usPerReq, p99Ms: 1 }];
   const table = priceTable(
     new Map([
       ["haproxy@2", at(100)],
@@ -192,6 +193,6 @@ test("perf's report splits into kernel, the binary, JIT code, libc and the rest"
   expect(split.other).toBeCloseTo(0.0033, 6);
   expect(dsoSplit("    30.75%  haproxy\n    64.93%  [kernel.kallsyms]").binary).toBeCloseTo(0.3075, 6);
   // Applied to the measured CPU per request: shares times the median.
-  const table = splitTable(new Map([["tether", [{ usPerReq: 100, rps: 10_000, split }]]]));
+  const table = splitTable(new Map([["tether", [{ usPerReq: 100, rps: 10_000, p99Ms: 1, split }]]]));
   expect(table).toContain("| tether | 100.0 | 42.7 | 42.5 | 11.3 | 3.1 | 0.3 |");
 });

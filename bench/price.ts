@@ -60,6 +60,7 @@ function baseContext(ctx: StartContext, dir: string): StartContext {
 interface Measurement {
   usPerReq: number;
   rps: number;
+  p99Ms: number;
   split: Split | null;
 }
 
@@ -86,7 +87,12 @@ async function measure(
   const { result } = await runWrk({ ...job, durationS, logPath: join(ctx.dir, "wrk.log") });
   const cpuUs = ((ticks() - before) / clk) * 1e6;
   const split = stopPerf ? await stopPerf() : null;
-  return { usPerReq: cpuUs / result.requests, rps: result.requests / (result.durationUs / 1e6), split };
+  return {
+    usPerReq: cpuUs / result.requests,
+    rps: result.requests / (result.durationUs / 1e6),
+    p99Ms: result.latencyUs.p99 / 1000,
+    split,
+  };
 }
 
 async function main(): Promise<void> {
@@ -175,7 +181,7 @@ export function splitTable(results: ReadonlyMap<string, Measurement[]>): string 
   return lines.join("\n");
 }
 
-type Measured = { usPerReq: number; rps: number }[];
+type Measured = { usPerReq: number; rps: number; p99Ms: number }[];
 
 /** "tether@8" is compared with "haproxy@8": the same load. */
 const atSameLoad = (name: string, peer: string) => {
@@ -189,22 +195,28 @@ const atSameLoad = (name: string, peer: string) => {
  * ever add CPU time, so it is the closest to the code's own cost.
  */
 export function priceTable(results: ReadonlyMap<string, Measured>): string {
-  const ratioTo = (ms: Measured, ref: Measured | undefined) => {
+  const ratioTo = (ms: Measured, ref: Measured | undefined, of: (m: Measured[number]) => number) => {
     if (!ref?.length) return "";
-    return `${median(ms.map((m, i) => m.usPerReq / (ref[i]?.usPerReq ?? Number.NaN))).toFixed(2)}×`;
+    const sameRound = ms.map((m, i) => of(m) / (ref[i] ? of(ref[i]) : Number.NaN));
+    return `${median(sameRound).toFixed(2)}×`;
   };
+  const cpu = (m: Measured[number]) => m.usPerReq;
+  const p99 = (m: Measured[number]) => m.p99Ms;
   const lines = [
     "",
-    "| peer | CPU µs/req | quietest | ÷ HAProxy | ÷ base | req/s |",
-    "|---|---:|---:|---:|---:|---:|",
+    "| peer | CPU µs/req | quietest | ÷ HAProxy | ÷ base | req/s | p99 ms | p99 ÷ HAProxy |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
   ];
   for (const [name, ms] of results) {
-    const us = median(ms.map((m) => m.usPerReq)).toFixed(1);
-    const quietest = Math.min(...ms.map((m) => m.usPerReq)).toFixed(1);
+    const us = median(ms.map(cpu)).toFixed(1);
+    const quietest = Math.min(...ms.map(cpu)).toFixed(1);
     const rps = Math.round(median(ms.map((m) => m.rps)));
     const haproxy = results.get(atSameLoad(name, "haproxy"));
     const base = results.get(atSameLoad(name, "base"));
-    lines.push(`| ${name} | ${us} | ${quietest} | ${ratioTo(ms, haproxy)} | ${ratioTo(ms, base)} | ${rps} |`);
+    const latency = `${median(ms.map(p99)).toFixed(2)} | ${ratioTo(ms, haproxy, p99)}`;
+    lines.push(
+      `| ${name} | ${us} | ${quietest} | ${ratioTo(ms, haproxy, cpu)} | ${ratioTo(ms, base, cpu)} | ${rps} | ${latency} |`,
+    );
   }
   return lines.join("\n");
 }
