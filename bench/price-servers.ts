@@ -37,6 +37,7 @@ export type Variant = (typeof VARIANTS)[number];
 
 const BODY = `${"hello from a one-change server".padEnd(63, ".")}\n`;
 const PLAIN = { "content-type": "text/plain" };
+const UPSTREAM_OPTIONS = { connectTimeoutMs: 5000, responseTimeoutMs: 30_000 };
 
 /** Starts one variant on `port` (0: any); returns its port and a stop function. */
 export function serveVariant(
@@ -47,7 +48,6 @@ export function serveVariant(
   if (variant === "raw") return serveRaw(port, target);
   if (variant === "listen-proxy") return serveListenProxy(port, target);
   const client = new UpstreamClient();
-  const options = { connectTimeoutMs: 5000, responseTimeoutMs: 30_000 };
   const server = Bun.serve({
     hostname: HOST,
     port,
@@ -69,7 +69,7 @@ export function serveVariant(
           const r = await client.request(
             target,
             { method: req.method, target: "/", headers, body: null, bodyLength: null },
-            options,
+            UPSTREAM_OPTIONS,
           );
           return new Response(r.body as Uint8Array, { headers: PLAIN });
         }
@@ -81,7 +81,7 @@ export function serveVariant(
           const r = await client.request(
             target,
             { method: req.method, target: "/", headers, body: null, bodyLength: null },
-            options,
+            UPSTREAM_OPTIONS,
           );
           const out = new Headers();
           for (const [name, value] of r.headers) out.append(name, value);
@@ -129,26 +129,10 @@ function serveRaw(port: number, target: UpstreamTarget): { port: number; stop: (
         },
       },
     });
-  const listener = Bun.listen<RawClient>({
-    hostname: HOST,
-    port,
-    data: { buf: "" },
-    socket: {
-      open(c) {
-        c.data = { buf: "" };
-      },
-      async data(c, chunk) {
-        const text = c.data.buf + chunk.toString("latin1");
-        if (!text.includes("\r\n\r\n")) {
-          c.data.buf = text;
-          return;
-        }
-        c.data.buf = "";
-        const up = idle.pop() ?? (await upstream());
-        up.data.client = c;
-        up.write(text);
-      },
-    },
+  const listener = listenForHeads(port, async (c, head) => {
+    const up = idle.pop() ?? (await upstream());
+    up.data.client = c;
+    up.write(head);
   });
   return {
     port: listener.port,
@@ -159,11 +143,16 @@ function serveRaw(port: number, target: UpstreamTarget): { port: number; stop: (
   };
 }
 
-/** Bun.listen front end: head parsed into pairs, tether's upstream client, the answer written as bytes. */
-function serveListenProxy(port: number, target: UpstreamTarget): { port: number; stop: () => void } {
-  const client = new UpstreamClient();
-  const options = { connectTimeoutMs: 5000, responseTimeoutMs: 30_000 };
-  const listener = Bun.listen<RawClient>({
+/**
+ * A Bun.listen server that buffers each connection's bytes until a request
+ * head is complete and hands the head (through its blank line) to `onHead`;
+ * bytes after it wait for the next head.
+ */
+function listenForHeads(
+  port: number,
+  onHead: (c: import("bun").Socket<RawClient>, head: string) => void | Promise<void>,
+): import("bun").TCPSocketListener<RawClient> {
+  return Bun.listen<RawClient>({
     hostname: HOST,
     port,
     data: { buf: "" },
@@ -171,7 +160,7 @@ function serveListenProxy(port: number, target: UpstreamTarget): { port: number;
       open(c) {
         c.data = { buf: "" };
       },
-      async data(c, chunk) {
+      data(c, chunk) {
         const text = c.data.buf + chunk.toString("latin1");
         const end = text.indexOf("\r\n\r\n");
         if (end < 0) {
@@ -179,33 +168,41 @@ function serveListenProxy(port: number, target: UpstreamTarget): { port: number;
           return;
         }
         c.data.buf = text.slice(end + 4);
-        const lines = text.slice(0, end).split("\r\n");
-        const [method, path] = (lines[0] ?? "").split(" ");
-        const headers: [string, string][] = [];
-        const ip = c.remoteAddress;
-        for (let i = 1; i < lines.length; i++) {
-          const l = lines[i] as string;
-          const colon = l.indexOf(":");
-          const name = l.slice(0, colon);
-          if (name.toLowerCase() !== "connection") headers.push([name, l.slice(colon + 1).trim()]);
-        }
-        headers.push(["x-forwarded-for", ip], ["x-forwarded-proto", "http"], ["forwarded", `for=${ip}`]);
-        const r = await client.request(
-          target,
-          { method: method ?? "GET", target: path ?? "/", headers, body: null, bodyLength: null },
-          options,
-        );
-        const body = r.body as Uint8Array;
-        let head = `HTTP/1.1 ${r.status} ${r.statusText}\r\n`;
-        for (const [name, value] of r.headers) {
-          const lower = name.toLowerCase();
-          if (lower !== "connection" && lower !== "keep-alive" && lower !== "content-length")
-            head += `${name}: ${value}\r\n`;
-        }
-        head += `content-length: ${body.length}\r\n\r\n`;
-        c.write(Buffer.concat([Buffer.from(head, "latin1"), body]));
+        void onHead(c, text.slice(0, end + 4));
       },
     },
+  });
+}
+
+/** Bun.listen front end: head parsed into pairs, tether's upstream client, the answer written as bytes. */
+function serveListenProxy(port: number, target: UpstreamTarget): { port: number; stop: () => void } {
+  const client = new UpstreamClient();
+  const listener = listenForHeads(port, async (c, head) => {
+    const lines = head.slice(0, -4).split("\r\n");
+    const [method, path] = (lines[0] ?? "").split(" ");
+    const headers: [string, string][] = [];
+    const ip = c.remoteAddress;
+    for (let i = 1; i < lines.length; i++) {
+      const l = lines[i] as string;
+      const colon = l.indexOf(":");
+      const name = l.slice(0, colon);
+      if (name.toLowerCase() !== "connection") headers.push([name, l.slice(colon + 1).trim()]);
+    }
+    headers.push(["x-forwarded-for", ip], ["x-forwarded-proto", "http"], ["forwarded", `for=${ip}`]);
+    const r = await client.request(
+      target,
+      { method: method ?? "GET", target: path ?? "/", headers, body: null, bodyLength: null },
+      UPSTREAM_OPTIONS,
+    );
+    const body = r.body as Uint8Array;
+    let out = `HTTP/1.1 ${r.status} ${r.statusText}\r\n`;
+    for (const [name, value] of r.headers) {
+      const lower = name.toLowerCase();
+      if (lower !== "connection" && lower !== "keep-alive" && lower !== "content-length")
+        out += `${name}: ${value}\r\n`;
+    }
+    out += `content-length: ${body.length}\r\n\r\n`;
+    c.write(Buffer.concat([Buffer.from(out, "latin1"), body]));
   });
   return { port: listener.port, stop: () => listener.stop(true) };
 }
