@@ -7,9 +7,9 @@
  */
 import { bench, do_not_optimize, run } from "mitata";
 import { Metrics } from "../../src/admin/metrics.ts";
+import type { Runtime } from "../../src/contracts.ts";
 import { ActiveSessions } from "../../src/pool/active-sessions.ts";
 import { hashKey } from "../../src/ring/hash.ts";
-import type { Runtime } from "../../src/server/runtime.ts";
 
 const metrics = new Metrics(() => ({ pools: new Map() }) as unknown as Runtime);
 const sessions = new ActiveSessions(300_000);

@@ -5,8 +5,8 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { BackendState } from "../config/schema.ts";
+import type { Runtime } from "../contracts.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
-import type { Runtime } from "../server/runtime.ts";
 import type { Metrics } from "./metrics.ts";
 
 export interface AdminContext {

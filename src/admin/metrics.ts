@@ -12,8 +12,8 @@
  * listeners and workers never need it.
  */
 import type { Registry } from "prom-client";
+import type { Runtime } from "../contracts.ts";
 import type { Backend } from "../pool/pool.ts";
-import type { Runtime } from "../server/runtime.ts";
 
 type Labels = Record<string, string>;
 interface Value {

@@ -81,6 +81,14 @@ export const backendSchema = z
       .describe(
         "Most requests in flight to this backend; more wait up to queueTimeoutMs (default unlimited)",
       ),
+    maxWebSockets: z
+      .number()
+      .int()
+      .min(1)
+      .optional()
+      .describe(
+        "Most WebSockets open to this backend at once, counted apart from maxConn; an upgrade beyond it goes to another backend, or gets 503 (default unlimited)",
+      ),
     tls: z
       .strictObject({
         ca: z.string().optional().describe("PEM file of the CA that signed the backend's certificate"),

@@ -6,9 +6,7 @@
  */
 import type { SocketHandler } from "bun";
 import type { ResolvedListener } from "../config/load.ts";
-import type { ProxyDeps } from "../proxy/forward.ts";
-import type { ListenerHandle, ListenerServer } from "../server/listener.ts";
-import type { Runtime } from "../server/runtime.ts";
+import type { ListenerHandle, ListenerServer, ProxyDeps, Runtime } from "../contracts.ts";
 import { type PassthroughStats, Tunnel, type TunnelContext } from "./tunnel.ts";
 
 export type { PassthroughStats } from "./tunnel.ts";

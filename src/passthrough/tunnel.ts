@@ -15,14 +15,13 @@
  */
 import type { Socket, SocketHandler } from "bun";
 import type { ResolvedListener } from "../config/load.ts";
-import type { PlaceResult } from "../persistence/chain.ts";
+import type { ProxyDeps, Runtime } from "../contracts.ts";
 import { TlsSessionRule } from "../persistence/tls-session.ts";
 import type { Placement, RequestFacts } from "../persistence/types.ts";
+import { Placing } from "../pool/placement.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
-import { type ProxyDeps, place, prefetchLearned, type RequestInfo } from "../proxy/forward.ts";
 import { normalizeIp } from "../proxy/trusted-proxies.ts";
 import { hashKey } from "../ring/hash.ts";
-import type { Runtime } from "../server/runtime.ts";
 import { type ClientHello, parseClientHello } from "./client-hello.ts";
 import {
   type Endpoint,
@@ -125,9 +124,7 @@ export class Tunnel {
   private hello: ClientHello | null = null;
   private pool: Pool | null = null;
   private sendProxy: "v1" | "v2" | undefined;
-  private facts: RequestFacts | null = null;
-  private first: Placement | null = null;
-  private tried = new Set<string>();
+  private placing: Placing | null = null;
   private attempts = 0;
   private leg: Leg | null = null;
   /** The backend counted in its inflight while the relay runs. */
@@ -205,7 +202,7 @@ export class Tunnel {
     backend.inflight++;
     backend.requests++;
     this.counted = backend;
-    this.auditPlacement(pool, leg.placement);
+    this.placing?.settle(leg.placement);
     const rule = pool.chain.rules.find((r) => r instanceof TlsSessionRule);
     if (rule instanceof TlsSessionRule) {
       this.learnRule = rule;
@@ -276,10 +273,8 @@ export class Tunnel {
     deps.metrics.connectError(pool.name, leg.backend.id);
     deps.health.failed(pool, leg.backend, code);
     const next =
-      this.attempts <= pool.settings.retries
-        ? pool.chain.place(this.facts as RequestFacts, this.tried, leg.placement)
-        : null;
-    if (next) this.connect(next.placement);
+      this.attempts <= pool.settings.retries ? (this.placing as Placing).next(leg.placement) : null;
+    if (next) this.connect(next);
     else this.giveUp("no backend reachable");
   }
 
@@ -388,26 +383,25 @@ export class Tunnel {
       nowSec: Math.floor(Date.now() / 1000),
       ...(this.clientSessionId ? { tlsSessionId: this.clientSessionId } : {}),
     };
-    this.facts = facts;
     this.phase = "connecting";
-    const info: RequestInfo = { listener, runtime, peerIp: clientIp, startedAt: this.startedAt };
+    const placing = new Placing(pool, facts, listener.name, deps);
+    this.placing = placing;
     if (deps.cluster && this.clientSessionId) {
       // A session ID another instance learned is fetched first (bounded by the lookup's own timeout).
-      const go = () => this.placeAndConnect(pool, facts, info);
-      prefetchLearned(pool, facts, deps).then(go, go);
-    } else this.placeAndConnect(pool, facts, info);
+      const go = () => this.placeAndConnect(placing);
+      placing.prefetch().then(go, go);
+    } else this.placeAndConnect(placing);
   }
 
-  private placeAndConnect(pool: Pool, facts: RequestFacts, info: RequestInfo): void {
+  private placeAndConnect(placing: Placing): void {
     // The client may have gone while a cluster lookup ran.
     if (this.phase !== "connecting") return;
-    const placed: PlaceResult | null = place(pool, facts, info, this.ctx.deps);
-    if (!placed) {
+    const first = placing.start();
+    if (!first) {
       this.giveUp("no eligible backend");
       return;
     }
-    this.first = placed.placement;
-    this.connect(placed.placement);
+    this.connect(first);
   }
 
   private connect(placement: Placement): void {
@@ -417,7 +411,6 @@ export class Tunnel {
       this.giveUp(`backend ${placement.backendId} missing`);
       return;
     }
-    this.tried.add(backend.id);
     this.attempts++;
     const leg: Leg = { tunnel: this, backend, placement, timer: null };
     this.leg = leg;
@@ -444,28 +437,6 @@ export class Tunnel {
     this.phase = "closed";
     this.socket.end();
     this.finish();
-  }
-
-  private auditPlacement(pool: Pool, final: Placement): void {
-    const { deps, config } = this.ctx;
-    const first = this.first ?? final;
-    if (pool.chain.rules.length === 0) return;
-    const common = {
-      listener: config.name,
-      pool: pool.name,
-      client: this.facts?.clientIp ?? "",
-      backend: final.backendId,
-      rule: final.rule,
-    };
-    if (final.outcome === "new") deps.audit.emit("session.created", common);
-    else if (final.outcome === "repinned" || final.backendId !== first.backendId) {
-      const pinned = first.decisions.find((d) => d.kind === "pinned");
-      const from = pinned?.kind === "pinned" ? pinned.backendId : first.backendId;
-      const why = final.backendId !== first.backendId ? "connect-failed" : "backend-unavailable";
-      deps.audit.emit("session.repinned", { ...common, from, to: final.backendId, why });
-    }
-    const outcome = final.outcome === "repinned" ? "repinned" : final.outcome === "new" ? "miss" : "hit";
-    deps.metrics.decision(pool.name, final.rule === "new" ? "none" : final.rule, outcome);
   }
 
   // ---- the backend's first flight ----

@@ -9,10 +9,10 @@
  * with failOn5xx) mark it down for failTimeoutMs.
  */
 import type { Audit } from "../audit.ts";
+import type { Runtime } from "../contracts.ts";
 import type { Logger } from "../log.ts";
 import { probeTcp } from "../passthrough/probe.ts";
 import { UpstreamClient } from "../proxy/upstream/client.ts";
-import type { Runtime } from "../server/runtime.ts";
 import type { Backend, Pool } from "./pool.ts";
 
 const SWEEP_MS = 500;
@@ -157,7 +157,13 @@ export class HealthMonitor {
     }
   }
 
-  /** A backend answered: its run of passive failures ends. */
+  /** A backend answered: a 5xx counts as a failure with failOn5xx; any other answer ends the run. */
+  answered(pool: Pool, b: Backend, status: number): void {
+    if (status >= 500 && pool.settings.failOn5xx) this.failed(pool, b, `status ${status}`);
+    else this.succeeded(b);
+  }
+
+  /** A backend was reached: its run of passive failures ends. */
   succeeded(b: Backend): void {
     if (b.consecutiveFails !== 0) b.consecutiveFails = 0;
   }

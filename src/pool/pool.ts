@@ -4,15 +4,20 @@
 import type { ResolvedBackend, ResolvedPool } from "../config/load.ts";
 import type { BackendState } from "../config/schema.ts";
 import { PersistenceChain } from "../persistence/chain.ts";
-import type { UpstreamTarget } from "../proxy/upstream/types.ts";
+import type { AbortLike, UpstreamTarget } from "../proxy/upstream/types.ts";
 import { ActiveSessions } from "./active-sessions.ts";
+
+/** How a wait for a slot ended. */
+export type SlotWait = "acquired" | "timeout" | "aborted";
 
 /** One backend's live state. The object outlives reloads while its id and address stay the same. */
 export class Backend {
-  /** Requests currently being proxied to it. */
+  /** Requests currently being proxied to it (each holds a slot under maxConn). */
   inflight = 0;
-  /** Callbacks waiting for a free slot under maxConn. */
-  readonly waiters: (() => void)[] = [];
+  /** WebSockets open to it, counted apart from requests: they last for hours and have their own limit. */
+  websockets = 0;
+  /** Requests waiting for a slot under maxConn, first come first served. */
+  private readonly waiters: ((slot: SlotWait) => void)[] = [];
   /** Active health checks say it is down. */
   activeDown = false;
   /** Passive checks: down until this time (ms since the epoch). */
@@ -34,6 +39,8 @@ export class Backend {
     /** Most requests in flight at once (Infinity: no limit). */
     public maxConn: number,
     activeWindowMs: number,
+    /** Most WebSockets open at once (Infinity: no limit). */
+    public maxWebSockets = Number.POSITIVE_INFINITY,
   ) {
     this.sessions = new ActiveSessions(activeWindowMs);
   }
@@ -41,6 +48,66 @@ export class Backend {
   /** Known unreachable, by active or passive checks. */
   get down(): boolean {
     return this.activeDown || (this.passiveDownUntil !== 0 && this.passiveDownUntil > Date.now());
+  }
+
+  /** What bounded loads weigh: requests in flight and open WebSockets. */
+  get load(): number {
+    return this.inflight + this.websockets;
+  }
+
+  /** Takes a slot under maxConn if one is free now and nobody queues for it; false otherwise. */
+  tryAcquire(): boolean {
+    if (this.inflight >= this.maxConn || this.waiters.length > 0) return false;
+    this.inflight++;
+    return true;
+  }
+
+  /**
+   * Waits in the queue for a slot. A released slot is handed to the first
+   * waiter directly (inflight never drops in between), so no request that
+   * arrives meanwhile can take it and exceed maxConn.
+   */
+  acquire(timeoutMs: number, signal: AbortLike): Promise<SlotWait> {
+    if (this.tryAcquire()) return Promise.resolve("acquired");
+    return new Promise<SlotWait>((resolve) => {
+      const settle = (slot: SlotWait) => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", onAbort);
+        resolve(slot);
+      };
+      const leave = (why: SlotWait) => {
+        const i = this.waiters.indexOf(settle);
+        if (i !== -1) this.waiters.splice(i, 1);
+        settle(why);
+      };
+      const onAbort = () => leave("aborted");
+      const timer = setTimeout(leave, timeoutMs, "timeout");
+      signal.addEventListener("abort", onAbort);
+      this.waiters.push(settle);
+    });
+  }
+
+  /** Gives a slot back: to the first waiter if any, else to the pool of free slots. */
+  release(): void {
+    const next = this.waiters.shift();
+    if (next) next("acquired");
+    else this.inflight--;
+  }
+
+  /** Requests waiting for a slot. */
+  get queued(): number {
+    return this.waiters.length;
+  }
+
+  /** Counts a WebSocket under maxWebSockets; false when the backend has no room for one. */
+  openWebSocket(): boolean {
+    if (this.websockets >= this.maxWebSockets) return false;
+    this.websockets++;
+    return true;
+  }
+
+  closeWebSocket(): void {
+    this.websockets--;
   }
 }
 
@@ -99,11 +166,13 @@ export class Pool {
         old.weight = b.weight;
         old.state = b.state;
         old.maxConn = b.maxConn ?? Number.POSITIVE_INFINITY;
+        old.maxWebSockets = b.maxWebSockets ?? Number.POSITIVE_INFINITY;
         if (old.sessions.windowMs !== activeWindowMs) old.sessions = new ActiveSessions(activeWindowMs);
         return old;
       }
       const maxConn = b.maxConn ?? Number.POSITIVE_INFINITY;
-      return new Backend(b.id, b.weight, b.state, target, maxConn, activeWindowMs);
+      const maxWs = b.maxWebSockets ?? Number.POSITIVE_INFINITY;
+      return new Backend(b.id, b.weight, b.state, target, maxConn, activeWindowMs, maxWs);
     });
     this.chain = new PersistenceChain(this.backends, {
       pool: name,

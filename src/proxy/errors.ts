@@ -13,7 +13,8 @@ export type ProxyErrorCode =
   | "BAD_RESPONSE" // the backend's response could not be parsed
   | "BODY_TOO_LARGE"
   | "CLIENT_TIMEOUT" // the client sent no request body byte for the listener's clientIdleMs
-  | "BAD_REQUEST";
+  | "BAD_REQUEST"
+  | "INTERNAL"; // a defect in tether itself: never retried, never held against a backend
 
 const catalog: Record<ProxyErrorCode, { status: number; text: string }> = {
   NO_BACKEND: { status: 503, text: "No backend is available to serve this request." },
@@ -25,6 +26,7 @@ const catalog: Record<ProxyErrorCode, { status: number; text: string }> = {
   BODY_TOO_LARGE: { status: 413, text: "The request body is too large." },
   CLIENT_TIMEOUT: { status: 408, text: "The request body did not arrive in time." },
   BAD_REQUEST: { status: 400, text: "The request is malformed." },
+  INTERNAL: { status: 500, text: "Internal proxy error." },
 };
 
 export class ProxyError extends Error {

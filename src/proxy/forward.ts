@@ -6,99 +6,17 @@
  * rules' cookies applied. Bodies stream both ways.
  */
 
-import type { Metrics } from "../admin/metrics.ts";
-import type { Audit } from "../audit.ts";
-import type { ResolvedListener } from "../config/load.ts";
-import type { Logger } from "../log.ts";
-import type { PlaceResult } from "../persistence/chain.ts";
-import type { Effect, Placement, RequestFacts, ResponseFacts } from "../persistence/types.ts";
-import type { HealthMonitor } from "../pool/health.ts";
+import type { ProxyDeps, RequestInfo } from "../contracts.ts";
+import type { Effect, Placement, ResponseFacts } from "../persistence/types.ts";
+import { Placing } from "../pool/placement.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
-import { hashKey } from "../ring/hash.ts";
-import type { Runtime } from "../server/runtime.ts";
 import { ProxyError, proxyErrorResponse } from "./errors.ts";
-import { backendRequestHeaders, clientAddress, clientResponseHeaders, type ForwardFacts } from "./headers.ts";
+import { backendRequestHeaders, clientResponseHeaders } from "./headers.ts";
+import { IDEMPOTENT } from "./methods.ts";
+import { clientUsesTls, forwardFacts, poolFor, requestFacts } from "./request-facts.ts";
 import { requestTarget, targetPath } from "./request-target.ts";
 import { guardStream } from "./stream-guard.ts";
-import type { UpstreamClient } from "./upstream/client.ts";
 import type { AbortLike, UpstreamRequest, UpstreamResponse } from "./upstream/types.ts";
-
-/** Learned sessions held by other tether instances (Redis): consulted on a local miss. */
-export interface ClusterLookup {
-  lookup(
-    pool: string,
-    table: string,
-    key: number,
-  ): Promise<{ backendId: string; expiresAtSec: number } | null>;
-}
-
-export interface ProxyDeps {
-  upstream: UpstreamClient;
-  log: Logger;
-  audit: Audit;
-  metrics: Metrics;
-  health: HealthMonitor;
-  cluster?: ClusterLookup | null;
-}
-
-/**
- * The one decision step that waits on I/O: a session ID this instance has not
- * learned is looked up in the cluster first (bounded by the lookup's own
- * timeout; a miss or timeout places the request as new).
- */
-export async function prefetchLearned(pool: Pool, facts: RequestFacts, deps: ProxyDeps): Promise<void> {
-  const cluster = deps.cluster;
-  if (!cluster || pool.chain.tables.size === 0) return;
-  const missing = pool.chain.missingKeys(facts);
-  if (missing.length === 0) return;
-  await Promise.all(
-    missing.map(async ({ table, key }) => {
-      const hit = await cluster.lookup(pool.name, table, key);
-      if (hit && pool.get(hit.backendId))
-        pool.chain.tables.get(table)?.putHashed(key, hit.backendId, hit.expiresAtSec, facts.nowSec);
-    }),
-  );
-}
-
-/** What the listener knows about the request before any backend is chosen. */
-export interface RequestInfo {
-  listener: ResolvedListener;
-  runtime: Runtime;
-  peerIp: string;
-  startedAt: number;
-  /** Called once the response (its whole body, for a stream) has been handed to the client. */
-  responded?: () => void;
-  /** Aborts when the client goes away (default: the request's own signal). */
-  signal?: AbortLike;
-}
-
-export function forwardFacts(req: Request, info: RequestInfo): ForwardFacts {
-  return {
-    peerIp: info.peerIp,
-    peerTrusted: info.runtime.trusted.has(info.peerIp),
-    proto: info.listener.protocol,
-    host: req.headers.get("host") ?? "",
-  };
-}
-
-export function requestFacts(req: Request, target: string, info: RequestInfo): RequestFacts {
-  return {
-    cookie: req.headers.get("cookie"),
-    target,
-    clientIp: clientAddress(info.peerIp, req.headers.get("x-forwarded-for"), info.runtime.trusted),
-    headers: req.headers,
-    nowSec: Math.floor(Date.now() / 1000),
-  };
-}
-
-export function poolFor(req: Request, target: string, info: RequestInfo): Pool {
-  const router = info.runtime.routers.get(info.listener.name);
-  const poolName = router ? router.pick(req.headers.get("host"), targetPath(target)) : info.listener.pool;
-  const pool = info.runtime.pools.get(poolName);
-  // The config validator guarantees every routed pool exists.
-  if (!pool) throw new ProxyError("NO_BACKEND", `pool ${poolName} missing`);
-  return pool;
-}
 
 function bodyOf(req: Request): { body: UpstreamRequest["body"]; bodyLength: number | null } {
   if (req.body === null) return { body: null, bodyLength: null };
@@ -108,50 +26,20 @@ function bodyOf(req: Request): { body: UpstreamRequest["body"]; bodyLength: numb
 }
 
 /**
- * Waits for a slot under the backend's maxConn; a pinned session waits rather
- * than breaking. The caller takes a free slot itself, without a promise.
- */
-async function waitForSlot(backend: Backend, queueTimeoutMs: number, signal: AbortLike): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    const wake = () => {
-      clearTimeout(timer);
-      resolve();
-    };
-    const timer = setTimeout(() => {
-      backend.waiters.splice(backend.waiters.indexOf(wake), 1);
-      reject(new ProxyError("NO_BACKEND", "queue timeout"));
-    }, queueTimeoutMs);
-    signal.addEventListener("abort", () => {
-      clearTimeout(timer);
-      const i = backend.waiters.indexOf(wake);
-      if (i !== -1) backend.waiters.splice(i, 1);
-      reject(new ProxyError("BAD_REQUEST", "client went away"));
-    });
-    backend.waiters.push(wake);
-  });
-  backend.inflight++;
-}
-
-function release(backend: Backend) {
-  backend.inflight--;
-  backend.waiters.shift()?.();
-}
-
-/**
  * Under maxConn a slot is held until the response body has been passed on (or
  * failed). Without a limit the slot is released with the response head, which
  * keeps the hot path free of a wrapping stream.
  */
 function releaseWhenDone(res: UpstreamResponse, backend: Backend): UpstreamResponse {
   if (!(res.body instanceof ReadableStream) || backend.maxConn === Number.POSITIVE_INFINITY) {
-    release(backend);
+    backend.release();
     return res;
   }
   let released = false;
   const done = () => {
     if (!released) {
       released = true;
-      release(backend);
+      backend.release();
     }
   };
   const reader = res.body.getReader();
@@ -176,8 +64,6 @@ function releaseWhenDone(res: UpstreamResponse, backend: Backend): UpstreamRespo
   return { ...res, body };
 }
 
-const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
-
 /**
  * A failed connect never reached the backend: always safe. A reset before the
  * first response byte may have reached it: safe only for an idempotent request
@@ -194,60 +80,63 @@ interface Exchanged {
   placement: Placement;
 }
 
+/** Waits for a slot under the backend's maxConn; a pinned session waits rather than breaking. */
+async function takeSlot(backend: Backend, pool: Pool, signal: AbortLike): Promise<void> {
+  if (backend.tryAcquire()) return;
+  const slot = await backend.acquire(pool.settings.queueTimeoutMs, signal);
+  if (slot === "timeout") throw new ProxyError("NO_BACKEND", "queue timeout");
+  if (slot === "aborted") throw new ProxyError("BAD_REQUEST", "client went away");
+}
+
 /**
  * Tries backends until one answers or the retry budget is spent. Only errors
  * that prove the backend never saw the request (a failed or timed-out connect)
- * are retried, so a non-idempotent request is never sent twice.
+ * are retried, so a non-idempotent request is never sent twice. Anything but
+ * a ProxyError is a defect in tether: it is passed up as it is, never retried
+ * and never held against the backend.
  */
 async function exchange(
-  pool: Pool,
-  first: PlaceResult,
-  facts: RequestFacts,
+  placing: Placing,
+  first: Placement,
   request: UpstreamRequest,
   signal: AbortLike,
   deps: ProxyDeps,
   bodyIdleMs: number,
 ): Promise<Exchanged> {
-  const tried = new Set<string>();
-  let placed: PlaceResult | null = first;
+  const pool = placing.pool;
+  let placement: Placement | null = first;
   let lastError: ProxyError | null = null;
-  for (let attempt = 0; placed && attempt <= pool.settings.retries; attempt++) {
-    const { placement } = placed;
-    const backend = pool.get(placement.backendId) as Backend;
-    tried.add(backend.id);
-    if (backend.inflight < backend.maxConn) backend.inflight++;
-    else await waitForSlot(backend, pool.settings.queueTimeoutMs, signal);
+  for (let attempt = 0; placement && attempt <= pool.settings.retries; attempt++) {
+    const backend = placing.backendOf(placement);
+    await takeSlot(backend, pool, signal);
+    let response: UpstreamResponse;
     try {
-      const response = await deps.upstream.request(backend.target, request, {
+      response = await deps.upstream.request(backend.target, request, {
         connectTimeoutMs: pool.settings.connectTimeoutMs,
         responseTimeoutMs: pool.settings.responseTimeoutMs,
         bodyIdleMs,
         signal,
       });
-      deps.health.succeeded(backend);
-      return { backend, response: releaseWhenDone(response, backend), placement };
     } catch (e) {
-      release(backend);
+      backend.release();
+      if (!(e instanceof ProxyError)) throw e;
       // A stalled upload is the client's doing: no backend failure, no retry (the body is partly spent).
-      if (e instanceof ProxyError && e.code === "CLIENT_TIMEOUT") throw e;
+      if (e.code === "CLIENT_TIMEOUT") throw e;
       // The client went away (the upstream call rejects with the abort reason): not the backend's fault.
       if (signal.aborted) throw new ProxyError("BAD_REQUEST", "client went away");
-      const err = e instanceof ProxyError ? e : new ProxyError("CONNECT_FAILED", String(e));
-      deps.log.warn("upstream failed", { pool: pool.name, backend: backend.id, code: err.code, attempt });
+      deps.log.warn("upstream failed", { pool: pool.name, backend: backend.id, code: e.code, attempt });
       backend.errors++;
-      if (err.code === "CONNECT_FAILED" || err.code === "CONNECT_TIMEOUT")
+      if (e.code === "CONNECT_FAILED" || e.code === "CONNECT_TIMEOUT")
         deps.metrics.connectError(pool.name, backend.id);
-      if (
-        err.code === "CONNECT_FAILED" ||
-        err.code === "CONNECT_TIMEOUT" ||
-        err.code === "RESPONSE_TIMEOUT"
-      ) {
-        deps.health.failed(pool, backend, err.code);
-      }
-      lastError = err;
-      if (!retryable(err, request) || signal.aborted) break;
-      placed = pool.chain.place(facts, tried, placement);
+      if (e.code === "CONNECT_FAILED" || e.code === "CONNECT_TIMEOUT" || e.code === "RESPONSE_TIMEOUT")
+        deps.health.failed(pool, backend, e.code);
+      lastError = e;
+      if (!retryable(e, request)) break;
+      placement = placing.next(placement);
+      continue;
     }
+    deps.health.answered(pool, backend, response.status);
+    return { backend, response: releaseWhenDone(response, backend), placement };
   }
   throw lastError ?? new ProxyError("NO_BACKEND", `pool ${pool.name}`);
 }
@@ -314,7 +203,7 @@ function applyEffects(headers: [string, string][], effects: readonly Effect[]): 
   headers.push(...kept, ["cache-control", cc]);
 }
 
-function responseFacts(res: UpstreamResponse, info: RequestInfo): ResponseFacts {
+function responseFacts(res: UpstreamResponse, secure: boolean): ResponseFacts {
   const setCookies: string[] = [];
   let location: string | null = null;
   let cacheControl: string | null = null;
@@ -327,53 +216,7 @@ function responseFacts(res: UpstreamResponse, info: RequestInfo): ResponseFacts 
     else if (lower === "location") location = value;
     else if (lower === "cache-control") cacheControl = value;
   }
-  return { setCookies, location, cacheControl, secure: info.listener.protocol === "https" };
-}
-
-/** Places a request in its pool, auditing rejected tokens. Null: no eligible backend. */
-export function place(
-  pool: Pool,
-  facts: RequestFacts,
-  info: RequestInfo,
-  deps: ProxyDeps,
-): PlaceResult | null {
-  const placed = pool.chain.place(facts);
-  const common = { listener: info.listener.name, pool: pool.name, client: facts.clientIp };
-  for (const r of placed?.rejections ?? []) {
-    deps.metrics.rejected(r.reason);
-    deps.metrics.decision(pool.name, r.rule, "rejected");
-    deps.audit.emit("persistence.rejected", { ...common, rule: r.rule, reason: r.reason });
-    if (r.reason === "expired") deps.audit.emit("session.expired", { ...common, rule: r.rule });
-  }
-  return placed;
-}
-
-function auditPlacement(
-  deps: ProxyDeps,
-  info: RequestInfo,
-  pool: Pool,
-  facts: RequestFacts,
-  first: Placement,
-  final: Placement,
-) {
-  // A returning session on its own backend, the common case, is no event.
-  if (final.outcome !== "new" && final.outcome !== "repinned" && final.backendId === first.backendId) return;
-  const common = {
-    listener: info.listener.name,
-    pool: pool.name,
-    client: facts.clientIp,
-    backend: final.backendId,
-    rule: final.rule,
-  };
-  // A pool without persistence rules has no sessions to speak of.
-  if (final.outcome === "new") {
-    if (pool.chain.rules.length) deps.audit.emit("session.created", common);
-  } else if (final.outcome === "repinned" || final.backendId !== first.backendId) {
-    const pinnedTo = first.decisions.find((d) => d.kind === "pinned");
-    const from = pinnedTo?.kind === "pinned" ? pinnedTo.backendId : first.backendId;
-    const why = final.backendId !== first.backendId ? "connect-failed" : "backend-unavailable";
-    deps.audit.emit("session.repinned", { ...common, from, to: final.backendId, why });
-  }
+  return { setCookies, location, cacheControl, secure };
 }
 
 export async function forwardHttp(req: Request, info: RequestInfo, deps: ProxyDeps): Promise<Response> {
@@ -382,34 +225,35 @@ export async function forwardHttp(req: Request, info: RequestInfo, deps: ProxyDe
   try {
     pool = poolFor(req, target, info);
     const facts = requestFacts(req, target, info);
-    if (deps.cluster) await prefetchLearned(pool, facts, deps);
-    const placed = place(pool, facts, info, deps);
-    if (!placed) throw new ProxyError("NO_BACKEND", `pool ${pool.name}`);
+    const placing = new Placing(pool, facts, info.listener.name, deps);
+    if (deps.cluster) await placing.prefetch();
+    const first = placing.start();
+    if (!first) throw new ProxyError("NO_BACKEND", `pool ${pool.name}`);
     const { body, bodyLength } = bodyOf(req);
     const cookie = facts.cookie === null ? null : pool.chain.backendCookie(facts.cookie);
+    const fwd = forwardFacts(req, info);
     const request: UpstreamRequest = {
       method: req.method,
       target,
-      headers: backendRequestHeaders(req.headers, forwardFacts(req, info), false, cookie),
+      headers: backendRequestHeaders(req.headers, fwd, false, cookie),
       body,
       bodyLength,
     };
     const { backend, response, placement } = await exchange(
-      pool,
-      placed,
-      facts,
+      placing,
+      first,
       request,
       info.signal ?? req.signal,
       deps,
       info.listener.clientIdleMs,
     );
-    auditPlacement(deps, info, pool, facts, placed.placement, placement);
-    record(deps, info, pool, backend, placement, response.status);
-    const effects = pool.chain.remember(facts, placement, responseFacts(response, info));
+    placing.settle(placement);
+    record(deps, info, pool, backend, response.status);
+    const effects = pool.chain.remember(facts, placement, responseFacts(response, clientUsesTls(req, fwd)));
     accessLog(deps, info, req, target, pool.name, backend.id, response.status);
     return toClientResponse(response, req.method, effects, info.responded, info.listener.clientIdleMs);
   } catch (e) {
-    const err = e instanceof ProxyError ? e : new ProxyError("BAD_REQUEST", String(e));
+    const err = e instanceof ProxyError ? e : unexpected(e, deps, info);
     accessLog(deps, info, req, target, pool?.name ?? "", "", err.status, err.code);
     deps.metrics.request(
       info.listener.name,
@@ -423,20 +267,19 @@ export async function forwardHttp(req: Request, info: RequestInfo, deps: ProxyDe
   }
 }
 
-/** Counters, metrics and session statistics for an answered request. */
-function record(
-  deps: ProxyDeps,
-  info: RequestInfo,
-  pool: Pool,
-  backend: Backend,
-  placement: Placement,
-  status: number,
-) {
+/** A throw that is not a ProxyError is a defect in tether: logged once with its stack, answered 500. */
+export function unexpected(e: unknown, deps: Pick<ProxyDeps, "log">, info: RequestInfo): ProxyError {
+  deps.log.error("request failed: internal error", {
+    listener: info.listener.name,
+    error: e instanceof Error ? (e.stack ?? e.message) : String(e),
+  });
+  return new ProxyError("INTERNAL", e instanceof Error ? e.message : String(e));
+}
+
+/** Counters and metrics for an answered request. */
+function record(deps: ProxyDeps, info: RequestInfo, pool: Pool, backend: Backend, status: number) {
   backend.requests++;
-  if (status >= 500) {
-    backend.errors++;
-    if (pool.settings.failOn5xx) deps.health.failed(pool, backend, `status ${status}`);
-  }
+  if (status >= 500) backend.errors++;
   deps.metrics.request(
     info.listener.name,
     pool.name,
@@ -444,17 +287,6 @@ function record(
     status,
     (performance.now() - info.startedAt) / 1000,
   );
-  if (pool.chain.rules.length === 0) return;
-  const now = Date.now();
-  const pinned = placement.decisions.find((d) => d.kind !== "none");
-  if (placement.outcome === "hit" && pinned?.kind === "pinned") backend.lastPinnedAt = now;
-  const outcome =
-    placement.outcome === "repinned" ? "repinned" : placement.outcome === "new" ? "miss" : "hit";
-  deps.metrics.decision(pool.name, placement.rule === "new" ? "none" : placement.rule, outcome);
-  // The deciding rule's key is the session's identity; only a brand-new session needs its key spelled out.
-  const sessionId =
-    pinned?.key ?? (placement.sessionKey ? Buffer.from(placement.sessionKey).toString("hex") : null);
-  if (sessionId) backend.sessions.add(hashKey(sessionId), now);
 }
 
 function accessLog(

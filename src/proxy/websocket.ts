@@ -5,18 +5,12 @@
  * relayed as they are; each side pauses the other when its buffer fills.
  */
 import type { Server, ServerWebSocket, WebSocketHandler } from "bun";
-import type { Backend, Pool } from "../pool/pool.ts";
+import type { ProxyDeps, RequestInfo } from "../contracts.ts";
+import { Placing } from "../pool/placement.ts";
+import type { Pool } from "../pool/pool.ts";
 import { errorResponse, ProxyError, proxyErrorResponse } from "./errors.ts";
-import {
-  forwardFacts,
-  type ProxyDeps,
-  place,
-  poolFor,
-  prefetchLearned,
-  type RequestInfo,
-  requestFacts,
-} from "./forward.ts";
 import { backendRequestHeaders } from "./headers.ts";
+import { forwardFacts, poolFor, requestFacts } from "./request-facts.ts";
 import { requestTarget } from "./request-target.ts";
 import type { UpstreamTarget } from "./upstream/types.ts";
 
@@ -115,13 +109,13 @@ export async function upgradeWebSocket(
   for (const [name, value] of backendRequestHeaders(req.headers, forwardFacts(req, info), false, cookie)) {
     if (!HANDSHAKE.has(name)) headers[name] = value;
   }
-  const tried = new Set<string>();
-  await prefetchLearned(pool, facts, deps);
-  let placed = place(pool, facts, info, deps);
-  for (let attempt = 0; placed && attempt <= pool.settings.retries; attempt++) {
-    const { placement } = placed;
-    const backend = pool.get(placement.backendId) as Backend;
-    tried.add(backend.id);
+  const placing = new Placing(pool, facts, info.listener.name, deps);
+  await placing.prefetch();
+  let placement = placing.start();
+  let tried = 0;
+  for (let attempt = 0; placement && attempt <= pool.settings.retries; attempt++) {
+    const backend = placing.backendOf(placement);
+    tried++;
     const t = backend.target;
     const host = t.hostname.includes(":") ? `[${t.hostname}]` : t.hostname;
     const url = `${t.tls ? "wss" : "ws"}://${host}:${t.port}${target}`;
@@ -134,7 +128,7 @@ export async function upgradeWebSocket(
         backend: backend.id,
         code: (e as ProxyError).code,
       });
-      placed = pool.chain.place(facts, tried, placement);
+      placement = placing.next(placement);
       continue;
     }
     const data: WsData = { kind: "proxy", backend: ws, early: [], closed: false };
@@ -153,6 +147,7 @@ export async function upgradeWebSocket(
       ws.close(1011, "client upgrade failed");
       return errorResponse(400, "The WebSocket upgrade request is malformed.");
     }
+    placing.settle(placement);
     if (info.runtime.config.accessLog) {
       deps.log.info("websocket", {
         listener: info.listener.name,
@@ -163,7 +158,7 @@ export async function upgradeWebSocket(
     }
     return undefined;
   }
-  return proxyErrorResponse(new ProxyError(tried.size ? "CONNECT_FAILED" : "NO_BACKEND"));
+  return proxyErrorResponse(new ProxyError(tried ? "CONNECT_FAILED" : "NO_BACKEND"));
 }
 
 /** Relays frames between the client socket and its backend socket. */

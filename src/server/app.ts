@@ -9,16 +9,16 @@ import { startAdmin } from "../admin/server.ts";
 import { type Audit, createAudit, noAudit } from "../audit.ts";
 import type { Config, ResolvedListener } from "../config/load.ts";
 import type { BackendState } from "../config/schema.ts";
+import type { ListenerHandle, ProxyDeps, Runtime } from "../contracts.ts";
 import type { Logger } from "../log.ts";
 import { startPassthroughListener } from "../passthrough/listener.ts";
 import { HealthMonitor } from "../pool/health.ts";
-import type { ProxyDeps } from "../proxy/forward.ts";
 import { UpstreamClient } from "../proxy/upstream/client.ts";
 import { ClusterSync } from "../state/cluster.ts";
 import { startSnapshots } from "../state/persist.ts";
-import { type ListenerHandle, startListener } from "./listener.ts";
+import { startListener } from "./listener.ts";
 import { ensureMigrateReq } from "./reuseport-migration.ts";
-import { buildRuntime, type Runtime } from "./runtime.ts";
+import { buildRuntime } from "./runtime.ts";
 
 export interface Tether {
   readonly runtime: Runtime;

@@ -4,13 +4,13 @@
  */
 import type { TLSOptions } from "bun";
 import type { ResolvedListener } from "../config/load.ts";
+import type { ListenerHandle, ProxyDeps, RequestInfo, Runtime } from "../contracts.ts";
 import { errorResponse } from "../proxy/errors.ts";
-import { forwardHttp, type ProxyDeps, type RequestInfo } from "../proxy/forward.ts";
+import { forwardHttp } from "../proxy/forward.ts";
 import { asksToClose } from "../proxy/headers.ts";
 import { normalizeIp } from "../proxy/trusted-proxies.ts";
 import { isWebSocketUpgrade, upgradeWebSocket, type WsData, websocketHandler } from "../proxy/websocket.ts";
 import { RequestClock } from "./request-clock.ts";
-import type { Runtime } from "./runtime.ts";
 
 /**
  * TLS 1.2 suites: AEAD with forward secrecy only (Mozilla "intermediate").
@@ -25,23 +25,6 @@ export const TLS12_CIPHERS = [
   "ECDHE-ECDSA-CHACHA20-POLY1305",
   "ECDHE-RSA-CHACHA20-POLY1305",
 ].join(":");
-
-/** What the app needs of a listening socket: a Bun.serve server, or a tls-passthrough listener. */
-export interface ListenerServer {
-  readonly port: number | undefined;
-  readonly hostname: string | undefined;
-  readonly pendingRequests: number;
-  readonly pendingWebSockets: number;
-  /** Stops accepting; with closeActiveConnections, also closes every open connection. */
-  stop(closeActiveConnections?: boolean): void | Promise<void>;
-}
-
-export interface ListenerHandle {
-  readonly config: ResolvedListener;
-  readonly server: ListenerServer;
-  /** Requests whose response has not been handed to Bun yet (tls-passthrough: open connections). */
-  inflight(): number;
-}
 
 function tlsOptions(l: ResolvedListener): TLSOptions[] | undefined {
   if (l.protocol !== "https") return undefined;

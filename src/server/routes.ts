@@ -3,10 +3,7 @@
  * the pool; the listener's "pool" is the fallback. Pure.
  */
 import type { RouteConfig } from "../config/schema.ts";
-
-export interface Router {
-  pick(host: string | null, path: string): string;
-}
+import type { Router } from "../contracts.ts";
 
 /** "Example.COM:8443" → "example.com"; "[::1]:80" → "[::1]". */
 export function hostWithoutPort(host: string): string {

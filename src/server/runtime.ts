@@ -4,17 +4,10 @@
  * one they started with.
  */
 import type { Config, ResolvedListener } from "../config/load.ts";
+import type { Router, Runtime } from "../contracts.ts";
 import { Pool } from "../pool/pool.ts";
-import { type TrustedProxies, trustedProxies } from "../proxy/trusted-proxies.ts";
-import { createRouter, type Router } from "./routes.ts";
-
-export interface Runtime {
-  readonly config: Config;
-  readonly pools: ReadonlyMap<string, Pool>;
-  readonly routers: ReadonlyMap<string, Router>;
-  readonly listeners: ReadonlyMap<string, ResolvedListener>;
-  readonly trusted: TrustedProxies;
-}
+import { trustedProxies } from "../proxy/trusted-proxies.ts";
+import { createRouter } from "./routes.ts";
 
 /**
  * `fallbackKeys` seal cookies when the config names no secrets.cookieKeys (a

@@ -4,8 +4,8 @@
  */
 import type { Config } from "../config/load.ts";
 import type { BackendState } from "../config/schema.ts";
+import type { Runtime } from "../contracts.ts";
 import type { Logger } from "../log.ts";
-import type { Runtime } from "../server/runtime.ts";
 import { applySnapshot, collectSnapshot, readSnapshot, writeSnapshot } from "./snapshot.ts";
 
 export interface Snapshots {

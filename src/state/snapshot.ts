@@ -7,7 +7,7 @@
  */
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
 import type { BackendState } from "../config/schema.ts";
-import type { Runtime } from "../server/runtime.ts";
+import type { Runtime } from "../contracts.ts";
 import { decoder, encoder } from "./codec.ts";
 
 export const SNAPSHOT_VERSION = 1;

@@ -5,9 +5,9 @@
 import { afterAll, expect, test } from "bun:test";
 import { Metrics } from "../../src/admin/metrics.ts";
 import { noAudit } from "../../src/audit.ts";
+import type { ProxyDeps } from "../../src/contracts.ts";
 import { startPassthroughListener } from "../../src/passthrough/listener.ts";
 import { HealthMonitor } from "../../src/pool/health.ts";
-import type { ProxyDeps } from "../../src/proxy/forward.ts";
 import { UpstreamClient } from "../../src/proxy/upstream/client.ts";
 import { buildRuntime } from "../../src/server/runtime.ts";
 import { config, memoryLogger } from "../support/tether.ts";

@@ -4,8 +4,10 @@
  * failures told apart (refused, timed out, reset before the response) and no
  * detour through fetch's single HTTP-client thread.
  */
+
+import { IDEMPOTENT } from "../methods.ts";
 import { Conn, type ConnOwner } from "./connection.ts";
-import { Exchange, IDEMPOTENT } from "./exchange.ts";
+import { Exchange } from "./exchange.ts";
 import { IdlePool } from "./pool.ts";
 import { serializeRequestHead } from "./serialize.ts";
 import type { RequestOptions, UpstreamRequest, UpstreamResponse, UpstreamTarget } from "./types.ts";

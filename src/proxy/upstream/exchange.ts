@@ -5,6 +5,7 @@
  * to a second connection at most once (the stale-socket retry).
  */
 import { ProxyError } from "../errors.ts";
+import { IDEMPOTENT } from "../methods.ts";
 import type { Conn } from "./connection.ts";
 import { frameChunk, LAST_CHUNK, requestAllowsReuse } from "./serialize.ts";
 import type { RequestOptions, UpstreamRequest, UpstreamResponse, UpstreamTarget } from "./types.ts";
@@ -26,9 +27,6 @@ type Timer = ReturnType<typeof setTimeout>;
 export interface BodyErrorSink {
   error(reason: unknown): void;
 }
-
-/** Methods a proxy may repeat on its own (RFC 9110 §9.2.2). */
-export const IDEMPOTENT: ReadonlySet<string> = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
 
 export class Exchange {
   conn: Conn | null = null;

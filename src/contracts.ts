@@ -1,0 +1,99 @@
+/**
+ * Shapes shared across layers, as interfaces only. The request path (pool,
+ * proxy, passthrough) names here what it needs of the running proxy, and the
+ * upper layers (server, admin, workers) build the real objects and pass them
+ * in, so no lower folder imports an upper one. See docs/design.md, "Layers".
+ */
+import type { Audit } from "./audit.ts";
+import type { Config, ResolvedListener } from "./config/load.ts";
+import type { Logger } from "./log.ts";
+import type { Backend, Pool } from "./pool/pool.ts";
+import type { TrustedProxies } from "./proxy/trusted-proxies.ts";
+import type { UpstreamClient } from "./proxy/upstream/client.ts";
+import type { AbortLike } from "./proxy/upstream/types.ts";
+
+/** Host and path → pool name, for one listener. */
+export interface Router {
+  pick(host: string | null, path: string): string;
+}
+
+/**
+ * Everything a request needs that changes on reload, built from one Config.
+ * A reload builds a new Runtime and swaps it in; requests in flight keep the
+ * one they started with.
+ */
+export interface Runtime {
+  readonly config: Config;
+  readonly pools: ReadonlyMap<string, Pool>;
+  readonly routers: ReadonlyMap<string, Router>;
+  readonly listeners: ReadonlyMap<string, ResolvedListener>;
+  readonly trusted: TrustedProxies;
+}
+
+/** What the listener knows about a request before any backend is chosen. */
+export interface RequestInfo {
+  listener: ResolvedListener;
+  runtime: Runtime;
+  peerIp: string;
+  startedAt: number;
+  /** Called once the response (its whole body, for a stream) has been handed to the client. */
+  responded?: () => void;
+  /** Aborts when the client goes away (default: the request's own signal). */
+  signal?: AbortLike;
+}
+
+/** Learned sessions held by other tether instances (Redis): consulted on a local miss. */
+export interface ClusterLookup {
+  lookup(
+    pool: string,
+    table: string,
+    key: number,
+  ): Promise<{ backendId: string; expiresAtSec: number } | null>;
+}
+
+export type DecisionOutcome = "hit" | "miss" | "rejected" | "repinned";
+
+/** The counters the request path increments; admin/metrics.ts implements them. */
+export interface ProxyMetrics {
+  request(listener: string, pool: string, backend: string, code: number, seconds: number): void;
+  connectError(pool: string, backend: string): void;
+  decision(pool: string, rule: string, outcome: DecisionOutcome): void;
+  rejected(reason: string): void;
+}
+
+/** Passive health: what real traffic tells about a backend; pool/health.ts implements it. */
+export interface HealthSink {
+  /** The backend answered with `status` (a 5xx counts as a failure with failOn5xx). */
+  answered(pool: Pool, b: Backend, status: number): void;
+  /** The backend was reached (a TLS passthrough connect): its run of failures ends. */
+  succeeded(b: Backend): void;
+  /** A connect error or timeout, or a response timeout. */
+  failed(pool: Pool, b: Backend, reason: string): void;
+}
+
+/** What the forwarders need from the control plane. */
+export interface ProxyDeps {
+  upstream: UpstreamClient;
+  log: Logger;
+  audit: Audit;
+  metrics: ProxyMetrics;
+  health: HealthSink;
+  cluster?: ClusterLookup | null;
+}
+
+/** What the app needs of a listening socket: a Bun.serve server, or a tls-passthrough listener. */
+export interface ListenerServer {
+  readonly port: number | undefined;
+  readonly hostname: string | undefined;
+  readonly pendingRequests: number;
+  readonly pendingWebSockets: number;
+  /** Stops accepting; with closeActiveConnections, also closes every open connection. */
+  stop(closeActiveConnections?: boolean): void | Promise<void>;
+}
+
+export interface ListenerHandle {
+  readonly config: ResolvedListener;
+  readonly server: ListenerServer;
+  /** Requests whose response has not been handed to Bun yet (tls-passthrough: open connections). */
+  inflight(): number;
+}

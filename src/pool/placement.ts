@@ -1,0 +1,141 @@
+/**
+ * The one place that places a request, for every protocol (HTTP, WebSocket
+ * upgrades, TLS passthrough): learned entries fetched from the cluster, the
+ * persistence chain's decision, the next choice after a failed attempt, and
+ * once the request is served, the placement audit events, the decision
+ * metric and the backend's session statistics. The maxConn slot is
+ * Backend.acquire/release (pool.ts); the protocols only move bytes.
+ */
+import type { Audit } from "../audit.ts";
+import type { ClusterLookup, ProxyMetrics } from "../contracts.ts";
+import type { PlaceResult } from "../persistence/chain.ts";
+import type { Placement, RequestFacts } from "../persistence/types.ts";
+import { hashKey } from "../ring/hash.ts";
+import type { Backend, Pool } from "./pool.ts";
+
+export interface PlacementDeps {
+  audit: Audit;
+  metrics: ProxyMetrics;
+  cluster?: ClusterLookup | null;
+}
+
+/**
+ * The one decision step that waits on I/O: a session ID this instance has not
+ * learned is looked up in the cluster first (bounded by the lookup's own
+ * timeout; a miss or timeout places the request as new).
+ */
+export async function prefetchLearned(
+  pool: Pool,
+  facts: RequestFacts,
+  cluster: ClusterLookup | null | undefined,
+): Promise<void> {
+  if (!cluster || pool.chain.tables.size === 0) return;
+  const missing = pool.chain.missingKeys(facts);
+  if (missing.length === 0) return;
+  await Promise.all(
+    missing.map(async ({ table, key }) => {
+      const hit = await cluster.lookup(pool.name, table, key);
+      if (hit && pool.get(hit.backendId))
+        pool.chain.tables.get(table)?.putHashed(key, hit.backendId, hit.expiresAtSec, facts.nowSec);
+    }),
+  );
+}
+
+/**
+ * One request's (or connection's) placement, from the first choice through
+ * retries to the backend that served it.
+ */
+export class Placing {
+  private first: Placement | null = null;
+  private tried: Set<string> | null = null;
+
+  constructor(
+    readonly pool: Pool,
+    readonly facts: RequestFacts,
+    /** The listener it arrived on, for audit lines. */
+    private readonly listener: string,
+    private readonly deps: PlacementDeps,
+  ) {}
+
+  /** Fetches learned entries another instance holds; call before start() when a cluster is configured. */
+  prefetch(): Promise<void> {
+    return prefetchLearned(this.pool, this.facts, this.deps.cluster);
+  }
+
+  /** The first choice, with rejected tokens audited and counted. Null: no eligible backend. */
+  start(): Placement | null {
+    const placed = this.pool.chain.place(this.facts);
+    if (placed) this.reportRejections(placed);
+    this.first = placed?.placement ?? null;
+    return this.first;
+  }
+
+  /**
+   * The next choice for the same session after `failed` could not be used
+   * (its connect failed, or it had no room): the ring's next eligible backend
+   * for the session key, never one already tried. Null: none left.
+   */
+  next(failed: Placement): Placement | null {
+    this.tried ??= new Set();
+    this.tried.add(failed.backendId);
+    return this.pool.chain.place(this.facts, this.tried, failed)?.placement ?? null;
+  }
+
+  /** The backend a placement names (the chain only names members of its pool). */
+  backendOf(p: Placement): Backend {
+    return this.pool.get(p.backendId) as Backend;
+  }
+
+  /**
+   * The request was served on `final`: a new or moved session is audited, the
+   * decision counted, and the session noted on its backend.
+   */
+  settle(final: Placement): void {
+    const pool = this.pool;
+    if (pool.chain.rules.length === 0) return;
+    const first = this.first ?? final;
+    const backend = this.backendOf(final);
+    // A returning session on its own backend, the common case, is no event.
+    if (final.outcome === "new" || final.outcome === "repinned" || final.backendId !== first.backendId)
+      this.auditMove(first, final);
+    const outcome = final.outcome === "repinned" ? "repinned" : final.outcome === "new" ? "miss" : "hit";
+    this.deps.metrics.decision(pool.name, final.rule === "new" ? "none" : final.rule, outcome);
+    const now = Date.now();
+    const pinned = final.decisions.find((d) => d.kind !== "none");
+    if (final.outcome === "hit" && pinned?.kind === "pinned") backend.lastPinnedAt = now;
+    // The deciding rule's key is the session's identity; only a brand-new session needs its key spelled out.
+    const sessionId =
+      pinned?.key ?? (final.sessionKey ? Buffer.from(final.sessionKey).toString("hex") : null);
+    if (sessionId) backend.sessions.add(hashKey(sessionId), now);
+  }
+
+  private auditMove(first: Placement, final: Placement): void {
+    const common = {
+      listener: this.listener,
+      pool: this.pool.name,
+      client: this.facts.clientIp,
+      backend: final.backendId,
+      rule: final.rule,
+    };
+    if (final.outcome === "new") {
+      this.deps.audit.emit("session.created", common);
+      return;
+    }
+    const pinnedTo = first.decisions.find((d) => d.kind === "pinned");
+    const from = pinnedTo?.kind === "pinned" ? pinnedTo.backendId : first.backendId;
+    const why = final.backendId !== first.backendId ? "connect-failed" : "backend-unavailable";
+    this.deps.audit.emit("session.repinned", { ...common, from, to: final.backendId, why });
+  }
+
+  private reportRejections(placed: PlaceResult): void {
+    if (placed.rejections.length === 0) return;
+    const { audit, metrics } = this.deps;
+    const common = { listener: this.listener, pool: this.pool.name, client: this.facts.clientIp };
+    for (const r of placed.rejections) {
+      metrics.rejected(r.reason);
+      metrics.decision(this.pool.name, r.rule, "rejected");
+      audit.emit("persistence.rejected", { ...common, rule: r.rule, reason: r.reason });
+      if (r.reason === "expired") audit.emit("session.expired", { ...common, rule: r.rule });
+    }
+  }
+}
