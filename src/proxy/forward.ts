@@ -16,6 +16,7 @@ import type { HealthMonitor } from "../pool/health.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
 import { hashKey } from "../ring/hash.ts";
 import type { Runtime } from "../server/runtime.ts";
+import { privateCacheControl } from "./cache-control.ts";
 import { ProxyError, proxyErrorResponse } from "./errors.ts";
 import { backendRequestHeaders, clientAddress, clientResponseHeaders, type ForwardFacts } from "./headers.ts";
 import { requestTarget, targetPath } from "./request-target.ts";
@@ -250,12 +251,6 @@ async function exchange(
     }
   }
   throw lastError ?? new ProxyError("NO_BACKEND", `pool ${pool.name}`);
-}
-
-/** Cache-Control for a response that sets a session cookie: a shared cache must not hand it to another user. */
-export function privateCacheControl(current: string | null): string | null {
-  if (current && /(^|,)\s*(private|no-store|no-cache)\b/i.test(current)) return null;
-  return current ? `private, ${current}` : "private";
 }
 
 /** Builds the client's Response from the backend's, applying persistence effects. */
