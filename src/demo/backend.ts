@@ -37,6 +37,8 @@ export function startDemoBackend(id: string, address: string): Server<undefined>
     hostname,
     port,
     fetch(req) {
+      // A browser asks for its icon on every load: counting it would show each reload as two visits.
+      if (new URL(req.url).pathname === "/favicon.ico") return new Response(null, { status: 404 });
       const known = sessionFrom(req);
       const session = known ?? crypto.randomUUID();
       const count = (visits.get(session) ?? 0) + 1;

@@ -10,6 +10,7 @@ import type { ProxyDeps, RequestInfo } from "../contracts.ts";
 import type { Effect, Placement, ResponseFacts } from "../persistence/types.ts";
 import { Placing } from "../pool/placement.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
+import { privateCacheControl } from "./cache-control.ts";
 import { ProxyError, proxyErrorResponse } from "./errors.ts";
 import { backendRequestHeaders, clientResponseHeaders } from "./headers.ts";
 import { IDEMPOTENT } from "./methods.ts";
@@ -139,12 +140,6 @@ async function exchange(
     return { backend, response: releaseWhenDone(response, backend), placement };
   }
   throw lastError ?? new ProxyError("NO_BACKEND", `pool ${pool.name}`);
-}
-
-/** Cache-Control for a response that sets a session cookie: a shared cache must not hand it to another user. */
-export function privateCacheControl(current: string | null): string | null {
-  if (current && /(^|,)\s*(private|no-store|no-cache)\b/i.test(current)) return null;
-  return current ? `private, ${current}` : "private";
 }
 
 /** Builds the client's Response from the backend's, applying persistence effects. */

@@ -84,7 +84,9 @@ export function backendRequestHeaders(
   const listed = connectionListed(headers.get("connection"));
   for (const [name, value] of headers) {
     if (HOP_BY_HOP.has(name) || FORWARDING.has(name) || name === "content-length") continue;
-    if (listed?.has(name)) continue;
+    // A client's Connection tokens never take Host from the backend (RFC 9112 §3.2 requires it); the
+    // forwarding headers are tether's own and are set below whatever the client listed.
+    if (listed?.has(name) && name !== "host") continue;
     // CGI-style backends read "_" as "-": Transfer_Encoding or X_Forwarded_For would reach them as
     // framing or forwarding headers tether never checked (nginx drops every underscore name).
     if (name.includes("_") && isReserved(name.replaceAll("_", "-"))) continue;

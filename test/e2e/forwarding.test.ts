@@ -156,6 +156,21 @@ describe("forwarding", () => {
     expect(got.host).toBe("shop.example");
   });
 
+  test("Connection tokens naming Host or a forwarding header remove neither from the backend request", async () => {
+    // Raw bytes: fetch does not let a client set Connection.
+    const out = await rawRequest(
+      proxy.port(),
+      "GET /headers HTTP/1.1\r\nHost: shop.example\r\nConnection: host, x-forwarded-for, close\r\n" +
+        "X-Forwarded-For: 6.6.6.6\r\n\r\n",
+    );
+    expect(out).toMatch(/^HTTP\/1\.1 200/);
+    const got = JSON.parse(out.slice(out.indexOf("\r\n\r\n") + 4)) as Record<string, string>;
+    expect(got.host).toBe("shop.example");
+    expect(got["x-forwarded-for"]).toBe("127.0.0.1");
+    expect(got["x-forwarded-host"]).toBe("shop.example");
+    expect(got.forwarded).toBe("for=127.0.0.1;proto=http;host=shop.example");
+  });
+
   test("a garbage request line gets a 4xx, and the proxy keeps serving", async () => {
     const out = await rawRequest(proxy.port(), "GARBAGE\r\n\r\n");
     expect(out).toMatch(/^HTTP\/1\.1 4\d\d/);

@@ -154,6 +154,21 @@ describe("cookie insert", () => {
     }
   });
 
+  test("a no-cache response with the cookie becomes private, without public and s-maxage (RFC 9111 §5.2.2.4)", async () => {
+    // A shared cache may store a no-cache response, Set-Cookie and all, and revalidate it for the next user.
+    const b = [
+      backend(
+        "b1",
+        () =>
+          new Response("b1", { headers: { "cache-control": "public, no-cache, s-maxage=60, max-age=10" } }),
+      ),
+    ];
+    const t = using(b, start(b, [rule]));
+    const res = await fetch(`${t.url()}/`);
+    expect(res.headers.getSetCookie()[0]?.startsWith("TETHER=")).toBe(true);
+    expect(res.headers.get("cache-control")).toBe("private, no-cache, max-age=10");
+  });
+
   test("a tampered cookie is re-placed with a fresh cookie and audited, not followed", async () => {
     const b = trio();
     const t = using(b, start(b, [rule]));

@@ -46,6 +46,24 @@ describe("request headers towards the backend", () => {
     expect(out.get("x-kept")).toBe("yes");
   });
 
+  test("Connection tokens never remove Host or the forwarding headers tether sets", () => {
+    const h = new Headers({
+      host: "shop.example",
+      connection: "host, x-forwarded-for, x-forwarded-proto, x-forwarded-host, forwarded, x-hop",
+      "x-forwarded-for": "6.6.6.6",
+      "x-hop": "1",
+    });
+    for (const peerTrusted of [false, true]) {
+      const out = asMap(backendRequestHeaders(h, facts({ peerTrusted })));
+      expect(out.get("host")).toBe("shop.example");
+      expect(out.get("x-forwarded-for")).toBe(peerTrusted ? "6.6.6.6, 203.0.113.7" : "203.0.113.7");
+      expect(out.get("x-forwarded-proto")).toBe("https");
+      expect(out.get("x-forwarded-host")).toBe("shop.example");
+      expect(out.get("forwarded")).toBe("for=203.0.113.7;proto=https;host=shop.example");
+      expect(out.has("x-hop")).toBe(false);
+    }
+  });
+
   test("Host and Accept-Encoding pass through as sent", () => {
     const out = asMap(
       backendRequestHeaders(
