@@ -26,8 +26,8 @@
 import { RedisClient } from "bun";
 import type { BackendState } from "../config/schema.ts";
 import type { Logger } from "../log.ts";
-import { type LearnedBatch, learnedEntries } from "../workers/messages.ts";
 import { decoder, encoder } from "./codec.ts";
+import { LEARNED_FIELDS, LearnBatcher, type LearnedBatch, learnedEntries } from "./learn-batch.ts";
 
 export const CLUSTER_PROTOCOL_VERSION = 1;
 
@@ -79,9 +79,6 @@ const RETRY_MIN_MS = 100;
 const RETRY_MAX_MS = 2000;
 /** The same failure is logged at most once per this period, with a count of the suppressed ones. */
 const LOG_EVERY_MS = 10_000;
-/** Learned entries are flushed every 2 ms or every 512 entries, whichever comes first. */
-const BATCH_DELAY_MS = 2;
-const BATCH_ENTRIES = 512;
 /** A message bigger than this (base64 chars) is not ours: 512 entries take ~40 KB. */
 const MAX_MESSAGE_CHARS = 4 * 1024 * 1024;
 const MAX_KEY = 2 ** 48;
@@ -119,8 +116,8 @@ export class ClusterSync {
   private retryMs = RETRY_MIN_MS;
   private watchdog: ReturnType<typeof setInterval> | null = null;
   private pinging = false;
-  private batch: LearnedBatch = [];
-  private batchTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Learned entries go out every 2 ms or every 512 entries, whichever comes first. */
+  private readonly learned = new LearnBatcher((e) => this.writeLearned(e));
   /** States not yet written (Redis was down or the write failed): replayed on reconnect. */
   private readonly unsentStates = new Map<string, [string, string, BackendState]>();
   private readonly lastLogged = new Map<string, { at: number; suppressed: number }>();
@@ -165,9 +162,7 @@ export class ClusterSync {
   /** Queues a learned entry (or re-pin) for Redis and the other instances. Never throws. */
   publishLearned(pool: string, table: string, key: number, backendId: string, expiresAtSec: number): void {
     if (this.stopped) return;
-    this.batch.push(pool, table, key, backendId, expiresAtSec);
-    if (this.batch.length >= BATCH_ENTRIES * 5) this.flush();
-    else if (!this.batchTimer) this.batchTimer = setTimeout(() => this.flush(), BATCH_DELAY_MS);
+    this.learned.add(pool, table, key, backendId, expiresAtSec);
   }
 
   /** Writes an operator state and tells the other instances. Never throws; replayed after an outage. */
@@ -249,7 +244,7 @@ export class ClusterSync {
     if (this.watchdog) clearInterval(this.watchdog);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.watchdog = this.retryTimer = null;
-    const pending = this.flush();
+    const pending = this.learned.flush();
     if (pending) await pending.catch(() => {});
     this.gen++;
     const link = this.link;
@@ -265,18 +260,11 @@ export class ClusterSync {
     return `${this.opts.prefix}s:${pool}:${backend}`;
   }
 
-  /** Sends the queued learned entries; the returned promise settles when Redis answered (or the deadline). */
-  private flush(): Promise<void> | null {
-    if (this.batchTimer) {
-      clearTimeout(this.batchTimer);
-      this.batchTimer = null;
-    }
-    if (this.batch.length === 0) return null;
-    const e = this.batch;
-    this.batch = [];
+  /** Writes a batch of learned entries; the returned promise settles when Redis answered (or the deadline). */
+  private writeLearned(e: LearnedBatch): Promise<void> | null {
     const link = this.link;
     if (!link) {
-      this.stats.dropped += e.length / 5;
+      this.stats.dropped += e.length / LEARNED_FIELDS;
       return null;
     }
     const nowSec = Math.floor(Date.now() / 1000);
