@@ -6,7 +6,8 @@
  * Run: bun bench/micro/sync.bench.ts
  */
 import { bench, group, run } from "mitata";
-import { decode, encode, type LearnedBatch, PROTOCOL_VERSION } from "../../src/workers/messages.ts";
+import type { LearnedBatch } from "../../src/state/learn-batch.ts";
+import { decode, encode, PROTOCOL_VERSION } from "../../src/workers/messages.ts";
 
 const worker = new Worker(new URL("./sync-echo-worker.ts", import.meta.url).href);
 let resolveReply: (() => void) | null = null;

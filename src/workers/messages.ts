@@ -5,12 +5,10 @@
  */
 import type { BackendState } from "../config/schema.ts";
 import { decoder, encoder } from "../state/codec.ts";
+import type { LearnedBatch } from "../state/learn-batch.ts";
 import type { SnapshotTable } from "../state/snapshot.ts";
 
 export const PROTOCOL_VERSION = 1;
-
-/** Learned entries, flattened: pool, table, key, backendId, expiresAtSec, repeated. */
-export type LearnedBatch = (string | number)[];
 
 export interface MetricDeltas {
   /** Counter family name → [labels, increment][] */
@@ -61,53 +59,5 @@ export function decode(bytes: unknown): Message | null {
     return m as Message;
   } catch {
     return null;
-  }
-}
-
-/**
- * Collects learned entries and flushes them as one message at most every
- * `maxDelayMs` or every `maxEntries` entries, whichever comes first.
- */
-export class LearnBatcher {
-  private batch: LearnedBatch = [];
-  private timer: ReturnType<typeof setTimeout> | null = null;
-
-  constructor(
-    private readonly send: (bytes: Uint8Array) => void,
-    private readonly maxDelayMs = 2,
-    private readonly maxEntries = 512,
-  ) {}
-
-  add(pool: string, table: string, key: number, backendId: string, expiresAtSec: number): void {
-    this.batch.push(pool, table, key, backendId, expiresAtSec);
-    if (this.batch.length >= this.maxEntries * 5) this.flush();
-    else if (!this.timer) this.timer = setTimeout(() => this.flush(), this.maxDelayMs);
-  }
-
-  flush(): void {
-    if (this.timer) {
-      clearTimeout(this.timer);
-      this.timer = null;
-    }
-    if (this.batch.length === 0) return;
-    const e = this.batch;
-    this.batch = [];
-    this.send(encode({ v: PROTOCOL_VERSION, t: "learn", e }));
-  }
-}
-
-/** Walks a learned batch. */
-export function* learnedEntries(e: LearnedBatch): Generator<[string, string, number, string, number]> {
-  for (let i = 0; i + 4 < e.length; i += 5) {
-    const [pool, table, key, backendId, exp] = [e[i], e[i + 1], e[i + 2], e[i + 3], e[i + 4]];
-    if (
-      typeof pool === "string" &&
-      typeof table === "string" &&
-      typeof key === "number" &&
-      typeof backendId === "string" &&
-      typeof exp === "number"
-    ) {
-      yield [pool, table, key, backendId, exp];
-    }
   }
 }

@@ -12,8 +12,9 @@ import { isCompiled } from "../cli/header-limit.ts";
 import type { Config } from "../config/load.ts";
 import type { Logger } from "../log.ts";
 import { startTether, type Tether } from "../server/app.ts";
+import { learnedEntries } from "../state/learn-batch.ts";
 import { collectSnapshot } from "../state/snapshot.ts";
-import { decode, encode, learnedEntries, type Message, PROTOCOL_VERSION } from "./messages.ts";
+import { decode, encode, type Message, PROTOCOL_VERSION } from "./messages.ts";
 
 const READY_TIMEOUT_MS = 15_000;
 const MAX_BACKOFF_MS = 5_000;

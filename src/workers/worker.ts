@@ -6,15 +6,8 @@
 import { type Config, loadConfigFile } from "../config/load.ts";
 import { createLogger } from "../log.ts";
 import { startTether, type Tether } from "../server/app.ts";
-import {
-  decode,
-  encode,
-  LearnBatcher,
-  learnedEntries,
-  type Message,
-  type MetricDeltas,
-  PROTOCOL_VERSION,
-} from "./messages.ts";
+import { LearnBatcher, learnedEntries } from "../state/learn-batch.ts";
+import { decode, encode, type Message, type MetricDeltas, PROTOCOL_VERSION } from "./messages.ts";
 
 declare const self: Worker;
 
@@ -24,7 +17,7 @@ let tether: Tether | null = null;
 let workerId = "?";
 const pending: Message[] = [];
 const post = (m: Message) => self.postMessage(encode(m));
-const batcher = new LearnBatcher((bytes) => self.postMessage(bytes));
+const batcher = new LearnBatcher((e) => post({ v: PROTOCOL_VERSION, t: "learn", e }));
 
 // Set before any await: Bun drops messages that arrive before a handler exists.
 self.onmessage = (ev: MessageEvent) => {
