@@ -46,6 +46,7 @@ export function backendView(pool: Pool, b: Backend, now = Date.now()) {
     health: b.down ? "down" : "up",
     weight: b.weight,
     inflight: b.inflight,
+    websockets: b.websockets,
     activeSessions: b.sessions.count(now),
     requests: b.requests,
     errors: b.errors,

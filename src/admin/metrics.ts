@@ -228,6 +228,7 @@ export class Metrics {
         b.down ? 0 : 1,
       );
       perBackend("tether_backend_inflight", "Requests in flight to the backend", (b) => b.inflight);
+      perBackend("tether_backend_websockets", "WebSockets open to the backend", (b) => b.websockets);
       perBackend("tether_sessions_active", "Distinct sessions seen in the active window (estimate)", (b) =>
         b.sessions.count(Date.now()),
       );

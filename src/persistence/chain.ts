@@ -40,6 +40,8 @@ export interface Member {
   readonly weight: number;
   state: "ready" | "drain" | "maint";
   inflight: number;
+  /** Open WebSockets: they load a backend as requests do. */
+  websockets?: number;
   /** Set while a backend is known to be unreachable. */
   down?: boolean;
 }
@@ -116,7 +118,10 @@ export class PersistenceChain {
     this.bounded = new BoundedLoad(
       this.ring,
       opts.hashBalanceFactor,
-      (id) => this.byId.get(id)?.inflight ?? 0,
+      (id) => {
+        const m = this.byId.get(id);
+        return m ? m.inflight + (m.websockets ?? 0) : 0;
+      },
     );
     this.rules = opts.rules.map((r, i) => {
       const tableFor = (expireMs: number, maxEntries: number) => {

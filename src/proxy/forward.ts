@@ -125,12 +125,7 @@ async function exchange(
       if (e.code === "CLIENT_TIMEOUT") throw e;
       // The client went away (the upstream call rejects with the abort reason): not the backend's fault.
       if (signal.aborted) throw new ProxyError("BAD_REQUEST", "client went away");
-      deps.log.warn("upstream failed", { pool: pool.name, backend: backend.id, code: e.code, attempt });
-      backend.errors++;
-      if (e.code === "CONNECT_FAILED" || e.code === "CONNECT_TIMEOUT")
-        deps.metrics.connectError(pool.name, backend.id);
-      if (e.code === "CONNECT_FAILED" || e.code === "CONNECT_TIMEOUT" || e.code === "RESPONSE_TIMEOUT")
-        deps.health.failed(pool, backend, e.code);
+      upstreamFailed(deps, pool, backend, e, attempt);
       lastError = e;
       if (!retryable(e, request)) break;
       placement = placing.next(placement);
@@ -140,6 +135,22 @@ async function exchange(
     return { backend, response: releaseWhenDone(response, backend), placement };
   }
   throw lastError ?? new ProxyError("NO_BACKEND", `pool ${pool.name}`);
+}
+
+/** A backend failed to answer: logged, counted, and held against it when it is the backend's doing. */
+export function upstreamFailed(
+  deps: ProxyDeps,
+  pool: Pool,
+  backend: Backend,
+  e: ProxyError,
+  attempt: number,
+) {
+  deps.log.warn("upstream failed", { pool: pool.name, backend: backend.id, code: e.code, attempt });
+  backend.errors++;
+  if (e.code === "CONNECT_FAILED" || e.code === "CONNECT_TIMEOUT")
+    deps.metrics.connectError(pool.name, backend.id);
+  if (e.code === "CONNECT_FAILED" || e.code === "CONNECT_TIMEOUT" || e.code === "RESPONSE_TIMEOUT")
+    deps.health.failed(pool, backend, e.code);
 }
 
 /** Builds the client's Response from the backend's, applying persistence effects. */
@@ -198,7 +209,7 @@ function applyEffects(headers: [string, string][], effects: readonly Effect[]): 
   headers.push(...kept, ["cache-control", cc]);
 }
 
-function responseFacts(res: UpstreamResponse, secure: boolean): ResponseFacts {
+export function responseFacts(res: UpstreamResponse, secure: boolean): ResponseFacts {
   const setCookies: string[] = [];
   let location: string | null = null;
   let cacheControl: string | null = null;
@@ -272,7 +283,7 @@ export function unexpected(e: unknown, deps: Pick<ProxyDeps, "log">, info: Reque
 }
 
 /** Counters and metrics for an answered request. */
-function record(deps: ProxyDeps, info: RequestInfo, pool: Pool, backend: Backend, status: number) {
+export function record(deps: ProxyDeps, info: RequestInfo, pool: Pool, backend: Backend, status: number) {
   backend.requests++;
   if (status >= 500) backend.errors++;
   deps.metrics.request(

@@ -1,28 +1,41 @@
 /**
- * WebSocket proxying. The backend connection is opened first, so the backend
- * chooses the subprotocol and a backend that refuses the upgrade answers the
- * client with an error instead of an accepted-then-dropped socket. Frames are
- * relayed as they are; each side pauses the other when its buffer fills.
+ * WebSocket proxying. The backend handshake runs first, on tether's own
+ * HTTP/1.1 client (upstream/ws-client.ts), so the backend chooses the
+ * subprotocol, and a backend that refuses the upgrade (401, 403, 404 ...)
+ * gets its answer to the client as it is: status, headers and body. Only a
+ * connect that failed is tried on the session's next backend.
+ *
+ * An open WebSocket counts on its backend (Backend.websockets, under
+ * maxWebSockets) until either side closes: bounded loads, the admin API and
+ * metrics see it, and it never holds one of the request slots maxConn guards.
+ * Frames are relayed as whole messages; each side pauses the other when its
+ * buffer fills.
  */
-import type { Server, ServerWebSocket, WebSocketHandler } from "bun";
+import type { Server, WebSocketHandler } from "bun";
 import type { ProxyDeps, RequestInfo } from "../contracts.ts";
+import type { Placement } from "../persistence/types.ts";
 import { Placing } from "../pool/placement.ts";
-import type { Pool } from "../pool/pool.ts";
+import type { Backend, Pool } from "../pool/pool.ts";
 import { errorResponse, ProxyError, proxyErrorResponse } from "./errors.ts";
+import { record, responseFacts, toClientResponse, unexpected, upstreamFailed } from "./forward.ts";
 import { backendRequestHeaders } from "./headers.ts";
-import { forwardFacts, poolFor, requestFacts } from "./request-facts.ts";
+import { clientUsesTls, forwardFacts, poolFor, requestFacts } from "./request-facts.ts";
 import { requestTarget } from "./request-target.ts";
-import type { UpstreamTarget } from "./upstream/types.ts";
+import type { AbortLike } from "./upstream/types.ts";
+import {
+  openUpstreamWebSocket,
+  type UpstreamWebSocket,
+  type WebSocketUpgrade,
+} from "./upstream/ws-client.ts";
 
-/** Pause the sending side when the receiving side holds more than this. */
+/** Pause the backend when the client's send buffer holds more than this. */
 const HIGH_WATER_BYTES = 1024 * 1024;
-const BACKPRESSURE_POLL_MS = 5;
 
 export interface WsData {
   kind: "proxy";
-  backend: WebSocket;
-  /** Frames the backend sent before the client side finished its upgrade. */
-  early: (string | ArrayBuffer)[];
+  upstream: UpstreamWebSocket;
+  /** Released when the socket closes, on whichever side closes first. */
+  backend: Backend;
   closed: boolean;
 }
 
@@ -31,7 +44,6 @@ const HANDSHAKE = new Set([
   "sec-websocket-key",
   "sec-websocket-version",
   "sec-websocket-extensions",
-  "sec-websocket-protocol",
   "connection",
   "upgrade",
 ]);
@@ -45,44 +57,58 @@ function sendableCode(code: number | undefined): number {
   return code;
 }
 
-function openBackend(
-  url: string,
-  headers: Record<string, string>,
-  protocols: string[],
-  pool: Pool,
-  tls: UpstreamTarget["tls"],
-) {
-  return new Promise<WebSocket>((resolve, reject) => {
-    // Bun accepts an options object here; the DOM lib's constructor type (protocols only) wins in tsc,
-    // so the object is checked against Bun.WebSocketOptions and then passed through the DOM signature.
-    const ws = new WebSocket(url, {
-      headers,
-      ...(protocols.length ? { protocols } : {}),
-      ...(tls
-        ? {
-            tls: {
-              rejectUnauthorized: tls.verify,
-              ...(tls.ca ? { ca: tls.ca } : {}),
-              ...(tls.serverName ? { serverName: tls.serverName } : {}),
-            },
-          }
-        : {}),
-    } satisfies Bun.WebSocketOptions as unknown as string[]);
-    ws.binaryType = "arraybuffer";
-    const limit = pool.settings.connectTimeoutMs + (pool.settings.responseTimeoutMs || 30_000);
-    const timer = setTimeout(() => {
-      ws.close();
-      reject(new ProxyError("RESPONSE_TIMEOUT", "websocket handshake"));
-    }, limit);
-    ws.onopen = () => {
-      clearTimeout(timer);
-      resolve(ws);
-    };
-    ws.onerror = () => {
-      clearTimeout(timer);
-      reject(new ProxyError("CONNECT_FAILED", "websocket handshake failed"));
-    };
-  });
+/** The socket is gone on both sides: its backend has room for another. */
+function finish(data: WsData): void {
+  if (data.closed) return;
+  data.closed = true;
+  data.backend.closeWebSocket();
+}
+
+interface Handshake {
+  placement: Placement;
+  backend: Backend;
+  upgrade: WebSocketUpgrade;
+}
+
+/**
+ * Opens the backend side, trying the session's next backend when one cannot
+ * be reached or has no room for another WebSocket. The backend is counted
+ * from the first attempt; the caller releases it unless the socket opens.
+ */
+async function handshake(
+  placing: Placing,
+  request: { target: string; headers: [string, string][] },
+  signal: AbortLike,
+  deps: ProxyDeps,
+): Promise<Handshake> {
+  const pool = placing.pool;
+  let placement = placing.start();
+  let lastError: ProxyError | null = null;
+  for (let attempt = 0; placement && attempt <= pool.settings.retries; attempt++) {
+    const backend = placing.backendOf(placement);
+    if (!backend.openWebSocket()) {
+      lastError = new ProxyError("NO_BACKEND", `${backend.id} is at maxWebSockets`);
+      placement = placing.next(placement);
+      continue;
+    }
+    try {
+      const upgrade = await openUpstreamWebSocket(backend.target, request, {
+        connectTimeoutMs: pool.settings.connectTimeoutMs,
+        responseTimeoutMs: pool.settings.responseTimeoutMs || 30_000,
+        signal,
+      });
+      return { placement, backend, upgrade };
+    } catch (e) {
+      backend.closeWebSocket();
+      if (!(e instanceof ProxyError)) throw e;
+      if (signal.aborted) throw new ProxyError("BAD_REQUEST", "client went away");
+      upstreamFailed(deps, pool, backend, e, attempt);
+      lastError = e;
+      if (!e.safeToRetry) break;
+      placement = placing.next(placement);
+    }
+  }
+  throw lastError ?? new ProxyError("NO_BACKEND", `pool ${pool.name}`);
 }
 
 export async function upgradeWebSocket(
@@ -92,62 +118,46 @@ export async function upgradeWebSocket(
   deps: ProxyDeps,
 ): Promise<Response | undefined> {
   const target = requestTarget(req.url);
-  let pool: Pool;
+  let pool: Pool | null = null;
   try {
     pool = poolFor(req, target, info);
-  } catch (e) {
-    return proxyErrorResponse(e as ProxyError);
-  }
-  const protocols = (req.headers.get("sec-websocket-protocol") ?? "")
-    .split(",")
-    .map((p) => p.trim())
-    .filter(Boolean);
-
-  const facts = requestFacts(req, target, info);
-  const headers: Record<string, string> = {};
-  const cookie = facts.cookie === null ? null : pool.chain.backendCookie(facts.cookie);
-  for (const [name, value] of backendRequestHeaders(req.headers, forwardFacts(req, info), false, cookie)) {
-    if (!HANDSHAKE.has(name)) headers[name] = value;
-  }
-  const placing = new Placing(pool, facts, info.listener.name, deps);
-  await placing.prefetch();
-  let placement = placing.start();
-  let tried = 0;
-  for (let attempt = 0; placement && attempt <= pool.settings.retries; attempt++) {
-    const backend = placing.backendOf(placement);
-    tried++;
-    const t = backend.target;
-    const host = t.hostname.includes(":") ? `[${t.hostname}]` : t.hostname;
-    const url = `${t.tls ? "wss" : "ws"}://${host}:${t.port}${target}`;
-    let ws: WebSocket;
-    try {
-      ws = await openBackend(url, headers, protocols, pool, t.tls);
-    } catch (e) {
-      deps.log.warn("websocket upstream failed", {
-        pool: pool.name,
-        backend: backend.id,
-        code: (e as ProxyError).code,
-      });
-      placement = placing.next(placement);
-      continue;
+    const facts = requestFacts(req, target, info);
+    const fwd = forwardFacts(req, info);
+    const cookie = facts.cookie === null ? null : pool.chain.backendCookie(facts.cookie);
+    const headers = backendRequestHeaders(req.headers, fwd, false, cookie).filter(
+      ([name]) => !HANDSHAKE.has(name),
+    );
+    const placing = new Placing(pool, facts, info.listener.name, deps);
+    if (deps.cluster) await placing.prefetch();
+    const { placement, backend, upgrade } = await handshake(
+      placing,
+      { target, headers },
+      info.signal ?? req.signal,
+      deps,
+    );
+    const status = upgrade.kind === "open" ? 101 : upgrade.response.status;
+    deps.health.answered(pool, backend, status);
+    placing.settle(placement);
+    record(deps, info, pool, backend, status);
+    const secure = clientUsesTls(req, fwd);
+    if (upgrade.kind === "refused") {
+      backend.closeWebSocket();
+      const effects = pool.chain.remember(facts, placement, responseFacts(upgrade.response, secure));
+      return toClientResponse(upgrade.response, req.method, effects, info.responded);
     }
-    const data: WsData = { kind: "proxy", backend: ws, early: [], closed: false };
-    ws.onmessage = (ev) => data.early.push(ev.data as string | ArrayBuffer);
-    const upgradeHeaders = new Headers(ws.protocol ? { "sec-websocket-protocol": ws.protocol } : {});
-    const noResponse = {
-      setCookies: [],
-      location: null,
-      cacheControl: null,
-      secure: info.listener.protocol === "https",
-    };
+    const noResponse = { setCookies: [], location: null, cacheControl: null, secure };
+    const upgradeHeaders = new Headers(
+      upgrade.protocol ? { "sec-websocket-protocol": upgrade.protocol } : {},
+    );
     for (const e of pool.chain.remember(facts, placement, noResponse)) {
       if (e.kind === "set-cookie") upgradeHeaders.append("set-cookie", e.header);
     }
+    const data: WsData = { kind: "proxy", upstream: upgrade.connection, backend, closed: false };
     if (!server.upgrade(req, { data, headers: upgradeHeaders })) {
-      ws.close(1011, "client upgrade failed");
+      upgrade.connection.abort();
+      finish(data);
       return errorResponse(400, "The WebSocket upgrade request is malformed.");
     }
-    placing.settle(placement);
     if (info.runtime.config.accessLog) {
       deps.log.info("websocket", {
         listener: info.listener.name,
@@ -157,60 +167,53 @@ export async function upgradeWebSocket(
       });
     }
     return undefined;
+  } catch (e) {
+    const err = e instanceof ProxyError ? e : unexpected(e, deps, info);
+    deps.metrics.request(
+      info.listener.name,
+      pool?.name ?? "",
+      "",
+      err.status,
+      (performance.now() - info.startedAt) / 1000,
+    );
+    return proxyErrorResponse(err);
   }
-  return proxyErrorResponse(new ProxyError(tried ? "CONNECT_FAILED" : "NO_BACKEND"));
 }
 
-/** Relays frames between the client socket and its backend socket. */
+/** Relays messages between the client socket and its backend connection. */
 export const websocketHandler: WebSocketHandler<WsData> = {
   open(client) {
-    const { backend } = client.data;
-    const forward = (payload: string | ArrayBuffer) => {
-      client.send(payload);
-      // The client is slow: stop reading the backend until drain().
-      if (client.getBufferedAmount() > HIGH_WATER_BYTES) backend.pause();
+    const data = client.data;
+    const upstream = data.upstream;
+    const relayed = (sent: number) => {
+      // The client is slow (or gone): stop reading the backend until drain().
+      if (sent === -1 || client.getBufferedAmount() > HIGH_WATER_BYTES) upstream.pause();
     };
-    for (const frame of client.data.early) forward(frame);
-    client.data.early = [];
-    backend.onmessage = (ev) => forward(ev.data as string | ArrayBuffer);
-    backend.onclose = (ev) => {
-      if (client.data.closed) return;
-      client.data.closed = true;
-      client.close(sendableCode(ev.code), ev.reason);
-    };
-    backend.onerror = () => {
-      if (client.data.closed) return;
-      client.data.closed = true;
-      client.close(1011, "backend error");
-    };
-    if (backend.readyState !== WebSocket.OPEN) {
-      client.data.closed = true;
-      client.close(1011, "backend closed");
-    }
+    upstream.start({
+      text: (text) => relayed(client.sendText(text)),
+      binary: (bytes) => relayed(client.sendBinary(bytes)),
+      close(code, reason, error) {
+        if (data.closed) return;
+        finish(data);
+        client.close(error ? 1011 : sendableCode(code), error ? "backend error" : reason);
+      },
+      // The backend has room again: read the client again.
+      drain: () => {
+        if (!data.closed) client.resume();
+      },
+    });
   },
   message(client, message) {
-    const { backend } = client.data;
-    if (backend.readyState !== WebSocket.OPEN) return;
-    backend.send(message);
-    if (backend.bufferedAmount > HIGH_WATER_BYTES) pauseUntilDrained(client, backend);
+    const { upstream } = client.data;
+    const room = typeof message === "string" ? upstream.sendText(message) : upstream.sendBinary(message);
+    if (!room) client.pause();
   },
   drain(client) {
-    client.data.backend.resume();
+    client.data.upstream.resume();
   },
   close(client, code, reason) {
     if (client.data.closed) return;
-    client.data.closed = true;
-    client.data.backend.close(sendableCode(code), reason);
+    finish(client.data);
+    client.data.upstream.close(sendableCode(code), reason);
   },
 };
-
-/** The client WebSocket API has no drain event, so poll bufferedAmount while the client is paused. */
-function pauseUntilDrained(client: ServerWebSocket<WsData>, backend: WebSocket) {
-  client.pause();
-  const timer = setInterval(() => {
-    if (backend.readyState !== WebSocket.OPEN || backend.bufferedAmount < HIGH_WATER_BYTES / 2) {
-      clearInterval(timer);
-      if (!client.data.closed) client.resume();
-    }
-  }, BACKPRESSURE_POLL_MS);
-}
