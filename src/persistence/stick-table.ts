@@ -28,6 +28,7 @@ export class StickTable {
   onLearn: LearnHook | null = null;
   /** Identifies the secret without revealing it: entries saved under another secret are useless. */
   readonly fingerprint: string;
+  private readonly lifeSec: number;
 
   constructor(
     private readonly secret: Buffer,
@@ -39,6 +40,7 @@ export class StickTable {
       .update(secret)
       .digest("hex")
       .slice(0, 16);
+    this.lifeSec = Math.ceil(expireMs / 1000);
   }
 
   /** The table key of a session ID. */
@@ -63,8 +65,8 @@ export class StickTable {
       return null;
     }
     const backendId = this.ids[v % MAX_BACKENDS] as string;
-    const lifeSec = Math.ceil(this.expireMs / 1000);
-    const renewed = this.put(key, backendId, nowSec);
+    const lifeSec = this.lifeSec;
+    const renewed = this.put(key, backendId, nowSec + lifeSec);
     // Other copies of the table expire on their own clocks: re-announce a busy entry once a
     // quarter of its life has passed, so a long session never expires elsewhere.
     if (this.onLearn && expiresAtSec - nowSec < lifeSec * 0.75) this.onLearn(key, backendId, renewed);
@@ -73,14 +75,21 @@ export class StickTable {
 
   set(sessionId: string, backendId: string, nowSec: number): void {
     const key = this.keyOf(sessionId);
-    const expiresAtSec = this.put(key, backendId, nowSec);
+    const expiresAtSec = this.put(key, backendId, nowSec + this.lifeSec);
     this.onLearn?.(key, backendId, expiresAtSec);
   }
 
-  /** Applies an entry learned elsewhere (another thread, a snapshot, Redis); expired ones are skipped. */
+  /**
+   * Applies an entry learned elsewhere (another thread, a snapshot, Redis);
+   * expired ones are skipped. Its expiry is bounded by this table's own life
+   * from now: whole seconds, never later than a local entry would live, so
+   * the packed value stays an exact integer and the entry names the backend
+   * it was sent with.
+   */
   putHashed(key: number, backendId: string, expiresAtSec: number, nowSec: number): void {
-    if (expiresAtSec <= nowSec) return;
-    this.put(key, backendId, expiresAtSec - Math.ceil(this.expireMs / 1000));
+    if (!Number.isFinite(expiresAtSec)) return;
+    const bounded = Math.min(Math.floor(expiresAtSec), nowSec + this.lifeSec);
+    if (bounded > nowSec) this.put(key, backendId, bounded);
   }
 
   /** The backend of a hashed key, without touching recency (Redis lookups, tests). */
@@ -101,14 +110,13 @@ export class StickTable {
   }
 
   /** Stores an entry as most recently used; returns its expiry. */
-  private put(key: number, backendId: string, nowSec: number): number {
+  private put(key: number, backendId: string, expiresAtSec: number): number {
     let i = this.index.get(backendId);
     if (i === undefined) {
       i = this.ids.length % MAX_BACKENDS;
       this.ids[i] = backendId;
       this.index.set(backendId, i);
     }
-    const expiresAtSec = nowSec + Math.ceil(this.expireMs / 1000);
     this.map.delete(key);
     this.map.set(key, expiresAtSec * MAX_BACKENDS + i);
     if (this.map.size > this.maxEntries) {
