@@ -167,6 +167,31 @@ describe("cookie insert", () => {
     });
   }
 
+  test("a session re-pinned after failover keeps its issue time: maxLifeMs counts from the first cookie", () => {
+    const r = make({ maxLifeMs: 10_000 });
+    const cookie = issuedInsertCookie(r); // issued at NOW, on b2
+    const later = facts({ cookie, nowSec: NOW + 6 });
+    const d = r.decide(later);
+    expect(d).toMatchObject({ kind: "pinned", backendId: "b2" });
+    const moved: Placement = {
+      backendId: "b3",
+      rule: "cookie-insert",
+      outcome: "repinned",
+      sessionKey: d.kind === "pinned" ? (d.session?.sessionKey ?? null) : null,
+      decisions: [d],
+    };
+    const sc = r.remember?.(later, moved, d, noResponse).find((e) => e.kind === "set-cookie");
+    const reissued = sc?.kind === "set-cookie" ? (sc.header.split(";")[0] as string) : "";
+    expect(r.decide(facts({ cookie: reissued, nowSec: NOW + 9 }))).toMatchObject({
+      kind: "pinned",
+      backendId: "b3",
+    });
+    expect(r.decide(facts({ cookie: reissued, nowSec: NOW + 11 }))).toMatchObject({
+      kind: "none",
+      rejected: "expired",
+    });
+  });
+
   test("a token naming a backend that no longer exists is rejected as unknown-backend", () => {
     const old = make();
     const cookie = issuedInsertCookie(old);
