@@ -16,8 +16,7 @@
 import type { Socket, SocketHandler } from "bun";
 import type { ResolvedListener } from "../config/load.ts";
 import type { PlaceResult } from "../persistence/chain.ts";
-import { TlsSessionRule } from "../persistence/tls-session.ts";
-import type { Placement, RequestFacts } from "../persistence/types.ts";
+import type { Placement, RequestFacts, ServerHelloLearner } from "../persistence/types.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
 import { type ProxyDeps, place, prefetchLearned, type RequestInfo } from "../proxy/forward.ts";
 import { normalizeIp } from "../proxy/trusted-proxies.ts";
@@ -133,7 +132,7 @@ export class Tunnel {
   /** The backend counted in its inflight while the relay runs. */
   private counted: Backend | null = null;
   /** Set while the backend's first flight is being read for its ServerHello. */
-  private learnRule: TlsSessionRule | null = null;
+  private learnRule: ServerHelloLearner | null = null;
   private serverBytes: Bytes | null = null;
   private clientSessionId = "";
   private finished = false;
@@ -206,9 +205,9 @@ export class Tunnel {
     backend.requests++;
     this.counted = backend;
     this.auditPlacement(pool, leg.placement);
-    const rule = pool.chain.rules.find((r) => r instanceof TlsSessionRule);
-    if (rule instanceof TlsSessionRule) {
-      this.learnRule = rule;
+    const learner = pool.chain.serverHelloLearner();
+    if (learner) {
+      this.learnRule = learner;
       this.serverBytes = new Bytes();
     }
     const side = this.relay.backend;

@@ -31,6 +31,7 @@ import type {
   ResponseFacts,
   Rule,
   RuleName,
+  ServerHelloLearner,
 } from "./types.ts";
 import { UrlRule } from "./url.ts";
 
@@ -104,6 +105,7 @@ export class PersistenceChain {
   private readonly ring: HashRing;
   private readonly bounded: BoundedLoad;
   private readonly byId = new Map<string, Member>();
+  private readonly helloLearner: ServerHelloLearner | null;
 
   constructor(
     readonly members: readonly Member[],
@@ -131,6 +133,13 @@ export class PersistenceChain {
       };
       return buildRule(r, opts, ids, tableFor);
     });
+    const hello = this.rules.find((r) => r.learnServerHello);
+    this.helloLearner = hello?.learnServerHello ? { learn: hello.learnServerHello.bind(hello) } : null;
+  }
+
+  /** What a passthrough tunnel tells about the backend's ServerHello, or null when no rule learns from it. */
+  serverHelloLearner(): ServerHelloLearner | null {
+    return this.helloLearner;
   }
 
   private eligibleNew = (id: string) => {
@@ -225,8 +234,7 @@ export class PersistenceChain {
   missingKeys(req: RequestFacts): { table: string; key: number }[] {
     const out: { table: string; key: number }[] = [];
     this.rules.forEach((rule, i) => {
-      if (!(rule instanceof CookieLearnRule || rule instanceof UrlRule || rule instanceof TlsSessionRule))
-        return;
+      if (!rule.table || !rule.lookupKey) return;
       const key = rule.lookupKey(req);
       if (key === null || rule.table.peekHashed(key, req.nowSec)) return;
       out.push({ table: `${i}:${this.ruleTypes[i]}`, key });
@@ -257,7 +265,6 @@ export class PersistenceChain {
   }
 
   private learn(ruleIndex: number, key: string, backendId: string, nowSec: number) {
-    const rule = this.rules[ruleIndex];
-    if (rule instanceof CookieLearnRule || rule instanceof UrlRule) rule.table.set(key, backendId, nowSec);
+    this.rules[ruleIndex]?.table?.set(key, backendId, nowSec);
   }
 }
