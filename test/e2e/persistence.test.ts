@@ -4,6 +4,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { createAudit } from "../../src/audit.ts";
 import type { ConfigInput } from "../../src/config/schema.ts";
+import { PersistenceChain } from "../../src/persistence/chain.ts";
 import { startTether } from "../../src/server/app.ts";
 import { backend, rawBackend, rawRequest, type TestBackend } from "../support/backends.ts";
 import { memoryLogger, type Running, config as resolve, startInProcess } from "../support/tether.ts";
@@ -262,6 +263,60 @@ describe("url session IDs", () => {
       expect(q.size).toBe(1);
       expect(p.size).toBe(1);
     }
+  });
+
+  test("with maxEntries 50, sessions issued by Set-Cookie and Location still reach their owners after 500 made-up ids", async () => {
+    const names = ["b1", "b2", "b3"];
+    // The ring alone, to issue only IDs it would place elsewhere: reaching the owner proves the learned entry.
+    const ring = new PersistenceChain(
+      names.map((id) => ({ id, weight: 1, state: "ready" as const, inflight: 0 })),
+      {
+        pool: "app",
+        rules: [{ type: "url", param: "sid", expireMs: 60_000, maxEntries: 1 }],
+        keys: [Buffer.from(KEY, "base64")],
+        hashBalanceFactor: 1.25,
+      },
+    );
+    const byRing = (sid: string) =>
+      ring.place({ cookie: null, target: `/?sid=${sid}`, clientIp: "", headers: new Headers(), nowSec: 0 })
+        ?.placement.backendId;
+    let issued = 0;
+    const b = names.map((name) =>
+      backend(name, (req) => {
+        const url = new URL(req.url);
+        const headers = new Headers({ "x-backend": name });
+        if (url.pathname !== "/login") return new Response(name, { headers });
+        let sid = `${name}-${issued++}`;
+        while (byRing(sid) === name) sid = `${name}-${issued++}`;
+        if (url.searchParams.get("via") === "location") {
+          headers.set("location", `/home?sid=${sid}`);
+          return new Response(null, { status: 302, headers });
+        }
+        headers.append("set-cookie", `sid=${sid}; Path=/`);
+        return new Response(name, { headers });
+      }),
+    );
+    const t = using(b, start(b, [{ type: "url", param: "sid", maxEntries: 50 }]));
+    const sessions: { sid: string; owner: string }[] = [];
+    for (const via of ["cookie", "location", "cookie", "location", "cookie"]) {
+      const res = await fetch(`${t.url()}/login?via=${via}`, { redirect: "manual" });
+      const from = via === "cookie" ? res.headers.getSetCookie()[0] : res.headers.get("location");
+      const sid = /sid=([^;&]+)/.exec(from ?? "")?.[1] as string;
+      sessions.push({ sid, owner: served(res) as string });
+    }
+    const reached = async () =>
+      Promise.all(
+        sessions.map(async (s) => `${s.sid} → ${served(await fetch(`${t.url()}/cart?sid=${s.sid}`))}`),
+      );
+    const owners = sessions.map((s) => `${s.sid} → ${s.owner}`);
+    expect(await reached()).toEqual(owners);
+    for (let i = 0; i < 500; i += 50)
+      await Promise.all(
+        Array.from({ length: 50 }, () =>
+          fetch(`${t.url()}/cart?sid=${crypto.randomUUID()}`).then((r) => r.text()),
+        ),
+      );
+    expect(await reached()).toEqual(owners);
   });
 });
 
