@@ -229,14 +229,17 @@ export class PersistenceChain {
 
   /**
    * Learned-table keys this request would look up that the local tables do
-   * not hold: what a cluster lookup should fetch before the decision.
+   * not hold, and that were not just looked up in vain: what a cluster lookup
+   * should fetch before the decision. A lookup that finds nothing is reported
+   * with the table's noteMiss.
    */
   missingKeys(req: RequestFacts): { table: string; key: number }[] {
     const out: { table: string; key: number }[] = [];
     this.rules.forEach((rule, i) => {
       if (!rule.table || !rule.lookupKey) return;
       const key = rule.lookupKey(req);
-      if (key === null || rule.table.peekHashed(key, req.nowSec)) return;
+      const table = rule.table;
+      if (key === null || table.peekHashed(key, req.nowSec) || table.missedRecently(key, req.nowSec)) return;
       out.push({ table: `${i}:${this.ruleTypes[i]}`, key });
     });
     return out;

@@ -11,6 +11,14 @@
  * entry (delete + set) keeps the least recently used first for eviction.
  */
 const MAX_BACKENDS = 4096;
+/**
+ * Keys just looked up elsewhere (Redis) and not found are not asked for again
+ * for this long, and at most this many are remembered: a session ID a client
+ * repeats costs one lookup, not one per request. An entry another instance
+ * learns meanwhile still arrives by publication.
+ */
+const MISS_TTL_SEC = 10;
+const MAX_MISSES = 4096;
 
 export interface StickEntry {
   backendId: string;
@@ -24,6 +32,8 @@ export class StickTable {
   private readonly map = new Map<number, number>();
   private readonly ids: string[] = [];
   private readonly index = new Map<string, number>();
+  /** Recent misses elsewhere: key → the second it may be looked up again. Oldest first. */
+  private readonly misses = new Map<number, number>();
   /** Set by the state hub when entries must leave this thread. */
   onLearn: LearnHook | null = null;
   /** Identifies the secret without revealing it: entries saved under another secret are useless. */
@@ -101,6 +111,25 @@ export class StickTable {
     return { backendId: this.ids[v % MAX_BACKENDS] as string, expiresAtSec };
   }
 
+  /** Records that a lookup elsewhere found no entry for `key`. */
+  noteMiss(key: number, nowSec: number): void {
+    this.misses.delete(key);
+    this.misses.set(key, nowSec + MISS_TTL_SEC);
+    if (this.misses.size > MAX_MISSES) {
+      const oldest = this.misses.keys().next();
+      if (!oldest.done) this.misses.delete(oldest.value);
+    }
+  }
+
+  /** True while a recent lookup elsewhere for `key` found nothing. */
+  missedRecently(key: number, nowSec: number): boolean {
+    const until = this.misses.get(key);
+    if (until === undefined) return false;
+    if (until > nowSec) return true;
+    this.misses.delete(key);
+    return false;
+  }
+
   /** Live entries, least recently used first: [key, backendId, expiresAtSec]. */
   *entries(nowSec: number): Generator<[number, string, number]> {
     for (const [key, v] of this.map) {
@@ -119,6 +148,7 @@ export class StickTable {
     }
     this.map.delete(key);
     this.map.set(key, expiresAtSec * MAX_BACKENDS + i);
+    if (this.misses.size > 0) this.misses.delete(key);
     if (this.map.size > this.maxEntries) {
       const oldest = this.map.keys().next();
       if (!oldest.done) this.map.delete(oldest.value);

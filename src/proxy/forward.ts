@@ -56,6 +56,7 @@ export async function prefetchLearned(pool: Pool, facts: RequestFacts, deps: Pro
       const hit = await cluster.lookup(pool.name, table, key);
       if (hit && pool.get(hit.backendId))
         pool.chain.tables.get(table)?.putHashed(key, hit.backendId, hit.expiresAtSec, facts.nowSec);
+      else pool.chain.tables.get(table)?.noteMiss(key, facts.nowSec);
     }),
   );
 }

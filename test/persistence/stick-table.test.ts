@@ -61,3 +61,33 @@ describe("entries learned elsewhere", () => {
     });
   }
 });
+
+describe("misses elsewhere", () => {
+  test("a key looked up in vain is not asked for again for a few seconds, then it is", () => {
+    const t = table();
+    const key = t.keyOf("unknown");
+    expect(t.missedRecently(key, NOW)).toBe(false);
+    t.noteMiss(key, NOW);
+    expect(t.missedRecently(key, NOW)).toBe(true);
+    expect(t.missedRecently(key, NOW + 9)).toBe(true);
+    expect(t.missedRecently(key, NOW + 10)).toBe(false);
+  });
+
+  test("an entry that arrives for a missed key ends the miss", () => {
+    const t = table();
+    const key = t.keyOf("late");
+    t.noteMiss(key, NOW);
+    t.putHashed(key, "b1", NOW + 30, NOW);
+    expect(t.missedRecently(key, NOW)).toBe(false);
+  });
+
+  test("misses are bounded: past 4096 the oldest is forgotten, and learned entries are untouched", () => {
+    const t = table(10);
+    t.set("learned", "b1", NOW);
+    const keys = Array.from({ length: 5000 }, (_, i) => t.keyOf(`made-up-${i}`));
+    for (const k of keys) t.noteMiss(k, NOW);
+    expect(t.missedRecently(keys[0] as number, NOW)).toBe(false);
+    expect(t.missedRecently(keys[4999] as number, NOW)).toBe(true);
+    expect(t.get("learned", NOW)?.backendId).toBe("b1");
+  });
+});

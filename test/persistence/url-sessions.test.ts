@@ -78,6 +78,20 @@ describe("url rule: learned sessions and made-up IDs", () => {
     expect(request(c, "/?sid=made-up")).toBe(home);
   });
 
+  test("an ID just looked up elsewhere in vain is not looked up again; a learned one needs no lookup", () => {
+    const c = chainOf(members());
+    const [table] = c.tables.keys();
+    const f = facts("/?sid=unknown");
+    const missing = c.missingKeys(f);
+    expect(missing).toEqual([
+      { table: table as string, key: c.tables.get(table as string)?.keyOf("unknown") as number },
+    ]);
+    c.tables.get(table as string)?.noteMiss((missing[0] as { key: number }).key, NOW);
+    expect(c.missingKeys(f)).toEqual([]);
+    const [s] = learnSessions(c, 1);
+    expect(c.missingKeys(facts(`/?sid=${s?.sid}`))).toEqual([]);
+  });
+
   test("IDs in a backend's Set-Cookie and Location are learned", () => {
     const c = chainOf(members());
     const table = [...c.tables.values()][0];
