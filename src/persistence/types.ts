@@ -1,10 +1,10 @@
-import type { StickTable } from "./stick-table.ts";
-
 /**
  * The persistence engine's vocabulary. Rules are pure: they read request
  * facts and return a decision, and read response facts and return effects.
  * One place (chain.ts and the forwarder) applies the effects.
  */
+import type { StickTable } from "./stick-table.ts";
+
 export type RuleName =
   | "cookie-insert"
   | "cookie-prefix"
