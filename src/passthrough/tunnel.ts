@@ -16,8 +16,7 @@
 import type { Socket, SocketHandler } from "bun";
 import type { ResolvedListener } from "../config/load.ts";
 import type { ProxyDeps, Runtime } from "../contracts.ts";
-import { TlsSessionRule } from "../persistence/tls-session.ts";
-import type { Placement, RequestFacts } from "../persistence/types.ts";
+import type { Placement, RequestFacts, ServerHelloLearner } from "../persistence/types.ts";
 import { Placing } from "../pool/placement.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
 import { normalizeIp } from "../proxy/trusted-proxies.ts";
@@ -130,7 +129,7 @@ export class Tunnel {
   /** The backend counted in its inflight while the relay runs. */
   private counted: Backend | null = null;
   /** Set while the backend's first flight is being read for its ServerHello. */
-  private learnRule: TlsSessionRule | null = null;
+  private learnRule: ServerHelloLearner | null = null;
   private serverBytes: Bytes | null = null;
   private clientSessionId = "";
   private finished = false;
@@ -203,9 +202,9 @@ export class Tunnel {
     backend.requests++;
     this.counted = backend;
     this.placing?.settle(leg.placement);
-    const rule = pool.chain.rules.find((r) => r instanceof TlsSessionRule);
-    if (rule instanceof TlsSessionRule) {
-      this.learnRule = rule;
+    const learner = pool.chain.serverHelloLearner();
+    if (learner) {
+      this.learnRule = learner;
       this.serverBytes = new Bytes();
     }
     const side = this.relay.backend;

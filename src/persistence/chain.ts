@@ -31,6 +31,7 @@ import type {
   ResponseFacts,
   Rule,
   RuleName,
+  ServerHelloLearner,
 } from "./types.ts";
 import { UrlRule } from "./url.ts";
 
@@ -106,6 +107,7 @@ export class PersistenceChain {
   private readonly ring: HashRing;
   private readonly bounded: BoundedLoad;
   private readonly byId = new Map<string, Member>();
+  private readonly helloLearner: ServerHelloLearner | null;
 
   constructor(
     readonly members: readonly Member[],
@@ -115,14 +117,10 @@ export class PersistenceChain {
     this.ruleTypes = opts.rules.map((r) => r.type);
     const ids = members.map((m) => m.id);
     this.ring = new HashRing(members.map((m) => ({ id: m.id, weight: m.weight })));
-    this.bounded = new BoundedLoad(
-      this.ring,
-      opts.hashBalanceFactor,
-      (id) => {
-        const m = this.byId.get(id);
-        return m ? m.inflight + (m.websockets ?? 0) : 0;
-      },
-    );
+    this.bounded = new BoundedLoad(this.ring, opts.hashBalanceFactor, (id) => {
+      const m = this.byId.get(id);
+      return m ? m.inflight + (m.websockets ?? 0) : 0;
+    });
     this.rules = opts.rules.map((r, i) => {
       const tableFor = (expireMs: number, maxEntries: number) => {
         const key = `${i}:${r.type}`;
@@ -136,6 +134,13 @@ export class PersistenceChain {
       };
       return buildRule(r, opts, ids, tableFor);
     });
+    const hello = this.rules.find((r) => r.learnServerHello);
+    this.helloLearner = hello?.learnServerHello ? { learn: hello.learnServerHello.bind(hello) } : null;
+  }
+
+  /** What a passthrough tunnel tells about the backend's ServerHello, or null when no rule learns from it. */
+  serverHelloLearner(): ServerHelloLearner | null {
+    return this.helloLearner;
   }
 
   private eligibleNew = (id: string) => {
@@ -225,15 +230,17 @@ export class PersistenceChain {
 
   /**
    * Learned-table keys this request would look up that the local tables do
-   * not hold: what a cluster lookup should fetch before the decision.
+   * not hold, and that were not just looked up in vain: what a cluster lookup
+   * should fetch before the decision. A lookup that finds nothing is reported
+   * with the table's noteMiss.
    */
   missingKeys(req: RequestFacts): { table: string; key: number }[] {
     const out: { table: string; key: number }[] = [];
     this.rules.forEach((rule, i) => {
-      if (!(rule instanceof CookieLearnRule || rule instanceof UrlRule || rule instanceof TlsSessionRule))
-        return;
+      if (!rule.table || !rule.lookupKey) return;
       const key = rule.lookupKey(req);
-      if (key === null || rule.table.peekHashed(key, req.nowSec)) return;
+      const table = rule.table;
+      if (key === null || table.peekHashed(key, req.nowSec) || table.missedRecently(key, req.nowSec)) return;
       out.push({ table: `${i}:${this.ruleTypes[i]}`, key });
     });
     return out;
@@ -262,7 +269,6 @@ export class PersistenceChain {
   }
 
   private learn(ruleIndex: number, key: string, backendId: string, nowSec: number) {
-    const rule = this.rules[ruleIndex];
-    if (rule instanceof CookieLearnRule || rule instanceof UrlRule) rule.table.set(key, backendId, nowSec);
+    this.rules[ruleIndex]?.table?.set(key, backendId, nowSec);
   }
 }

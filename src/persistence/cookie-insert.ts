@@ -98,7 +98,9 @@ export class CookieInsertRule implements Rule {
     if (hitHere && own.kind === "pinned" && !own.refresh) return [];
     const prior = own.kind === "pinned" ? own.session : undefined;
     const sessionKey = placement.sessionKey ?? prior?.sessionKey ?? newSessionKey();
-    const issuedAt = hitHere && prior ? prior.issuedAt : req.nowSec;
+    // A valid session keeps its issue time wherever it is re-issued (a refresh, a re-pin after
+    // failover), so maxLifeMs counts from its first cookie.
+    const issuedAt = prior && sessionKey === prior.sessionKey ? prior.issuedAt : req.nowSec;
     const token = this.sealer.seal({
       sessionKey,
       backendKey: backendKey(placement.backendId),

@@ -11,6 +11,14 @@
  * entry (delete + set) keeps the least recently used first for eviction.
  */
 const MAX_BACKENDS = 4096;
+/**
+ * Keys just looked up elsewhere (Redis) and not found are not asked for again
+ * for this long, and at most this many are remembered: a session ID a client
+ * repeats costs one lookup, not one per request. An entry another instance
+ * learns meanwhile still arrives by publication.
+ */
+const MISS_TTL_SEC = 10;
+const MAX_MISSES = 4096;
 
 export interface StickEntry {
   backendId: string;
@@ -24,10 +32,13 @@ export class StickTable {
   private readonly map = new Map<number, number>();
   private readonly ids: string[] = [];
   private readonly index = new Map<string, number>();
+  /** Recent misses elsewhere: key → the second it may be looked up again. Oldest first. */
+  private readonly misses = new Map<number, number>();
   /** Set by the state hub when entries must leave this thread. */
   onLearn: LearnHook | null = null;
   /** Identifies the secret without revealing it: entries saved under another secret are useless. */
   readonly fingerprint: string;
+  private readonly lifeSec: number;
 
   constructor(
     private readonly secret: Buffer,
@@ -39,6 +50,7 @@ export class StickTable {
       .update(secret)
       .digest("hex")
       .slice(0, 16);
+    this.lifeSec = Math.ceil(expireMs / 1000);
   }
 
   /** The table key of a session ID. */
@@ -63,8 +75,8 @@ export class StickTable {
       return null;
     }
     const backendId = this.ids[v % MAX_BACKENDS] as string;
-    const lifeSec = Math.ceil(this.expireMs / 1000);
-    const renewed = this.put(key, backendId, nowSec);
+    const lifeSec = this.lifeSec;
+    const renewed = this.put(key, backendId, nowSec + lifeSec);
     // Other copies of the table expire on their own clocks: re-announce a busy entry once a
     // quarter of its life has passed, so a long session never expires elsewhere.
     if (this.onLearn && expiresAtSec - nowSec < lifeSec * 0.75) this.onLearn(key, backendId, renewed);
@@ -73,14 +85,21 @@ export class StickTable {
 
   set(sessionId: string, backendId: string, nowSec: number): void {
     const key = this.keyOf(sessionId);
-    const expiresAtSec = this.put(key, backendId, nowSec);
+    const expiresAtSec = this.put(key, backendId, nowSec + this.lifeSec);
     this.onLearn?.(key, backendId, expiresAtSec);
   }
 
-  /** Applies an entry learned elsewhere (another thread, a snapshot, Redis); expired ones are skipped. */
+  /**
+   * Applies an entry learned elsewhere (another thread, a snapshot, Redis);
+   * expired ones are skipped. Its expiry is bounded by this table's own life
+   * from now: whole seconds, never later than a local entry would live, so
+   * the packed value stays an exact integer and the entry names the backend
+   * it was sent with.
+   */
   putHashed(key: number, backendId: string, expiresAtSec: number, nowSec: number): void {
-    if (expiresAtSec <= nowSec) return;
-    this.put(key, backendId, expiresAtSec - Math.ceil(this.expireMs / 1000));
+    if (!Number.isFinite(expiresAtSec)) return;
+    const bounded = Math.min(Math.floor(expiresAtSec), nowSec + this.lifeSec);
+    if (bounded > nowSec) this.put(key, backendId, bounded);
   }
 
   /** The backend of a hashed key, without touching recency (Redis lookups, tests). */
@@ -92,6 +111,25 @@ export class StickTable {
     return { backendId: this.ids[v % MAX_BACKENDS] as string, expiresAtSec };
   }
 
+  /** Records that a lookup elsewhere found no entry for `key`. */
+  noteMiss(key: number, nowSec: number): void {
+    this.misses.delete(key);
+    this.misses.set(key, nowSec + MISS_TTL_SEC);
+    if (this.misses.size > MAX_MISSES) {
+      const oldest = this.misses.keys().next();
+      if (!oldest.done) this.misses.delete(oldest.value);
+    }
+  }
+
+  /** True while a recent lookup elsewhere for `key` found nothing. */
+  missedRecently(key: number, nowSec: number): boolean {
+    const until = this.misses.get(key);
+    if (until === undefined) return false;
+    if (until > nowSec) return true;
+    this.misses.delete(key);
+    return false;
+  }
+
   /** Live entries, least recently used first: [key, backendId, expiresAtSec]. */
   *entries(nowSec: number): Generator<[number, string, number]> {
     for (const [key, v] of this.map) {
@@ -101,16 +139,16 @@ export class StickTable {
   }
 
   /** Stores an entry as most recently used; returns its expiry. */
-  private put(key: number, backendId: string, nowSec: number): number {
+  private put(key: number, backendId: string, expiresAtSec: number): number {
     let i = this.index.get(backendId);
     if (i === undefined) {
       i = this.ids.length % MAX_BACKENDS;
       this.ids[i] = backendId;
       this.index.set(backendId, i);
     }
-    const expiresAtSec = nowSec + Math.ceil(this.expireMs / 1000);
     this.map.delete(key);
     this.map.set(key, expiresAtSec * MAX_BACKENDS + i);
+    if (this.misses.size > 0) this.misses.delete(key);
     if (this.map.size > this.maxEntries) {
       const oldest = this.map.keys().next();
       if (!oldest.done) this.map.delete(oldest.value);

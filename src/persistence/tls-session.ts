@@ -28,7 +28,7 @@ export class TlsSessionRule implements Rule {
   }
 
   /** Called with the session ID a backend's ServerHello issued or echoed. */
-  learn(sessionId: string, backendId: string, nowSec: number): void {
+  learnServerHello(sessionId: string, backendId: string, nowSec: number): void {
     if (sessionId) this.table.set(sessionId, backendId, nowSec);
   }
 }

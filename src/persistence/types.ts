@@ -3,6 +3,8 @@
  * facts and return a decision, and read response facts and return effects.
  * One place (chain.ts and the forwarder) applies the effects.
  */
+import type { StickTable } from "./stick-table.ts";
+
 export type RuleName =
   | "cookie-insert"
   | "cookie-prefix"
@@ -73,6 +75,12 @@ export type Effect =
   | { kind: "learn"; rule: RuleName; key: string; backendId: string }
   | { kind: "cache-private" };
 
+/** Learns TLS session IDs from backends' ServerHellos (passthrough listeners). */
+export interface ServerHelloLearner {
+  /** Called with the session ID a backend's ServerHello issued or echoed. */
+  learn(sessionId: string, backendId: string, nowSec: number): void;
+}
+
 export interface Rule {
   readonly name: RuleName;
   decide(req: RequestFacts): Decision;
@@ -80,4 +88,13 @@ export interface Rule {
   backendCookie?(cookie: string): string;
   /** Effects once the backend answered. */
   remember?(req: RequestFacts, placement: Placement, own: Decision, res: ResponseFacts): Effect[];
+  /**
+   * A rule that learns sessions: its table holds them, its "learn" effects
+   * are stored there, and other threads, snapshots and Redis fill it.
+   */
+  readonly table?: StickTable;
+  /** With a table: the key this request would look up in it, or null when it carries no session ID. */
+  lookupKey?(req: RequestFacts): number | null;
+  /** A rule that learns from backends' ServerHellos (see ServerHelloLearner). */
+  learnServerHello?(sessionId: string, backendId: string, nowSec: number): void;
 }

@@ -3,6 +3,10 @@
  * path parameter (/cart;jsessionid=ABC?x=1). Looked up in the stick table
  * (learned from Set-Cookie of the same name and from Location headers that
  * carry it), else hashed on the ring. The URL reaches the backend unchanged.
+ *
+ * Only IDs a backend issued are learned. An ID that only a client ever sent
+ * is placed by the ring and never stored: anyone can make IDs up, and each
+ * stored one would evict a learned session and cost a cluster write.
  */
 import { isDeletion, parseSetCookie } from "./cookies.ts";
 import type { StickTable } from "./stick-table.ts";
@@ -76,10 +80,8 @@ export class UrlRule implements Rule {
       const id = this.idFrom(loc.startsWith("/") ? loc : `/${loc}`);
       if (id) learned.add(id);
     }
-    if (own.kind !== "none" && own.key && (own.kind === "hash" || own.backendId !== placement.backendId)) {
-      // A URL session placed by hash (or re-placed) is remembered, so it stays put if the ring changes.
-      learned.add(own.key);
-    }
+    // A learned session that was re-placed is learned again where it now lives.
+    if (own.kind === "pinned" && own.backendId !== placement.backendId) learned.add(own.key);
     void req;
     return [...learned]
       .filter((k) => k.length <= MAX_ID_LENGTH)

@@ -37,6 +37,8 @@ export async function prefetchLearned(
       const hit = await cluster.lookup(pool.name, table, key);
       if (hit && pool.get(hit.backendId))
         pool.chain.tables.get(table)?.putHashed(key, hit.backendId, hit.expiresAtSec, facts.nowSec);
+      // A miss (or a timeout, or a backend not in this pool) is not asked again for a while.
+      else pool.chain.tables.get(table)?.noteMiss(key, facts.nowSec);
     }),
   );
 }

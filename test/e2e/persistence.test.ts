@@ -2,10 +2,13 @@
  * Session persistence through a running tether: real backends, real cookies.
  */
 import { afterEach, describe, expect, test } from "bun:test";
+import { RedisClient } from "bun";
 import { createAudit } from "../../src/audit.ts";
 import type { ConfigInput } from "../../src/config/schema.ts";
+import { PersistenceChain } from "../../src/persistence/chain.ts";
 import { startTether } from "../../src/server/app.ts";
 import { backend, rawBackend, rawRequest, type TestBackend } from "../support/backends.ts";
+import { startRedis } from "../support/redis.ts";
 import { memoryLogger, type Running, config as resolve, startInProcess } from "../support/tether.ts";
 
 const KEY = Buffer.alloc(32, 7).toString("base64");
@@ -277,6 +280,114 @@ describe("url session IDs", () => {
       expect(q.size).toBe(1);
       expect(p.size).toBe(1);
     }
+  });
+
+  test("with maxEntries 50, sessions issued by Set-Cookie and Location still reach their owners after 500 made-up ids", async () => {
+    const names = ["b1", "b2", "b3"];
+    // The ring alone, to issue only IDs it would place elsewhere: reaching the owner proves the learned entry.
+    const ring = new PersistenceChain(
+      names.map((id) => ({ id, weight: 1, state: "ready" as const, inflight: 0 })),
+      {
+        pool: "app",
+        rules: [{ type: "url", param: "sid", expireMs: 60_000, maxEntries: 1 }],
+        keys: [Buffer.from(KEY, "base64")],
+        hashBalanceFactor: 1.25,
+      },
+    );
+    const byRing = (sid: string) =>
+      ring.place({ cookie: null, target: `/?sid=${sid}`, clientIp: "", headers: new Headers(), nowSec: 0 })
+        ?.placement.backendId;
+    let issued = 0;
+    const b = names.map((name) =>
+      backend(name, (req) => {
+        const url = new URL(req.url);
+        const headers = new Headers({ "x-backend": name });
+        if (url.pathname !== "/login") return new Response(name, { headers });
+        let sid = `${name}-${issued++}`;
+        while (byRing(sid) === name) sid = `${name}-${issued++}`;
+        if (url.searchParams.get("via") === "location") {
+          headers.set("location", `/home?sid=${sid}`);
+          return new Response(null, { status: 302, headers });
+        }
+        headers.append("set-cookie", `sid=${sid}; Path=/`);
+        return new Response(name, { headers });
+      }),
+    );
+    const t = using(b, start(b, [{ type: "url", param: "sid", maxEntries: 50 }]));
+    const sessions: { sid: string; owner: string }[] = [];
+    for (const via of ["cookie", "location", "cookie", "location", "cookie"]) {
+      const res = await fetch(`${t.url()}/login?via=${via}`, { redirect: "manual" });
+      const from = via === "cookie" ? res.headers.getSetCookie()[0] : res.headers.get("location");
+      const sid = /sid=([^;&]+)/.exec(from ?? "")?.[1] as string;
+      sessions.push({ sid, owner: served(res) as string });
+    }
+    const reached = async () =>
+      Promise.all(
+        sessions.map(async (s) => `${s.sid} → ${served(await fetch(`${t.url()}/cart?sid=${s.sid}`))}`),
+      );
+    const owners = sessions.map((s) => `${s.sid} → ${s.owner}`);
+    expect(await reached()).toEqual(owners);
+    for (let i = 0; i < 500; i += 50)
+      await Promise.all(
+        Array.from({ length: 50 }, () =>
+          fetch(`${t.url()}/cart?sid=${crypto.randomUUID()}`).then((r) => r.text()),
+        ),
+      );
+    expect(await reached()).toEqual(owners);
+  });
+});
+
+describe("url session IDs with a cluster", () => {
+  /** Calls of one Redis command so far, from INFO commandstats. */
+  const calls = async (raw: RedisClient, command: string) => {
+    const info = String(await raw.send("INFO", ["commandstats"]));
+    return Number(new RegExp(`cmdstat_${command}:calls=(\\d+)`).exec(info)?.[1] ?? 0);
+  };
+
+  test("made-up ids write nothing to Redis, and one repeated is looked up once", async () => {
+    const redis = await startRedis();
+    const raw = new RedisClient(redis.url, { enableOfflineQueue: false, autoReconnect: false });
+    cleanup.push(() => redis.close());
+    cleanup.push(() => raw.close());
+    await raw.connect();
+    const b = ["b1", "b2", "b3"].map((name) =>
+      backend(name, (req) => {
+        const headers = new Headers({ "x-backend": name });
+        if (new URL(req.url).pathname === "/login")
+          headers.append("set-cookie", `sid=${name}-issued; Path=/`);
+        return new Response(name, { headers });
+      }),
+    );
+    const t = using(
+      b,
+      start(
+        b,
+        [{ type: "url", param: "sid" }],
+        {},
+        {
+          cluster: { redis: { url: redis.url, lookupTimeoutMs: 500 } },
+        },
+      ),
+    );
+    for (let i = 0; i < 100; i += 25)
+      await Promise.all(
+        Array.from({ length: 25 }, () =>
+          fetch(`${t.url()}/cart?sid=${crypto.randomUUID()}`).then((r) => r.text()),
+        ),
+      );
+    const login = await fetch(`${t.url()}/login`);
+    let keys: string[] = [];
+    for (let i = 0; i < 200 && keys.length === 0; i++) {
+      keys = (await raw.send("KEYS", ["tether:t:app:0:url:*"])) as string[];
+      if (keys.length === 0) await Bun.sleep(10);
+    }
+    // Only the ID the backend issued was written.
+    expect(keys.length).toBe(1);
+    expect(await raw.get(keys[0] as string)).toBe(served(login));
+
+    const gets = await calls(raw, "get");
+    for (let i = 0; i < 10; i++) await (await fetch(`${t.url()}/cart?sid=never-issued`)).text();
+    expect((await calls(raw, "get")) - gets).toBe(1);
   });
 });
 

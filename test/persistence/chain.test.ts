@@ -104,6 +104,20 @@ describe("persistence chain", () => {
     expect(retry?.placement.outcome).toBe("repinned");
   });
 
+  test("ServerHellos teach a chain with a tls-session rule; a chain without one has no learner", () => {
+    const tls: PersistenceRuleConfig = { type: "tls-session", expireMs: 60_000, maxEntries: 100 };
+    const c = chain(members(), [tls, ip]);
+    const learner = c.serverHelloLearner();
+    expect(learner).not.toBeNull();
+    learner?.learn("5e55", "b3", facts().nowSec);
+    expect(c.place(facts({ tlsSessionId: "5e55" }))?.placement).toMatchObject({
+      backendId: "b3",
+      rule: "tls-session",
+      outcome: "hit",
+    });
+    expect(chain(members(), [insert, ip]).serverHelloLearner()).toBeNull();
+  });
+
   test("nothing eligible gives null", () => {
     const m = members().map((x) => ({ ...x, state: "maint" as const }));
     expect(chain(m, [insert]).place(facts())).toBeNull();

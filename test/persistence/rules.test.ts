@@ -9,6 +9,7 @@ import { CookiePrefixRule } from "../../src/persistence/cookie-prefix.ts";
 import { getCookie, mapCookie } from "../../src/persistence/cookies.ts";
 import { HeaderRule } from "../../src/persistence/header.ts";
 import { StickTable } from "../../src/persistence/stick-table.ts";
+import { TlsSessionRule } from "../../src/persistence/tls-session.ts";
 import type { Decision, Placement, RequestFacts, ResponseFacts, Rule } from "../../src/persistence/types.ts";
 import { sessionIdFromTarget, UrlRule } from "../../src/persistence/url.ts";
 
@@ -97,6 +98,16 @@ const subjects: Subject[] = [
     tampered: null,
   },
   {
+    name: "tls session",
+    make: () => {
+      const rule = new TlsSessionRule(learnTable());
+      rule.learnServerHello("0a0b0c", "b2", NOW);
+      return rule;
+    },
+    valid: () => facts({ tlsSessionId: "0a0b0c" }),
+    tampered: () => facts({ tlsSessionId: "0a0b0d" }),
+  },
+  {
     name: "client-ip",
     make: () => new ClientIpRule(24, 64),
     valid: () => facts({ clientIp: "198.51.100.7" }),
@@ -125,7 +136,7 @@ describe("the contract every rule passes", () => {
         const input = s.valid(a);
         const first = a.decide(input);
         expect(a.decide(input)).toEqual(first);
-        if (s.name.startsWith("cookie") || s.name.startsWith("url")) return; // state or keys live in the instance
+        if (s.name.startsWith("cookie") || s.name.startsWith("url") || s.name.startsWith("tls")) return; // state or keys live in the instance
         expect(s.make().decide(input)).toEqual(first);
       });
       if (s.tampered) {
@@ -135,6 +146,17 @@ describe("the contract every rule passes", () => {
           expect(rule.decide(tampered(rule)).kind).toBe("none");
         });
       }
+      test("a rule with a table names the key a recognised input looks up there; one without has neither", () => {
+        const rule = s.make();
+        if (!rule.table) {
+          expect(rule.lookupKey).toBeUndefined();
+          return;
+        }
+        const key = rule.lookupKey?.(s.valid(rule)) ?? null;
+        expect(key).not.toBeNull();
+        expect(rule.table.peekHashed(key as number, NOW)?.backendId).toBeDefined();
+        expect(rule.lookupKey?.(facts({ clientIp: "" }))).toBeNull();
+      });
     });
   }
 });
@@ -166,6 +188,31 @@ describe("cookie insert", () => {
       expect(String(d.kind === "none" ? d.rejected : d.kind)).toBe(row.want);
     });
   }
+
+  test("a session re-pinned after failover keeps its issue time: maxLifeMs counts from the first cookie", () => {
+    const r = make({ maxLifeMs: 10_000 });
+    const cookie = issuedInsertCookie(r); // issued at NOW, on b2
+    const later = facts({ cookie, nowSec: NOW + 6 });
+    const d = r.decide(later);
+    expect(d).toMatchObject({ kind: "pinned", backendId: "b2" });
+    const moved: Placement = {
+      backendId: "b3",
+      rule: "cookie-insert",
+      outcome: "repinned",
+      sessionKey: d.kind === "pinned" ? (d.session?.sessionKey ?? null) : null,
+      decisions: [d],
+    };
+    const sc = r.remember?.(later, moved, d, noResponse).find((e) => e.kind === "set-cookie");
+    const reissued = sc?.kind === "set-cookie" ? (sc.header.split(";")[0] as string) : "";
+    expect(r.decide(facts({ cookie: reissued, nowSec: NOW + 9 }))).toMatchObject({
+      kind: "pinned",
+      backendId: "b3",
+    });
+    expect(r.decide(facts({ cookie: reissued, nowSec: NOW + 11 }))).toMatchObject({
+      kind: "none",
+      rejected: "expired",
+    });
+  });
 
   test("a token naming a backend that no longer exists is rejected as unknown-backend", () => {
     const old = make();
