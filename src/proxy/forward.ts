@@ -224,7 +224,6 @@ async function exchange(
         bodyIdleMs,
         signal,
       });
-      deps.health.succeeded(backend);
       return { backend, response: releaseWhenDone(response, backend), placement };
     } catch (e) {
       release(backend);
@@ -433,10 +432,8 @@ function record(
   status: number,
 ) {
   backend.requests++;
-  if (status >= 500) {
-    backend.errors++;
-    if (pool.settings.failOn5xx) deps.health.failed(pool, backend, `status ${status}`);
-  }
+  if (status >= 500) backend.errors++;
+  deps.health.answered(pool, backend, status);
   deps.metrics.request(
     info.listener.name,
     pool.name,

@@ -16,6 +16,7 @@ import type { ProxyDeps } from "../proxy/forward.ts";
 import { UpstreamClient } from "../proxy/upstream/client.ts";
 import { ClusterSync } from "../state/cluster.ts";
 import { startSnapshots } from "../state/persist.ts";
+import { healthProbes } from "./health-probes.ts";
 import { type ListenerHandle, startListener } from "./listener.ts";
 import { ensureMigrateReq } from "./reuseport-migration.ts";
 import { buildRuntime, type Runtime } from "./runtime.ts";
@@ -32,6 +33,12 @@ export interface Tether {
   applyLearned(pool: string, table: string, key: number, backendId: string, expiresAtSec: number): void;
   applyState(pool: string, backend: string, state: BackendState): void;
   applyHealth(pool: string, backend: string, down: boolean): void;
+  /**
+   * A passive verdict reached in another thread: down until untilMs. The
+   * primary announces it unless the backend is down by passive checks
+   * already (false then); a worker applies it silently.
+   */
+  applyPassive(pool: string, backend: string, untilMs: number, reason: string): boolean;
   /** The admin listener, when configured: its port and token (generated when the config has none). */
   readonly admin: { port: number; token: string; generated: boolean } | null;
   /** Swaps in a new config; listeners whose socket settings changed are reopened. */
@@ -88,8 +95,10 @@ export interface StartOptions {
   onLearned?: (pool: string, table: string, key: number, backendId: string, expiresAtSec: number) => void;
   /** Operator state changes made here leave through this. */
   onStateChange?: (pool: string, backend: string, state: BackendState) => void;
-  /** Health changes seen here leave through this. */
+  /** Active health check changes seen here leave through this. */
   onHealthChange?: (pool: string, backend: string, down: boolean) => void;
+  /** Passive verdicts reached here leave through this, unannounced (workers: to the primary). */
+  onPassiveVerdict?: (pool: string, backend: string, untilMs: number, reason: string) => void;
 }
 
 export function startTether(config: Config, log: Logger, opts: StartOptions = {}): Tether {
@@ -136,9 +145,18 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
   const upstream = new UpstreamClient();
   const audit = opts.audit ?? (role === "worker" ? noAudit : createAudit(config.auditFile ?? config.audit));
   const metrics = new Metrics(current);
-  const health = new HealthMonitor(current, log, audit, (pool, b, down) =>
-    opts.onHealthChange?.(pool.name, b.id, down),
-  );
+  const probes = healthProbes();
+  const onPassiveVerdict = opts.onPassiveVerdict;
+  const health = new HealthMonitor({
+    pools: () => runtime.pools.values(),
+    probes,
+    log,
+    audit,
+    onActiveChange: (pool, b, down) => opts.onHealthChange?.(pool.name, b.id, down),
+    ...(onPassiveVerdict
+      ? { reportPassive: (pool, b, untilMs, reason) => onPassiveVerdict(pool.name, b.id, untilMs, reason) }
+      : {}),
+  });
   const deps: ProxyDeps = { upstream, log, audit, metrics, health, cluster: null };
   if (config.redisUrl && config.cluster) {
     const sync = new ClusterSync(
@@ -162,7 +180,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     });
   }
   const listeners = new Map<string, ListenerHandle>();
-  // Workers keep passive marks of their own; active checks run once, in the primary.
+  // Active checks and the passive sweep run once, in the primary; workers report passive verdicts to it.
   if (role !== "worker") health.start();
 
   let admin: { server: Server<undefined>; token: string; generated: boolean } | null = null;
@@ -216,6 +234,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
   } catch (e) {
     for (const h of listeners.values()) h.server.stop(true);
     health.stop();
+    probes.close();
     admin?.server.stop(true);
     throw e;
   }
@@ -244,6 +263,14 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     applyHealth(pool, backend, down) {
       const b = runtime.pools.get(pool)?.get(backend);
       if (b) b.activeDown = down;
+    },
+    applyPassive(pool, backend, untilMs, reason) {
+      const p = runtime.pools.get(pool);
+      const b = p?.get(backend);
+      if (!p || !b) return false;
+      if (role !== "worker") return health.verdict(p, b, untilMs, reason);
+      health.adopt(b, untilMs);
+      return true;
     },
     async reload(next: Config) {
       const nextNames = new Set(role === "primary" ? [] : next.listeners.map((l) => l.name));
@@ -290,6 +317,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       await Promise.all([...listeners.values()].map((h) => drain(h, graceMs)));
       listeners.clear();
       health.stop();
+      probes.close();
       admin?.server.stop(true);
       upstream.close();
     },

@@ -112,6 +112,9 @@ export async function startPrimary(
         tether.applyLearned(pool, table, key, backendId, exp);
       // The same bytes go to every other worker: no re-encoding.
       broadcast(data as Uint8Array, slot);
+    } else if (m.t === "passive") {
+      // Announced here once; the others apply it silently. A second verdict on the same backend is dropped.
+      if (tether.applyPassive(m.pool, m.backend, m.untilMs, m.reason)) broadcast(data as Uint8Array, slot);
     } else if (m.t === "audit") {
       tether.audit.emit(m.event as AuditEvent, m.fields);
     } else if (m.t === "metrics") {
@@ -133,9 +136,9 @@ export async function startPrimary(
 
   const initMessage = (slot: Slot): Uint8Array => {
     const runtime = tether.runtime;
-    const health: [string, string, boolean][] = [];
+    const health: [string, string, boolean, number][] = [];
     for (const p of runtime.pools.values())
-      for (const b of p.backends) health.push([p.name, b.id, b.activeDown]);
+      for (const b of p.backends) health.push([p.name, b.id, b.activeDown, b.passiveDownUntil]);
     const snap = collectSnapshot(runtime, tether.operatorStates);
     return encode({
       v: PROTOCOL_VERSION,

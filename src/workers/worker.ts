@@ -81,10 +81,15 @@ async function handle(m: Message): Promise<void> {
         },
         fallbackKeys: m.keys.map((k) => Buffer.from(k)),
         onLearned: (pool, table, key, backendId, exp) => batcher.add(pool, table, key, backendId, exp),
+        onPassiveVerdict: (pool, backend, untilMs, reason) =>
+          post({ v: PROTOCOL_VERSION, t: "passive", pool, backend, untilMs, reason }),
       });
       tether = t;
       for (const [pool, backend, state] of m.states) t.applyState(pool, backend, state);
-      for (const [pool, backend, down] of m.health) t.applyHealth(pool, backend, down);
+      for (const [pool, backend, down, passiveUntil] of m.health) {
+        t.applyHealth(pool, backend, down);
+        if (passiveUntil > Date.now()) t.applyPassive(pool, backend, passiveUntil, "");
+      }
       for (const table of m.tables) {
         for (let i = 0; i + 2 < table.entries.length; i += 3) {
           t.applyLearned(
@@ -115,6 +120,9 @@ async function handle(m: Message): Promise<void> {
       return;
     case "health":
       tether?.applyHealth(m.pool, m.backend, m.down);
+      return;
+    case "passive":
+      tether?.applyPassive(m.pool, m.backend, m.untilMs, m.reason);
       return;
     case "reload": {
       try {
