@@ -41,7 +41,14 @@ export interface Tether {
   applyPassive(pool: string, backend: string, untilMs: number, reason: string): boolean;
   /** The admin listener, when configured: its port and token (generated when the config has none). */
   readonly admin: { port: number; token: string; generated: boolean } | null;
-  /** Swaps in a new config; listeners whose socket settings changed are reopened. */
+  /**
+   * First half of a reload: opens the listeners the new config needs (those
+   * whose socket settings changed are reopened beside the old ones). Throws,
+   * with nothing left open, when it cannot. Nothing changes for traffic until
+   * commit(); abort() closes what was opened.
+   */
+  prepare(config: Config): Promise<PreparedReload>;
+  /** prepare() then commit(). */
   reload(config: Config): Promise<void>;
   /** Stops accepting, lets in-flight requests finish for up to graceMs, then closes everything. */
   stop(graceMs?: number): Promise<void>;
@@ -77,6 +84,14 @@ function needsKeys(config: Config): boolean {
   return Object.values(config.pools).some((p) =>
     p.persistence.some((r) => r.type === "cookie" || r.type === "url" || r.type === "tls-session"),
   );
+}
+
+/** A reload that has opened what it needs and waits for the word. */
+export interface PreparedReload {
+  /** Swaps the new config in and drains the listeners it retires. */
+  commit(): void;
+  /** Closes the listeners prepare() opened; the current config goes on serving. */
+  abort(): void;
 }
 
 export type Role = "single" | "primary" | "worker";
@@ -213,24 +228,27 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     admin = { server, token, generated };
   }
 
-  const open = (l: ResolvedListener) => {
-    // reusePort lets a replacement listener bind the same port before the old one closes, so a reload drops nothing.
-    const handle =
-      l.protocol === "tls-passthrough"
-        ? startPassthroughListener(l, current, deps, { reusePort: true })
-        : startListener(l, current, deps, { reusePort: true });
-    listeners.set(l.name, handle);
+  // reusePort lets a replacement listener bind the same port before the old one closes, so a reload drops nothing.
+  const openListener = (l: ResolvedListener) =>
+    l.protocol === "tls-passthrough"
+      ? startPassthroughListener(l, current, deps, { reusePort: true })
+      : startListener(l, current, deps, { reusePort: true });
+  const logListening = (h: ListenerHandle) =>
     log.info("listening", {
-      name: l.name,
-      protocol: l.protocol,
-      address: handle.server.hostname,
-      port: handle.server.port,
+      name: h.config.name,
+      protocol: h.config.protocol,
+      address: h.server.hostname,
+      port: h.server.port,
     });
-    return handle;
-  };
 
   try {
-    if (role !== "primary") for (const l of config.listeners) open(l);
+    if (role !== "primary") {
+      for (const l of config.listeners) {
+        const h = openListener(l);
+        listeners.set(l.name, h);
+        logListening(h);
+      }
+    }
   } catch (e) {
     for (const h of listeners.values()) h.server.stop(true);
     health.stop();
@@ -272,44 +290,55 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       health.adopt(b, untilMs);
       return true;
     },
-    async reload(next: Config) {
+    async prepare(next: Config): Promise<PreparedReload> {
       const nextNames = new Set(role === "primary" ? [] : next.listeners.map((l) => l.name));
-      const retiring: ListenerHandle[] = [];
-      for (const [name, handle] of listeners) {
-        if (!nextNames.has(name)) {
-          retiring.push(handle);
-          listeners.delete(name);
-        }
-      }
+      const retiring = [...listeners.values()].filter((h) => !nextNames.has(h.config.name));
       const opened: ListenerHandle[] = [];
       try {
         for (const l of role === "primary" ? [] : next.listeners) {
           const old = listeners.get(l.name);
           if (old && socketSettings(old.config) === socketSettings(l)) continue;
-          opened.push(open(l));
+          opened.push(openListener(l));
           if (old) retiring.push(old);
         }
-        if (role === "single" && opened.length && retiring.length) ensureMigrateReq(log, true);
       } catch (e) {
-        // Could not bind a new listener: keep the old set serving and report.
-        for (const h of opened) {
-          h.server.stop(true);
-          listeners.delete(h.config.name);
-        }
-        for (const h of retiring) listeners.set(h.config.name, h);
+        // Could not bind a new listener: the current set keeps serving.
+        for (const h of opened) h.server.stop(true);
         throw e;
       }
-      if (next.maxHeaderBytes !== runtime.config.maxHeaderBytes) {
-        log.warn("maxHeaderBytes changes need a restart; keeping the current limit", {
-          current: runtime.config.maxHeaderBytes,
-        });
-      }
-      runtime = build(next, runtime);
-      if (role !== "worker") health.start();
-      for (const h of retiring) {
-        log.info("listener closing", { name: h.config.name, port: h.server.port });
-        void drain(h, next.shutdownGraceMs);
-      }
+      let settled = false;
+      return {
+        commit() {
+          if (settled) return;
+          settled = true;
+          if (next.maxHeaderBytes !== runtime.config.maxHeaderBytes) {
+            log.warn("maxHeaderBytes changes need a restart; keeping the current limit", {
+              current: runtime.config.maxHeaderBytes,
+            });
+          }
+          runtime = build(next, runtime);
+          for (const h of retiring) listeners.delete(h.config.name);
+          for (const h of opened) {
+            listeners.set(h.config.name, h);
+            logListening(h);
+          }
+          if (role === "single" && opened.length && retiring.length) ensureMigrateReq(log, true);
+          if (role !== "worker") health.start();
+          for (const h of retiring) {
+            log.info("listener closing", { name: h.config.name, port: h.server.port });
+            void drain(h, next.shutdownGraceMs);
+          }
+        },
+        abort() {
+          if (settled) return;
+          settled = true;
+          // The kernel may have handed them connections already: let those finish.
+          for (const h of opened) void drain(h, runtime.config.shutdownGraceMs);
+        },
+      };
+    },
+    async reload(next: Config) {
+      (await tether.prepare(next)).commit();
     },
     async stop(graceMs = runtime.config.shutdownGraceMs) {
       snapshots.stop();

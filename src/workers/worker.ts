@@ -3,9 +3,9 @@
  * ports), learns sessions, and trades state with the primary thread in
  * msgpack messages. Listed as an entry point of the compiled binary.
  */
-import { type Config, loadConfigFile } from "../config/load.ts";
+import { type Config, decodeConfig } from "../config/load.ts";
 import { createLogger } from "../log.ts";
-import { startTether, type Tether } from "../server/app.ts";
+import { type PreparedReload, startTether, type Tether } from "../server/app.ts";
 import {
   decode,
   encode,
@@ -21,6 +21,8 @@ declare const self: Worker;
 const METRICS_EVERY_MS = 1000;
 
 let tether: Tether | null = null;
+/** A reload prepared here, waiting for the primary's commit or abort. */
+let prepared: PreparedReload | null = null;
 let workerId = "?";
 const pending: Message[] = [];
 const post = (m: Message) => self.postMessage(encode(m));
@@ -72,7 +74,7 @@ async function handle(m: Message): Promise<void> {
   switch (m.t) {
     case "init": {
       workerId = String(m.id);
-      const config = withPorts(loadConfigFile(m.file), m.ports);
+      const config = withPorts(decodeConfig(m.config), m.ports);
       const t = startTether(config, log, {
         role: "worker",
         audit: {
@@ -124,16 +126,26 @@ async function handle(m: Message): Promise<void> {
     case "passive":
       tether?.applyPassive(m.pool, m.backend, m.untilMs, m.reason);
       return;
-    case "reload": {
+    case "prepare": {
       try {
-        const file = tether?.runtime.config.file ?? "";
-        await tether?.reload(withPorts(loadConfigFile(file), m.ports));
-        post({ v: PROTOCOL_VERSION, t: "reloaded", ok: true });
+        prepared?.abort();
+        prepared = null;
+        const next = withPorts(decodeConfig(m.config), m.ports);
+        prepared = (await tether?.prepare(next)) ?? null;
+        post({ v: PROTOCOL_VERSION, t: "prepared", ok: prepared !== null });
       } catch (e) {
-        post({ v: PROTOCOL_VERSION, t: "reloaded", ok: false, error: String(e) });
+        post({ v: PROTOCOL_VERSION, t: "prepared", ok: false, error: String(e) });
       }
       return;
     }
+    case "commit":
+      prepared?.commit();
+      prepared = null;
+      return;
+    case "abort":
+      prepared?.abort();
+      prepared = null;
+      return;
     case "stop": {
       batcher.flush();
       await tether?.stop(m.graceMs);
