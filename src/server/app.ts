@@ -7,17 +7,17 @@ import { dashboardHtml } from "../admin/dashboard.ts";
 import { Metrics } from "../admin/metrics.ts";
 import { startAdmin } from "../admin/server.ts";
 import { type Audit, createAudit, noAudit } from "../audit.ts";
-import type { Config, ResolvedListener } from "../config/load.ts";
+import type { Config } from "../config/load.ts";
 import type { BackendState } from "../config/schema.ts";
 import type { Logger } from "../log.ts";
-import { startPassthroughListener } from "../passthrough/listener.ts";
 import { HealthMonitor } from "../pool/health.ts";
 import type { ProxyDeps } from "../proxy/forward.ts";
 import { UpstreamClient } from "../proxy/upstream/client.ts";
 import { ClusterSync } from "../state/cluster.ts";
 import { startSnapshots } from "../state/persist.ts";
+import { type DataPlane, type PreparedReload, startDataPlane } from "./data-plane.ts";
 import { healthProbes } from "./health-probes.ts";
-import { type ListenerHandle, startListener } from "./listener.ts";
+import type { ListenerHandle } from "./listener.ts";
 import { ensureMigrateReq } from "./reuseport-migration.ts";
 import { buildRuntime, type Runtime } from "./runtime.ts";
 
@@ -54,31 +54,6 @@ export interface Tether {
   stop(graceMs?: number): Promise<void>;
 }
 
-/**
- * Keys a running listener cannot change: a change to any of them opens a new
- * listener (Bun keeps a listener's certificate and socket options for life).
- * Routes and the default pool are read per request and change in place.
- */
-function socketSettings(l: ResolvedListener): string {
-  const { routes: _r, pool: _p, ...rest } = l;
-  return JSON.stringify({ ...rest, certificates: l.certificates.map((c) => [c.cert, c.key, c.serverName]) });
-}
-
-async function drain(handle: ListenerHandle, graceMs: number): Promise<void> {
-  handle.server.stop(false);
-  const deadline = Date.now() + graceMs;
-  while (Date.now() < deadline) {
-    if (
-      handle.inflight() === 0 &&
-      handle.server.pendingRequests === 0 &&
-      handle.server.pendingWebSockets === 0
-    )
-      break;
-    await Bun.sleep(20);
-  }
-  await handle.server.stop(true);
-}
-
 /** True when some pool has a rule that needs cookie keys (sealing, route prefixes, table hashing). */
 function needsKeys(config: Config): boolean {
   return Object.values(config.pools).some((p) =>
@@ -86,13 +61,7 @@ function needsKeys(config: Config): boolean {
   );
 }
 
-/** A reload that has opened what it needs and waits for the word. */
-export interface PreparedReload {
-  /** Swaps the new config in and drains the listeners it retires. */
-  commit(): void;
-  /** Closes the listeners prepare() opened; the current config goes on serving. */
-  abort(): void;
-}
+export type { PreparedReload } from "./data-plane.ts";
 
 export type Role = "single" | "primary" | "worker";
 
@@ -194,7 +163,6 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       for (const [pool, backend, state] of await sync.loadStates()) tether.applyState(pool, backend, state);
     });
   }
-  const listeners = new Map<string, ListenerHandle>();
   // Active checks and the passive sweep run once, in the primary; workers report passive verdicts to it.
   if (role !== "worker") health.start();
 
@@ -228,29 +196,10 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     admin = { server, token, generated };
   }
 
-  // reusePort lets a replacement listener bind the same port before the old one closes, so a reload drops nothing.
-  const openListener = (l: ResolvedListener) =>
-    l.protocol === "tls-passthrough"
-      ? startPassthroughListener(l, current, deps, { reusePort: true })
-      : startListener(l, current, deps, { reusePort: true });
-  const logListening = (h: ListenerHandle) =>
-    log.info("listening", {
-      name: h.config.name,
-      protocol: h.config.protocol,
-      address: h.server.hostname,
-      port: h.server.port,
-    });
-
+  let data: DataPlane;
   try {
-    if (role !== "primary") {
-      for (const l of config.listeners) {
-        const h = openListener(l);
-        listeners.set(l.name, h);
-        logListening(h);
-      }
-    }
+    data = startDataPlane(role === "primary" ? [] : config.listeners, current, deps, log);
   } catch (e) {
-    for (const h of listeners.values()) h.server.stop(true);
     health.stop();
     probes.close();
     admin?.server.stop(true);
@@ -261,7 +210,9 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     get runtime() {
       return runtime;
     },
-    listeners,
+    get listeners() {
+      return data.listeners;
+    },
     get admin() {
       return admin ? { port: admin.server.port ?? 0, token: admin.token, generated: admin.generated } : null;
     },
@@ -291,21 +242,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       return true;
     },
     async prepare(next: Config): Promise<PreparedReload> {
-      const nextNames = new Set(role === "primary" ? [] : next.listeners.map((l) => l.name));
-      const retiring = [...listeners.values()].filter((h) => !nextNames.has(h.config.name));
-      const opened: ListenerHandle[] = [];
-      try {
-        for (const l of role === "primary" ? [] : next.listeners) {
-          const old = listeners.get(l.name);
-          if (old && socketSettings(old.config) === socketSettings(l)) continue;
-          opened.push(openListener(l));
-          if (old) retiring.push(old);
-        }
-      } catch (e) {
-        // Could not bind a new listener: the current set keeps serving.
-        for (const h of opened) h.server.stop(true);
-        throw e;
-      }
+      const traffic = data.prepare(role === "primary" ? { ...next, listeners: [] } : next);
       let settled = false;
       return {
         commit() {
@@ -317,23 +254,14 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
             });
           }
           runtime = build(next, runtime);
-          for (const h of retiring) listeners.delete(h.config.name);
-          for (const h of opened) {
-            listeners.set(h.config.name, h);
-            logListening(h);
-          }
-          if (role === "single" && opened.length && retiring.length) ensureMigrateReq(log, true);
+          traffic.commit();
+          if (role === "single" && traffic.replaces) ensureMigrateReq(log, true);
           if (role !== "worker") health.start();
-          for (const h of retiring) {
-            log.info("listener closing", { name: h.config.name, port: h.server.port });
-            void drain(h, next.shutdownGraceMs);
-          }
         },
         abort() {
           if (settled) return;
           settled = true;
-          // The kernel may have handed them connections already: let those finish.
-          for (const h of opened) void drain(h, runtime.config.shutdownGraceMs);
+          traffic.abort();
         },
       };
     },
@@ -343,8 +271,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     async stop(graceMs = runtime.config.shutdownGraceMs) {
       snapshots.stop();
       await cluster?.stop();
-      await Promise.all([...listeners.values()].map((h) => drain(h, graceMs)));
-      listeners.clear();
+      await data.stop(graceMs);
       health.stop();
       probes.close();
       admin?.server.stop(true);
