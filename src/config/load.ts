@@ -6,6 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
+import { deserialize, serialize } from "node:v8";
 import { type ParseError, parse as parseJsonc, printParseErrorCode } from "jsonc-parser";
 import type { z } from "zod";
 import {
@@ -280,4 +281,17 @@ export function loadConfigFile(file: string, env: Record<string, string | undefi
 export function splitAddress(address: string): { hostname: string; port: number } {
   const i = address.lastIndexOf(":");
   return { hostname: address.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(address.slice(i + 1)) };
+}
+
+/**
+ * A resolved Config as bytes for another thread (structured clone: Buffers,
+ * PEM text and resolved secrets included), so that thread runs exactly this
+ * config and never reads the file or the environment itself.
+ */
+export function encodeConfig(config: Config): Uint8Array {
+  return serialize(config);
+}
+
+export function decodeConfig(bytes: Uint8Array): Config {
+  return deserialize(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)) as Config;
 }

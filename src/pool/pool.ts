@@ -119,6 +119,10 @@ export interface PoolSettings {
   maxFails: number;
   failTimeoutMs: number;
   failOn5xx: boolean;
+  /** tcp:// backends (a tls-passthrough pool): health checks connect instead of asking over HTTP. */
+  tcp: boolean;
+  /** tls-passthrough pools: the PROXY protocol version sent to backends, if any. */
+  sendProxyProtocol?: "v1" | "v2";
 }
 
 export function toTarget(b: ResolvedBackend): UpstreamTarget {
@@ -155,6 +159,8 @@ export class Pool {
       maxFails: config.maxFails,
       failTimeoutMs: config.failTimeoutMs,
       failOn5xx: config.failOn5xx,
+      tcp: config.backends.some((b) => b.tcp),
+      ...(config.sendProxyProtocol ? { sendProxyProtocol: config.sendProxyProtocol } : {}),
     };
     this.healthCheck = config.healthCheck;
     this.backends = config.backends.map((b) => {

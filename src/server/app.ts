@@ -7,16 +7,16 @@ import { dashboardHtml } from "../admin/dashboard.ts";
 import { Metrics } from "../admin/metrics.ts";
 import { startAdmin } from "../admin/server.ts";
 import { type Audit, createAudit, noAudit } from "../audit.ts";
-import type { Config, ResolvedListener } from "../config/load.ts";
+import type { Config } from "../config/load.ts";
 import type { BackendState } from "../config/schema.ts";
 import type { ListenerHandle, ProxyDeps, Runtime } from "../contracts.ts";
 import type { Logger } from "../log.ts";
-import { startPassthroughListener } from "../passthrough/listener.ts";
 import { HealthMonitor } from "../pool/health.ts";
 import { UpstreamClient } from "../proxy/upstream/client.ts";
 import { ClusterSync } from "../state/cluster.ts";
 import { startSnapshots } from "../state/persist.ts";
-import { startListener } from "./listener.ts";
+import { type DataPlane, type PreparedReload, startDataPlane } from "./data-plane.ts";
+import { healthProbes } from "./health-probes.ts";
 import { ensureMigrateReq } from "./reuseport-migration.ts";
 import { buildRuntime } from "./runtime.ts";
 
@@ -32,37 +32,25 @@ export interface Tether {
   applyLearned(pool: string, table: string, key: number, backendId: string, expiresAtSec: number): void;
   applyState(pool: string, backend: string, state: BackendState): void;
   applyHealth(pool: string, backend: string, down: boolean): void;
+  /**
+   * A passive verdict reached in another thread: down until untilMs. The
+   * primary announces it unless the backend is down by passive checks
+   * already (false then); a worker applies it silently.
+   */
+  applyPassive(pool: string, backend: string, untilMs: number, reason: string): boolean;
   /** The admin listener, when configured: its port and token (generated when the config has none). */
   readonly admin: { port: number; token: string; generated: boolean } | null;
-  /** Swaps in a new config; listeners whose socket settings changed are reopened. */
+  /**
+   * First half of a reload: opens the listeners the new config needs (those
+   * whose socket settings changed are reopened beside the old ones). Throws,
+   * with nothing left open, when it cannot. Nothing changes for traffic until
+   * commit(); abort() closes what was opened.
+   */
+  prepare(config: Config): Promise<PreparedReload>;
+  /** prepare() then commit(). */
   reload(config: Config): Promise<void>;
   /** Stops accepting, lets in-flight requests finish for up to graceMs, then closes everything. */
   stop(graceMs?: number): Promise<void>;
-}
-
-/**
- * Keys a running listener cannot change: a change to any of them opens a new
- * listener (Bun keeps a listener's certificate and socket options for life).
- * Routes and the default pool are read per request and change in place.
- */
-function socketSettings(l: ResolvedListener): string {
-  const { routes: _r, pool: _p, ...rest } = l;
-  return JSON.stringify({ ...rest, certificates: l.certificates.map((c) => [c.cert, c.key, c.serverName]) });
-}
-
-async function drain(handle: ListenerHandle, graceMs: number): Promise<void> {
-  handle.server.stop(false);
-  const deadline = Date.now() + graceMs;
-  while (Date.now() < deadline) {
-    if (
-      handle.inflight() === 0 &&
-      handle.server.pendingRequests === 0 &&
-      handle.server.pendingWebSockets === 0
-    )
-      break;
-    await Bun.sleep(20);
-  }
-  await handle.server.stop(true);
 }
 
 /** True when some pool has a rule that needs cookie keys (sealing, route prefixes, table hashing). */
@@ -71,6 +59,8 @@ function needsKeys(config: Config): boolean {
     p.persistence.some((r) => r.type === "cookie" || r.type === "url" || r.type === "tls-session"),
   );
 }
+
+export type { PreparedReload } from "./data-plane.ts";
 
 export type Role = "single" | "primary" | "worker";
 
@@ -88,8 +78,10 @@ export interface StartOptions {
   onLearned?: (pool: string, table: string, key: number, backendId: string, expiresAtSec: number) => void;
   /** Operator state changes made here leave through this. */
   onStateChange?: (pool: string, backend: string, state: BackendState) => void;
-  /** Health changes seen here leave through this. */
+  /** Active health check changes seen here leave through this. */
   onHealthChange?: (pool: string, backend: string, down: boolean) => void;
+  /** Passive verdicts reached here leave through this, unannounced (workers: to the primary). */
+  onPassiveVerdict?: (pool: string, backend: string, untilMs: number, reason: string) => void;
 }
 
 export function startTether(config: Config, log: Logger, opts: StartOptions = {}): Tether {
@@ -136,9 +128,18 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
   const upstream = new UpstreamClient();
   const audit = opts.audit ?? (role === "worker" ? noAudit : createAudit(config.auditFile ?? config.audit));
   const metrics = new Metrics(current);
-  const health = new HealthMonitor(current, log, audit, (pool, b, down) =>
-    opts.onHealthChange?.(pool.name, b.id, down),
-  );
+  const probes = healthProbes();
+  const onPassiveVerdict = opts.onPassiveVerdict;
+  const health = new HealthMonitor({
+    pools: () => runtime.pools.values(),
+    probes,
+    log,
+    audit,
+    onActiveChange: (pool, b, down) => opts.onHealthChange?.(pool.name, b.id, down),
+    ...(onPassiveVerdict
+      ? { reportPassive: (pool, b, untilMs, reason) => onPassiveVerdict(pool.name, b.id, untilMs, reason) }
+      : {}),
+  });
   const deps: ProxyDeps = { upstream, log, audit, metrics, health, cluster: null };
   if (config.redisUrl && config.cluster) {
     const sync = new ClusterSync(
@@ -161,8 +162,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       for (const [pool, backend, state] of await sync.loadStates()) tether.applyState(pool, backend, state);
     });
   }
-  const listeners = new Map<string, ListenerHandle>();
-  // Workers keep passive marks of their own; active checks run once, in the primary.
+  // Active checks and the passive sweep run once, in the primary; workers report passive verdicts to it.
   if (role !== "worker") health.start();
 
   let admin: { server: Server<undefined>; token: string; generated: boolean } | null = null;
@@ -195,27 +195,12 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     admin = { server, token, generated };
   }
 
-  const open = (l: ResolvedListener) => {
-    // reusePort lets a replacement listener bind the same port before the old one closes, so a reload drops nothing.
-    const handle =
-      l.protocol === "tls-passthrough"
-        ? startPassthroughListener(l, current, deps, { reusePort: true })
-        : startListener(l, current, deps, { reusePort: true });
-    listeners.set(l.name, handle);
-    log.info("listening", {
-      name: l.name,
-      protocol: l.protocol,
-      address: handle.server.hostname,
-      port: handle.server.port,
-    });
-    return handle;
-  };
-
+  let data: DataPlane;
   try {
-    if (role !== "primary") for (const l of config.listeners) open(l);
+    data = startDataPlane(role === "primary" ? [] : config.listeners, current, deps, log);
   } catch (e) {
-    for (const h of listeners.values()) h.server.stop(true);
     health.stop();
+    probes.close();
     admin?.server.stop(true);
     throw e;
   }
@@ -224,7 +209,9 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     get runtime() {
       return runtime;
     },
-    listeners,
+    get listeners() {
+      return data.listeners;
+    },
     get admin() {
       return admin ? { port: admin.server.port ?? 0, token: admin.token, generated: admin.generated } : null;
     },
@@ -245,51 +232,47 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       const b = runtime.pools.get(pool)?.get(backend);
       if (b) b.activeDown = down;
     },
+    applyPassive(pool, backend, untilMs, reason) {
+      const p = runtime.pools.get(pool);
+      const b = p?.get(backend);
+      if (!p || !b) return false;
+      if (role !== "worker") return health.verdict(p, b, untilMs, reason);
+      health.adopt(b, untilMs);
+      return true;
+    },
+    async prepare(next: Config): Promise<PreparedReload> {
+      const traffic = data.prepare(role === "primary" ? { ...next, listeners: [] } : next);
+      let settled = false;
+      return {
+        commit() {
+          if (settled) return;
+          settled = true;
+          if (next.maxHeaderBytes !== runtime.config.maxHeaderBytes) {
+            log.warn("maxHeaderBytes changes need a restart; keeping the current limit", {
+              current: runtime.config.maxHeaderBytes,
+            });
+          }
+          runtime = build(next, runtime);
+          traffic.commit();
+          if (role === "single" && traffic.replaces) ensureMigrateReq(log, true);
+          if (role !== "worker") health.start();
+        },
+        abort() {
+          if (settled) return;
+          settled = true;
+          traffic.abort();
+        },
+      };
+    },
     async reload(next: Config) {
-      const nextNames = new Set(role === "primary" ? [] : next.listeners.map((l) => l.name));
-      const retiring: ListenerHandle[] = [];
-      for (const [name, handle] of listeners) {
-        if (!nextNames.has(name)) {
-          retiring.push(handle);
-          listeners.delete(name);
-        }
-      }
-      const opened: ListenerHandle[] = [];
-      try {
-        for (const l of role === "primary" ? [] : next.listeners) {
-          const old = listeners.get(l.name);
-          if (old && socketSettings(old.config) === socketSettings(l)) continue;
-          opened.push(open(l));
-          if (old) retiring.push(old);
-        }
-        if (role === "single" && opened.length && retiring.length) ensureMigrateReq(log, true);
-      } catch (e) {
-        // Could not bind a new listener: keep the old set serving and report.
-        for (const h of opened) {
-          h.server.stop(true);
-          listeners.delete(h.config.name);
-        }
-        for (const h of retiring) listeners.set(h.config.name, h);
-        throw e;
-      }
-      if (next.maxHeaderBytes !== runtime.config.maxHeaderBytes) {
-        log.warn("maxHeaderBytes changes need a restart; keeping the current limit", {
-          current: runtime.config.maxHeaderBytes,
-        });
-      }
-      runtime = build(next, runtime);
-      if (role !== "worker") health.start();
-      for (const h of retiring) {
-        log.info("listener closing", { name: h.config.name, port: h.server.port });
-        void drain(h, next.shutdownGraceMs);
-      }
+      (await tether.prepare(next)).commit();
     },
     async stop(graceMs = runtime.config.shutdownGraceMs) {
       snapshots.stop();
       await cluster?.stop();
-      await Promise.all([...listeners.values()].map((h) => drain(h, graceMs)));
-      listeners.clear();
+      await data.stop(graceMs);
       health.stop();
+      probes.close();
       admin?.server.stop(true);
       upstream.close();
     },

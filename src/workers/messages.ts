@@ -26,20 +26,32 @@ export type Message =
       v: number;
       t: "init";
       id: number;
-      file: string;
+      /** The primary's own resolved config (encodeConfig): a worker never reads the file. */
+      config: Uint8Array;
       ports: Record<string, number>;
       keys: Uint8Array[];
       states: [string, string, BackendState][];
-      health: [string, string, boolean][];
+      /** pool, backend, down by active checks, down by passive checks until (ms since the epoch; 0: not). */
+      health: [string, string, boolean, number][];
       tables: SnapshotTable[];
     }
   | { v: number; t: "ready"; ports: Record<string, number> }
   | { v: number; t: "learn"; e: LearnedBatch }
   | { v: number; t: "state"; pool: string; backend: string; state: BackendState }
+  /** An active health check change, from the primary. */
   | { v: number; t: "health"; pool: string; backend: string; down: boolean }
+  /**
+   * A passive verdict: the backend is down until untilMs. A worker sends the
+   * verdict it reached; the primary relays the verdicts it announced.
+   */
+  | { v: number; t: "passive"; pool: string; backend: string; untilMs: number; reason: string }
   | { v: number; t: "metrics"; d: MetricDeltas }
-  | { v: number; t: "reload"; ports: Record<string, number> }
-  | { v: number; t: "reloaded"; ok: boolean; error?: string }
+  /** A reload, first half: open what the config needs, change nothing yet. */
+  | { v: number; t: "prepare"; config: Uint8Array; ports: Record<string, number> }
+  | { v: number; t: "prepared"; ok: boolean; error?: string }
+  /** A reload, second half: every thread prepared (commit), or one could not (abort). */
+  | { v: number; t: "commit" }
+  | { v: number; t: "abort" }
   | { v: number; t: "stop"; graceMs: number }
   | { v: number; t: "stopped" }
   /** An audit event seen in a worker; the primary owns the audit file. */

@@ -3,13 +3,16 @@
  * worker threads one at a time with a ready handshake, relays learned
  * sessions between them, tells them of health and operator state changes,
  * collects their metrics, respawns a crashed worker with backoff, and on
- * shutdown lets them drain. It runs health checks, the admin listener, the
+ * shutdown lets them drain. Workers run exactly the primary's config: it
+ * travels in their init message and in reloads, never re-read from disk.
+ * A reload takes effect in every thread or in none: all prepare, then all
+ * commit, or all abort when one could not prepare. It runs health checks, the admin listener, the
  * audit log and the snapshot itself (a Tether in "primary" role).
  */
 
 import type { AuditEvent } from "../audit.ts";
 import { isCompiled } from "../cli/header-limit.ts";
-import type { Config } from "../config/load.ts";
+import { type Config, encodeConfig } from "../config/load.ts";
 import type { Logger } from "../log.ts";
 import { startTether, type Tether } from "../server/app.ts";
 import { learnedEntries } from "../state/learn-batch.ts";
@@ -17,6 +20,7 @@ import { collectSnapshot } from "../state/snapshot.ts";
 import { decode, encode, type Message, PROTOCOL_VERSION } from "./messages.ts";
 
 const READY_TIMEOUT_MS = 15_000;
+const PREPARE_TIMEOUT_MS = 10_000;
 const MAX_BACKOFF_MS = 5_000;
 const STABLE_AFTER_MS = 30_000;
 
@@ -40,6 +44,8 @@ interface Slot {
   worker: Worker | null;
   ready: boolean;
   restarts: number;
+  /** The config generation its init carried. */
+  generation: number;
 }
 
 export interface Primary {
@@ -70,8 +76,11 @@ export async function startPrimary(
     worker: null,
     ready: false,
     restarts: 0,
+    generation: 0,
   }));
   let stopping = false;
+  /** Counts committed reloads: a worker that started on an older config is replaced. */
+  let generation = 0;
 
   const broadcast = (bytes: Uint8Array, except?: Slot) => {
     for (const s of slots) if (s !== except && s.ready) s.worker?.postMessage(bytes);
@@ -113,6 +122,9 @@ export async function startPrimary(
         tether.applyLearned(pool, table, key, backendId, exp);
       // The same bytes go to every other worker: no re-encoding.
       broadcast(data as Uint8Array, slot);
+    } else if (m.t === "passive") {
+      // Announced here once; the others apply it silently. A second verdict on the same backend is dropped.
+      if (tether.applyPassive(m.pool, m.backend, m.untilMs, m.reason)) broadcast(data as Uint8Array, slot);
     } else if (m.t === "audit") {
       tether.audit.emit(m.event as AuditEvent, m.fields);
     } else if (m.t === "metrics") {
@@ -134,15 +146,16 @@ export async function startPrimary(
 
   const initMessage = (slot: Slot): Uint8Array => {
     const runtime = tether.runtime;
-    const health: [string, string, boolean][] = [];
+    const health: [string, string, boolean, number][] = [];
     for (const p of runtime.pools.values())
-      for (const b of p.backends) health.push([p.name, b.id, b.activeDown]);
+      for (const b of p.backends) health.push([p.name, b.id, b.activeDown, b.passiveDownUntil]);
     const snap = collectSnapshot(runtime, tether.operatorStates);
+    slot.generation = generation;
     return encode({
       v: PROTOCOL_VERSION,
       t: "init",
       id: slot.id,
-      file: config.file,
+      config: encodeConfig(runtime.config),
       ports,
       keys: fallbackKeys.map((k) => new Uint8Array(k)),
       states: snap.states.map((s) => [s.pool, s.backend, s.state]),
@@ -175,6 +188,12 @@ export async function startPrimary(
       log.error("worker did not become ready", { worker: slot.id });
       return false;
     }
+    // A reload committed while it started passed it by: start it again on the current config.
+    if (slot.generation !== generation) {
+      log.info("worker started on a previous config; restarting it", { worker: slot.id });
+      worker.terminate();
+      return false;
+    }
     slot.ready = true;
     // A worker that stays up a while earns a fresh backoff: only crash loops wait long.
     setTimeout(() => {
@@ -195,19 +214,46 @@ export async function startPrimary(
     });
   }
 
+  const reloadAll = async (next: Config) => {
+    const mine = await tether.prepare(next);
+    const nextPorts = settlePorts(next, ports);
+    const live = slots.filter((s) => s.ready);
+    const replies = live.map((s) => expect(s, "prepared", PREPARE_TIMEOUT_MS));
+    const prepare = encode({
+      v: PROTOCOL_VERSION,
+      t: "prepare",
+      config: encodeConfig(next),
+      ports: nextPorts,
+    });
+    for (const s of live) s.worker?.postMessage(prepare);
+    const results = await Promise.all(replies);
+    const failures = results.flatMap((r, i) =>
+      r?.t === "prepared" && r.ok
+        ? []
+        : [`worker ${live[i]?.id}: ${r?.t === "prepared" ? r.error : "no answer"}`],
+    );
+    const word = encode({ v: PROTOCOL_VERSION, t: failures.length ? "abort" : "commit" });
+    for (const s of live) s.worker?.postMessage(word);
+    if (failures.length) {
+      mine.abort();
+      throw new Error(`not every thread could take the new config (${failures.join("; ")})`);
+    }
+    generation++;
+    ports = nextPorts;
+    mine.commit();
+  };
+  let reloading: Promise<void> = Promise.resolve();
+
   return {
     tether,
     get ports() {
       return ports;
     },
-    async reload(next: Config) {
-      await tether.reload(next);
-      ports = settlePorts(next, ports);
-      const replies = slots.filter((s) => s.ready).map((s) => expect(s, "reloaded", 10_000));
-      broadcast(encode({ v: PROTOCOL_VERSION, t: "reload", ports }));
-      const results = await Promise.all(replies);
-      const failed = results.filter((r) => !r || (r.t === "reloaded" && !r.ok));
-      if (failed.length) throw new Error(`${failed.length} worker(s) failed to reload`);
+    reload(next: Config) {
+      // One reload at a time: the replies of two would cross.
+      const run = reloading.then(() => reloadAll(next));
+      reloading = run.catch(() => {});
+      return run;
     },
     async stop(graceMs: number) {
       stopping = true;

@@ -3,9 +3,9 @@
  * ports), learns sessions, and trades state with the primary thread in
  * msgpack messages. Listed as an entry point of the compiled binary.
  */
-import { type Config, loadConfigFile } from "../config/load.ts";
+import { type Config, decodeConfig } from "../config/load.ts";
 import { createLogger } from "../log.ts";
-import { startTether, type Tether } from "../server/app.ts";
+import { type PreparedReload, startTether, type Tether } from "../server/app.ts";
 import { LearnBatcher, learnedEntries } from "../state/learn-batch.ts";
 import { decode, encode, type Message, type MetricDeltas, PROTOCOL_VERSION } from "./messages.ts";
 
@@ -14,6 +14,8 @@ declare const self: Worker;
 const METRICS_EVERY_MS = 1000;
 
 let tether: Tether | null = null;
+/** A reload prepared here, waiting for the primary's commit or abort. */
+let prepared: PreparedReload | null = null;
 let workerId = "?";
 const pending: Message[] = [];
 const post = (m: Message) => self.postMessage(encode(m));
@@ -65,7 +67,7 @@ async function handle(m: Message): Promise<void> {
   switch (m.t) {
     case "init": {
       workerId = String(m.id);
-      const config = withPorts(loadConfigFile(m.file), m.ports);
+      const config = withPorts(decodeConfig(m.config), m.ports);
       const t = startTether(config, log, {
         role: "worker",
         audit: {
@@ -74,10 +76,15 @@ async function handle(m: Message): Promise<void> {
         },
         fallbackKeys: m.keys.map((k) => Buffer.from(k)),
         onLearned: (pool, table, key, backendId, exp) => batcher.add(pool, table, key, backendId, exp),
+        onPassiveVerdict: (pool, backend, untilMs, reason) =>
+          post({ v: PROTOCOL_VERSION, t: "passive", pool, backend, untilMs, reason }),
       });
       tether = t;
       for (const [pool, backend, state] of m.states) t.applyState(pool, backend, state);
-      for (const [pool, backend, down] of m.health) t.applyHealth(pool, backend, down);
+      for (const [pool, backend, down, passiveUntil] of m.health) {
+        t.applyHealth(pool, backend, down);
+        if (passiveUntil > Date.now()) t.applyPassive(pool, backend, passiveUntil, "");
+      }
       for (const table of m.tables) {
         for (let i = 0; i + 2 < table.entries.length; i += 3) {
           t.applyLearned(
@@ -109,16 +116,29 @@ async function handle(m: Message): Promise<void> {
     case "health":
       tether?.applyHealth(m.pool, m.backend, m.down);
       return;
-    case "reload": {
+    case "passive":
+      tether?.applyPassive(m.pool, m.backend, m.untilMs, m.reason);
+      return;
+    case "prepare": {
       try {
-        const file = tether?.runtime.config.file ?? "";
-        await tether?.reload(withPorts(loadConfigFile(file), m.ports));
-        post({ v: PROTOCOL_VERSION, t: "reloaded", ok: true });
+        prepared?.abort();
+        prepared = null;
+        const next = withPorts(decodeConfig(m.config), m.ports);
+        prepared = (await tether?.prepare(next)) ?? null;
+        post({ v: PROTOCOL_VERSION, t: "prepared", ok: prepared !== null });
       } catch (e) {
-        post({ v: PROTOCOL_VERSION, t: "reloaded", ok: false, error: String(e) });
+        post({ v: PROTOCOL_VERSION, t: "prepared", ok: false, error: String(e) });
       }
       return;
     }
+    case "commit":
+      prepared?.commit();
+      prepared = null;
+      return;
+    case "abort":
+      prepared?.abort();
+      prepared = null;
+      return;
     case "stop": {
       batcher.flush();
       await tether?.stop(m.graceMs);

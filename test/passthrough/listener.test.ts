@@ -9,6 +9,7 @@ import type { ProxyDeps } from "../../src/contracts.ts";
 import { startPassthroughListener } from "../../src/passthrough/listener.ts";
 import { HealthMonitor } from "../../src/pool/health.ts";
 import { UpstreamClient } from "../../src/proxy/upstream/client.ts";
+import { healthProbes } from "../../src/server/health-probes.ts";
 import { buildRuntime } from "../../src/server/runtime.ts";
 import { config, memoryLogger } from "../support/tether.ts";
 import { rawClient, rawServer, readHexFixture } from "./support.ts";
@@ -38,7 +39,12 @@ test("a session ID that another instance learned (cluster lookup) goes to that i
     log,
     audit: noAudit,
     metrics: new Metrics(current),
-    health: new HealthMonitor(current, log, noAudit),
+    health: new HealthMonitor({
+      pools: () => runtime.pools.values(),
+      probes: healthProbes(),
+      log,
+      audit: noAudit,
+    }),
     cluster: {
       async lookup() {
         lookups++;
