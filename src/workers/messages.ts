@@ -19,6 +19,8 @@ export interface MetricDeltas {
   backends: [string, string, number, number, number][];
   /** Session-key hashes seen, per pool/backend, for the active-session estimate. */
   sessions: [string, string, number[]][];
+  /** This worker's load now, per pool/backend whose load changed: [pool, id, inflight, websockets]. */
+  load: [string, string, number, number][];
 }
 
 export type Message =

@@ -41,6 +41,8 @@ export function settlePorts(config: Config, keep: Record<string, number> = {}): 
 
 interface Slot {
   id: number;
+  /** The worker's last reported load per "pool\0backend": [inflight, websockets]. */
+  load: Map<string, [number, number]>;
   worker: Worker | null;
   ready: boolean;
   restarts: number;
@@ -76,6 +78,7 @@ export async function startPrimary(
     worker: null,
     ready: false,
     restarts: 0,
+    load: new Map(),
     generation: 0,
   }));
   let stopping = false;
@@ -109,6 +112,23 @@ export async function startPrimary(
       });
     });
 
+  /** The primary serves no traffic: its backends show the sum of the workers' loads (admin API, metrics). */
+  const showLoad = (pool: string, id: string) => {
+    const b = tether.runtime.pools.get(pool)?.get(id);
+    if (!b) return;
+    let inflight = 0;
+    let websockets = 0;
+    for (const s of slots) {
+      const l = s.load.get(`${pool}\0${id}`);
+      if (l) {
+        inflight += l[0];
+        websockets += l[1];
+      }
+    }
+    b.inflight = inflight;
+    b.websockets = websockets;
+  };
+
   const onMessage = (slot: Slot, data: unknown) => {
     const m = decode(data);
     if (!m) return;
@@ -140,6 +160,10 @@ export async function startPrimary(
       for (const [pool, id, hashes] of m.d.sessions) {
         const b = tether.runtime.pools.get(pool)?.get(id);
         if (b) for (const h of hashes) b.sessions.add(h, now);
+      }
+      for (const [pool, id, inflight, websockets] of m.d.load ?? []) {
+        slot.load.set(`${pool}\0${id}`, [inflight, websockets]);
+        showLoad(pool, id);
       }
     }
   };
@@ -173,6 +197,10 @@ export async function startPrimary(
     worker.addEventListener("close", () => {
       slot.ready = false;
       slot.worker = null;
+      // What it had in flight ended with it.
+      const keys = [...slot.load.keys()];
+      slot.load.clear();
+      for (const key of keys) showLoad(...(key.split("\0") as [string, string]));
       if (stopping) return;
       const delay = Math.min(MAX_BACKOFF_MS, 100 * 2 ** slot.restarts++);
       log.error("worker exited; respawning", { worker: slot.id, delayMs: delay });

@@ -41,18 +41,20 @@ function withPorts(config: Config, ports: Record<string, number>): Config {
   return { ...config, listeners: config.listeners.map((l) => ({ ...l, port: ports[l.name] ?? l.port })) };
 }
 
-/** Counters since the last report, for the primary's admin API and metrics. */
-const sent = new Map<string, [number, number]>();
+/** Counters since the last report, and the load last reported, for the primary's admin API and metrics. */
+const sent = new Map<string, [number, number, number, number]>();
 function deltas(t: Tether): MetricDeltas {
   const backends: MetricDeltas["backends"] = [];
   const sessions: MetricDeltas["sessions"] = [];
+  const load: MetricDeltas["load"] = [];
   for (const pool of t.runtime.pools.values()) {
     for (const b of pool.backends) {
       const key = `${pool.name}\0${b.id}`;
-      const [r0, e0] = sent.get(key) ?? [0, 0];
+      const [r0, e0, i0, w0] = sent.get(key) ?? [0, 0, 0, 0];
       if (b.requests !== r0 || b.errors !== e0)
         backends.push([pool.name, b.id, b.requests - r0, b.errors - e0, b.lastPinnedAt]);
-      sent.set(key, [b.requests, b.errors]);
+      if (b.inflight !== i0 || b.websockets !== w0) load.push([pool.name, b.id, b.inflight, b.websockets]);
+      sent.set(key, [b.requests, b.errors, b.inflight, b.websockets]);
       if (!b.sessions.tap) b.sessions.tap = [];
       if (b.sessions.tap.length) {
         sessions.push([pool.name, b.id, b.sessions.tap]);
@@ -60,7 +62,7 @@ function deltas(t: Tether): MetricDeltas {
       }
     }
   }
-  return { ...t.metrics.drain(), backends, sessions };
+  return { ...t.metrics.drain(), backends, sessions, load };
 }
 
 async function handle(m: Message): Promise<void> {
