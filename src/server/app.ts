@@ -1,22 +1,18 @@
 /**
- * The running proxy: its listeners, the live Runtime, reload and shutdown.
+ * The running proxy: the live Runtime, composed from a control plane
+ * (control-plane.ts: snapshots, health, cluster sync, admin) and a data plane
+ * (data-plane.ts: listeners), each chosen by role, with reload and shutdown.
  */
 import { randomBytes } from "node:crypto";
-import type { Server } from "bun";
-import { dashboardHtml } from "../admin/dashboard.ts";
 import { Metrics } from "../admin/metrics.ts";
-import { startAdmin } from "../admin/server.ts";
 import { type Audit, createAudit, noAudit } from "../audit.ts";
 import type { Config } from "../config/load.ts";
 import type { BackendState } from "../config/schema.ts";
 import type { ListenerHandle, ProxyDeps, Runtime } from "../contracts.ts";
 import type { Logger } from "../log.ts";
-import { HealthMonitor } from "../pool/health.ts";
 import { UpstreamClient } from "../proxy/upstream/client.ts";
-import { ClusterSync } from "../state/cluster.ts";
-import { startSnapshots } from "../state/persist.ts";
+import { type ControlPlane, type Role, startControlPlane } from "./control-plane.ts";
 import { type DataPlane, type PreparedReload, startDataPlane } from "./data-plane.ts";
-import { healthProbes } from "./health-probes.ts";
 import { ensureMigrateReq } from "./reuseport-migration.ts";
 import { buildRuntime } from "./runtime.ts";
 
@@ -60,9 +56,8 @@ function needsKeys(config: Config): boolean {
   );
 }
 
+export type { Role } from "./control-plane.ts";
 export type { PreparedReload } from "./data-plane.ts";
-
-export type Role = "single" | "primary" | "worker";
 
 export interface StartOptions {
   /** Overrides the audit sink named in the config (tests; workers send theirs to the primary). */
@@ -95,13 +90,11 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       consequence: "sessions will not survive a restart or span instances; run `tether keygen`",
     });
   }
-  // Backend states set through the admin API outlive reloads: "pool\0id" → state.
   const operatorStates = new Map<string, BackendState>();
-  // Another instance's sessions and states, through Redis, when "cluster" is configured.
-  let cluster: ClusterSync | null = null;
+  let control: ControlPlane | null = null;
   const learned = (pool: string, table: string, key: number, backendId: string, exp: number) => {
     opts.onLearned?.(pool, table, key, backendId, exp);
-    cluster?.publishLearned(pool, table, key, backendId, exp);
+    control?.cluster?.publishLearned(pool, table, key, backendId, exp);
   };
   const shareLearned = Boolean(opts.onLearned || config.redisUrl);
   const build = (c: Config, previous?: Runtime) => {
@@ -120,88 +113,38 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     return r;
   };
   let runtime = build(config);
-  const noSnapshots = { loadedStates: false, stop() {} };
-  const snapshots =
-    role === "worker" ? noSnapshots : startSnapshots(config, () => runtime, operatorStates, log);
-  if (snapshots.loadedStates) runtime = build(config, runtime);
   const current = () => runtime;
-  const upstream = new UpstreamClient();
   const audit = opts.audit ?? (role === "worker" ? noAudit : createAudit(config.auditFile ?? config.audit));
   const metrics = new Metrics(current);
-  const probes = healthProbes();
-  const onPassiveVerdict = opts.onPassiveVerdict;
-  const health = new HealthMonitor({
-    pools: () => runtime.pools.values(),
-    probes,
+  const plane = startControlPlane({
+    config,
+    role,
     log,
     audit,
-    onActiveChange: (pool, b, down) => opts.onHealthChange?.(pool.name, b.id, down),
-    ...(onPassiveVerdict
-      ? { reportPassive: (pool, b, untilMs, reason) => onPassiveVerdict(pool.name, b.id, untilMs, reason) }
-      : {}),
+    metrics,
+    current,
+    operatorStates,
+    links: {
+      ...opts,
+      applyLearned: (pool, table, key, backendId, exp) =>
+        tether.applyLearned(pool, table, key, backendId, exp),
+      applyState: (pool, backend, state) => tether.applyState(pool, backend, state),
+    },
   });
-  const deps: ProxyDeps = { upstream, log, audit, metrics, health, cluster: null };
-  if (config.redisUrl && config.cluster) {
-    const sync = new ClusterSync(
-      {
-        url: config.redisUrl,
-        prefix: config.cluster.redis.prefix,
-        lookupTimeoutMs: config.cluster.redis.lookupTimeoutMs,
-      },
-      log,
-      {
-        applyLearned: (pool, table, key, backendId, exp) =>
-          tether.applyLearned(pool, table, key, backendId, exp),
-        applyState: (pool, backend, state) => tether.applyState(pool, backend, state),
-      },
-    );
-    cluster = sync;
-    // Lookups only where traffic is served; the primary shares states.
-    if (role !== "primary") deps.cluster = sync;
-    void sync.start().then(async () => {
-      for (const [pool, backend, state] of await sync.loadStates()) tether.applyState(pool, backend, state);
-    });
+  control = plane;
+  if (plane.loadedStates) {
+    runtime = build(config, runtime);
+    plane.restarted();
   }
-  // Active checks and the passive sweep run once, in the primary; workers report passive verdicts to it.
-  if (role !== "worker") health.start();
-
-  let admin: { server: Server<undefined>; token: string; generated: boolean } | null = null;
-  if (config.admin && role !== "worker") {
-    const generated = !config.admin.token;
-    const token = config.admin.token ?? randomBytes(24).toString("base64url");
-    const server = startAdmin(
-      config.admin,
-      {
-        current,
-        token,
-        metrics,
-        dashboardHtml,
-        setState(pool, backend, state) {
-          const before = backend.state;
-          backend.state = state;
-          operatorStates.set(`${pool.name}\0${backend.id}`, state);
-          opts.onStateChange?.(pool.name, backend.id, state);
-          cluster?.publishState(pool.name, backend.id, state);
-          if (before !== state) {
-            const fields = { pool: pool.name, backend: backend.id, from: before, state, by: "admin" };
-            log.info("backend state changed", fields);
-            audit.emit("backend.state", fields);
-          }
-        },
-      },
-      log,
-    );
-    if (generated) log.warn("admin token generated at start; the dashboard URL with it is printed on stderr");
-    admin = { server, token, generated };
-  }
+  const { health, admin } = plane;
+  const upstream = new UpstreamClient();
+  const deps: ProxyDeps = { upstream, log, audit, metrics, health, cluster: plane.lookups };
 
   let data: DataPlane;
   try {
     data = startDataPlane(role === "primary" ? [] : config.listeners, current, deps, log);
   } catch (e) {
-    health.stop();
-    probes.close();
-    admin?.server.stop(true);
+    void plane.stop();
     throw e;
   }
 
@@ -255,7 +198,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
           runtime = build(next, runtime);
           traffic.commit();
           if (role === "single" && traffic.replaces) ensureMigrateReq(log, true);
-          if (role !== "worker") health.start();
+          plane.restarted();
         },
         abort() {
           if (settled) return;
@@ -268,12 +211,8 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       (await tether.prepare(next)).commit();
     },
     async stop(graceMs = runtime.config.shutdownGraceMs) {
-      snapshots.stop();
-      await cluster?.stop();
       await data.stop(graceMs);
-      health.stop();
-      probes.close();
-      admin?.server.stop(true);
+      await plane.stop();
       upstream.close();
     },
   };

@@ -25,7 +25,11 @@ describe("workers: 2, the load in the primary's view", () => {
           return new Promise<Response>((resolve) => held.push(() => resolve(new Response("done"))));
         return srv.upgrade(req) ? undefined : new Response("not a websocket", { status: 400 });
       },
-      websocket: { message: (ws, m) => ws.send(m) },
+      websocket: {
+        message(ws, m) {
+          ws.send(m);
+        },
+      },
     });
     const file = writeConfig(tempDir(), {
       listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
