@@ -261,16 +261,26 @@ export async function forwardHttp(req: Request, info: RequestInfo, deps: ProxyDe
   } catch (e) {
     const err = e instanceof ProxyError ? e : unexpected(e, deps, info);
     accessLog(deps, info, req, target, pool?.name ?? "", "", err.status, err.code);
-    deps.metrics.request(
-      info.listener.name,
-      pool?.name ?? "",
-      "",
-      err.status,
-      (performance.now() - info.startedAt) / 1000,
-    );
     info.responded?.();
-    return proxyErrorResponse(err);
+    return failedResponse(err, deps, info, pool);
   }
+}
+
+/** The client's answer to a request tether could not forward, counted in the metrics. */
+export function failedResponse(
+  err: ProxyError,
+  deps: ProxyDeps,
+  info: RequestInfo,
+  pool: Pool | null,
+): Response {
+  deps.metrics.request(
+    info.listener.name,
+    pool?.name ?? "",
+    "",
+    err.status,
+    (performance.now() - info.startedAt) / 1000,
+  );
+  return proxyErrorResponse(err);
 }
 
 /** A throw that is not a ProxyError is a defect in tether: logged once with its stack, answered 500. */

@@ -16,8 +16,15 @@ import type { ProxyDeps, RequestInfo } from "../contracts.ts";
 import type { Placement } from "../persistence/types.ts";
 import { Placing } from "../pool/placement.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
-import { errorResponse, ProxyError, proxyErrorResponse } from "./errors.ts";
-import { record, responseFacts, toClientResponse, unexpected, upstreamFailed } from "./forward.ts";
+import { errorResponse, ProxyError } from "./errors.ts";
+import {
+  failedResponse,
+  record,
+  responseFacts,
+  toClientResponse,
+  unexpected,
+  upstreamFailed,
+} from "./forward.ts";
 import { backendRequestHeaders } from "./headers.ts";
 import { clientUsesTls, forwardFacts, poolFor, requestFacts } from "./request-facts.ts";
 import { requestTarget } from "./request-target.ts";
@@ -168,15 +175,7 @@ export async function upgradeWebSocket(
     }
     return undefined;
   } catch (e) {
-    const err = e instanceof ProxyError ? e : unexpected(e, deps, info);
-    deps.metrics.request(
-      info.listener.name,
-      pool?.name ?? "",
-      "",
-      err.status,
-      (performance.now() - info.startedAt) / 1000,
-    );
-    return proxyErrorResponse(err);
+    return failedResponse(e instanceof ProxyError ? e : unexpected(e, deps, info), deps, info, pool);
   }
 }
 

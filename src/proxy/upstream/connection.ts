@@ -4,7 +4,7 @@
  * whether the socket may carry another request. Socket handlers are shared
  * module-level objects; per-socket state is the Conn in socket.data.
  */
-import type { Socket, SocketHandler, UnderlyingSource } from "bun";
+import type { Socket, UnderlyingSource } from "bun";
 import { ProxyError, type ProxyErrorCode } from "../errors.ts";
 import type { BodyErrorSink, Exchange } from "./exchange.ts";
 import {
@@ -17,6 +17,7 @@ import {
   type ResponseHead,
 } from "./parser.ts";
 import type { Pooled } from "./pool.ts";
+import { connectSocket, errorDetail } from "./socket.ts";
 import type { UpstreamResponse, UpstreamTarget } from "./types.ts";
 
 /** What a connection needs from the client that owns it. */
@@ -99,18 +100,7 @@ export class Conn implements Pooled {
 
   connect(target: UpstreamTarget, timeoutMs: number): void {
     if (timeoutMs > 0) this.timer = setTimeout(connectTimedOut, timeoutMs, this);
-    const tls = target.tls;
-    try {
-      Bun.connect<Conn>({
-        hostname: target.hostname,
-        port: target.port,
-        data: this,
-        socket: tls === undefined ? TCP_HANDLERS : TLS_HANDLERS,
-        tls: tls && { ca: tls.ca, serverName: tls.serverName, rejectUnauthorized: tls.verify },
-      }).catch(ignore); // connectError reports the failure
-    } catch (err) {
-      this.fail("CONNECT_FAILED", errorDetail(err));
-    }
+    connectSocket(target, this);
   }
 
   attach(ex: Exchange, fromPool: boolean): void {
@@ -554,12 +544,6 @@ function joinPieces(pieces: Uint8Array[]): Uint8Array | null {
   return Buffer.concat(pieces);
 }
 
-function errorDetail(error: unknown): string {
-  if (error === null || error === undefined) return "";
-  const code = (error as { code?: unknown }).code;
-  return typeof code === "string" ? code : String((error as Error).message ?? error);
-}
-
 function connectTimedOut(conn: Conn): void {
   conn.timedOut("CONNECT_TIMEOUT");
 }
@@ -567,21 +551,3 @@ function connectTimedOut(conn: Conn): void {
 function responseTimerFired(conn: Conn): void {
   conn.responseTimerFired();
 }
-
-function ignore(): void {}
-
-const TCP_HANDLERS: SocketHandler<Conn> = {
-  open: (socket) => socket.data.onOpen(socket, true),
-  data: (socket, data) => socket.data.onData(data),
-  drain: (socket) => socket.data.onDrain(),
-  close: (socket, error) => socket.data.onClose(error),
-  error: (socket, error) => socket.data.onError(error),
-  connectError: (socket, error) => socket.data.onConnectError(error),
-};
-
-/** TLS: open fires before the handshake; the socket is ready only once the certificate is checked. */
-const TLS_HANDLERS: SocketHandler<Conn> = {
-  ...TCP_HANDLERS,
-  open: (socket) => socket.data.onOpen(socket, false),
-  handshake: (socket, success, authError) => socket.data.onHandshake(socket, success, authError),
-};

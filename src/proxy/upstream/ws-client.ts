@@ -5,7 +5,7 @@
  * answers the upgrade with anything but 101 gives its whole response back,
  * so the proxy can relay a 401, 403 or 404 as it is instead of a 502.
  */
-import type { Socket, SocketHandler } from "bun";
+import type { Socket } from "bun";
 import { ProxyError, type ProxyErrorCode } from "../errors.ts";
 import {
   bodyFraming,
@@ -17,6 +17,7 @@ import {
   type ResponseHead,
 } from "./parser.ts";
 import { serializeRequestHead } from "./serialize.ts";
+import { connectSocket, errorDetail } from "./socket.ts";
 import type { AbortLike, UpstreamResponse, UpstreamTarget } from "./types.ts";
 import {
   CLOSE_ABNORMAL,
@@ -272,18 +273,7 @@ export class UpstreamWebSocket {
     this.queued = head.byteLength;
     const ms = this.opts.connectTimeoutMs;
     if (ms > 0) this.timer = setTimeout(timedOut, ms, this, "CONNECT_TIMEOUT");
-    const tls = target.tls;
-    try {
-      Bun.connect<UpstreamWebSocket>({
-        hostname: target.hostname,
-        port: target.port,
-        data: this,
-        socket: tls === undefined ? TCP_HANDLERS : TLS_HANDLERS,
-        tls: tls && { ca: tls.ca, serverName: tls.serverName, rejectUnauthorized: tls.verify },
-      }).catch(ignore); // connectError reports the failure
-    } catch (err) {
-      this.fail("CONNECT_FAILED", errorDetail(err));
-    }
+    connectSocket(target, this);
   }
 
   /** AbortSignal listener. */
@@ -636,12 +626,6 @@ export class UpstreamWebSocket {
   }
 }
 
-function errorDetail(error: unknown): string {
-  if (error === null || error === undefined) return "";
-  const code = (error as { code?: unknown }).code;
-  return typeof code === "string" ? code : String((error as Error).message ?? error);
-}
-
 function timedOut(ws: UpstreamWebSocket, code: ProxyErrorCode): void {
   ws.timedOut(code);
 }
@@ -649,21 +633,3 @@ function timedOut(ws: UpstreamWebSocket, code: ProxyErrorCode): void {
 function closeTimedOut(ws: UpstreamWebSocket): void {
   ws.closeTimedOut();
 }
-
-function ignore(): void {}
-
-const TCP_HANDLERS: SocketHandler<UpstreamWebSocket> = {
-  open: (socket) => socket.data.onOpen(socket, true),
-  data: (socket, data) => socket.data.onData(data),
-  drain: (socket) => socket.data.onDrain(),
-  close: (socket, error) => socket.data.onClose(error),
-  error: (socket, error) => socket.data.onError(error),
-  connectError: (socket, error) => socket.data.onConnectError(error),
-};
-
-/** TLS: open fires before the handshake; the socket is ready only once the certificate is checked. */
-const TLS_HANDLERS: SocketHandler<UpstreamWebSocket> = {
-  ...TCP_HANDLERS,
-  open: (socket) => socket.data.onOpen(socket, false),
-  handshake: (socket, success, authError) => socket.data.onHandshake(socket, success, authError),
-};
