@@ -285,7 +285,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       }
     },
     async stop(graceMs = runtime.config.shutdownGraceMs) {
-      snapshots.stop();
+      await snapshots.stop();
       await cluster?.stop();
       await Promise.all([...listeners.values()].map((h) => drain(h, graceMs)));
       listeners.clear();

@@ -3,10 +3,11 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node
 import { join } from "node:path";
 import type { BackendState } from "../../src/config/schema.ts";
 import { buildRuntime, type Runtime } from "../../src/server/runtime.ts";
+import { startSnapshots } from "../../src/state/persist.ts";
 import { applySnapshot, collectSnapshot, readSnapshot, writeSnapshot } from "../../src/state/snapshot.ts";
 import { saveSnapshot } from "../../src/state/snapshot-save.ts";
 import { tempDir } from "../support/files.ts";
-import { config } from "../support/tether.ts";
+import { config, memoryLogger } from "../support/tether.ts";
 
 const KEY = Buffer.alloc(32, 4);
 const ENTRIES = 200_000;
@@ -14,7 +15,7 @@ const backends = [
   { id: "b1", url: "http://127.0.0.1:1" },
   { id: "b2", url: "http://127.0.0.1:2" },
 ];
-const input = () => ({
+const input = (snapshotFile?: string) => ({
   listeners: [{ name: "web", protocol: "http" as const, address: "127.0.0.1:0", pool: "app" }],
   pools: {
     app: {
@@ -26,6 +27,7 @@ const input = () => ({
     },
     other: { backends, persistence: [{ type: "cookie" as const, mode: "learn" as const, name: "S" }] },
   },
+  ...(snapshotFile ? { snapshot: { file: snapshotFile, intervalMs: 60_000 } } : {}),
 });
 
 /** Fills the app pool's cookie table with `n` entries and its url table with a few. */
@@ -136,5 +138,26 @@ describe("sliced snapshot save", () => {
 
     expect(readdirSync(dir)).toEqual(["state.msgpack"]);
     expect(existsSync(join(file, "occupied"))).toBe(true);
+  });
+});
+
+describe("snapshot lifecycle", () => {
+  test("stop writes the final snapshot in slices, serving between them, and resolves once it is on disk", async () => {
+    const dir = tempDir();
+    const file = join(dir, "state.msgpack");
+    const c = config(input(file));
+    const runtime = buildRuntime(c, undefined, [KEY]);
+    const log = memoryLogger();
+    const snapshots = startSnapshots(c, () => runtime, new Map([["app\0b2", "drain"]]), log);
+    fill(runtime, ENTRIES, Math.floor(Date.now() / 1000));
+    const turns = countTurns();
+
+    await snapshots.stop();
+
+    expect(turns.stop()).toBeGreaterThanOrEqual(ENTRIES / 2048);
+    const { snapshot } = readSnapshot(file);
+    expect(snapshot?.tables.find((t) => t.table === "0:cookie")?.entries.length).toBe(ENTRIES * 3);
+    expect(snapshot?.states).toEqual([{ pool: "app", backend: "b2", state: "drain" }]);
+    expect(log.lines.filter((l) => l.level === "error")).toEqual([]);
   });
 });
