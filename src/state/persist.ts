@@ -42,8 +42,9 @@ export function startSnapshots(
   }
   const write = async () => {
     try {
+      const started = performance.now();
       const r = await saveSnapshot(file, current(), operatorStates);
-      log.debug("snapshot written", { file, ...r });
+      log.debug("snapshot written", { file, ms: Math.round(performance.now() - started), ...r });
     } catch (e) {
       log.error("snapshot not written", { file, error: (e as Error).message });
     }
