@@ -62,7 +62,7 @@ export function startControlPlane(ctx: ControlPlaneContext): ControlPlane {
   const { config, role, log, audit, metrics, current, operatorStates, links } = ctx;
   const snapshots =
     role === "worker"
-      ? { loadedStates: false, stop() {} }
+      ? { loadedStates: false, async stop() {} }
       : startSnapshots(config, current, operatorStates, log);
 
   const probes = healthProbes();
@@ -94,7 +94,7 @@ export function startControlPlane(ctx: ControlPlaneContext): ControlPlane {
       if (role !== "worker") health.start();
     },
     async stop() {
-      snapshots.stop();
+      await snapshots.stop();
       await cluster?.stop();
       health.stop();
       probes.close();

@@ -1,17 +1,22 @@
 /**
- * Snapshot lifecycle for a running tether: load at start, save every
- * intervalMs and once more on stop.
+ * Snapshot lifecycle for a running tether: load at start (synchronously,
+ * before any listener serves), save every intervalMs and once more on stop.
+ * Saves run in slices that yield to the event loop (snapshot-save.ts), so
+ * they can outlast a tick: one save at a time, a tick that finds one running
+ * is skipped.
  */
 import type { Config } from "../config/load.ts";
 import type { BackendState } from "../config/schema.ts";
 import type { Runtime } from "../contracts.ts";
 import type { Logger } from "../log.ts";
-import { applySnapshot, collectSnapshot, readSnapshot, writeSnapshot } from "./snapshot.ts";
+import { applySnapshot, readSnapshot } from "./snapshot.ts";
+import { saveSnapshot } from "./snapshot-save.ts";
 
 export interface Snapshots {
   /** True when the snapshot restored operator states (the runtime must be rebuilt to apply them). */
   loadedStates: boolean;
-  stop(): void;
+  /** Stops the timer and resolves once a final save (after any save in progress) is on disk. */
+  stop(): Promise<void>;
 }
 
 export function startSnapshots(
@@ -21,7 +26,7 @@ export function startSnapshots(
   log: Logger,
 ): Snapshots {
   const file = config.snapshotFile;
-  if (!file) return { loadedStates: false, stop() {} };
+  if (!file) return { loadedStates: false, async stop() {} };
   const { snapshot, problem } = readSnapshot(file);
   let loadedStates = false;
   if (problem) log.warn("snapshot ignored", { file, problem });
@@ -35,20 +40,31 @@ export function startSnapshots(
     const entries = applySnapshot(current(), snapshot);
     log.info("snapshot loaded", { file, entries, states: snapshot.states.length });
   }
-  const save = () => {
+  const write = async () => {
     try {
-      writeSnapshot(file, collectSnapshot(current(), operatorStates));
+      const started = performance.now();
+      const r = await saveSnapshot(file, current(), operatorStates);
+      log.debug("snapshot written", { file, ms: Math.round(performance.now() - started), ...r });
     } catch (e) {
       log.error("snapshot not written", { file, error: (e as Error).message });
     }
+  };
+  let saving: Promise<void> | null = null;
+  const save = (): Promise<void> => {
+    saving ??= write().finally(() => {
+      saving = null;
+    });
+    return saving;
   };
   const intervalMs = config.snapshot ? config.snapshot.intervalMs : 30_000;
   const timer = setInterval(save, intervalMs);
   return {
     loadedStates,
-    stop() {
+    async stop() {
       clearInterval(timer);
-      save();
+      // The save in progress may have read the tables before the last changes.
+      await saving;
+      await save();
     },
   };
 }
