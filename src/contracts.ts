@@ -42,6 +42,40 @@ export interface RequestInfo {
   signal?: AbortLike;
 }
 
+/**
+ * A request the listener's clock watches (server/request-clock.ts): one that
+ * runs long gets its client's idle timer suspended and its client watched.
+ */
+export interface Tracked {
+  readonly req: Request;
+  /** Client signal attached (and idle timer suspended). */
+  promoted: boolean;
+  /** Idle timer suspended: restored when the request finishes. */
+  suspended: boolean;
+  /** Finished or detached: a sweep drops it. */
+  done: boolean;
+  /** The client went away while the request ran. */
+  clientGone(reason: unknown): void;
+}
+
+export interface RequestTracker {
+  track(t: Tracked): void;
+  /** The response was handed over (or the request failed): restores the idle timer if it was suspended. */
+  finished(t: Tracked): void;
+}
+
+/** One traffic listener's constant part, shared by its requests. */
+export interface ListenerContext {
+  /** The listener as configured when it opened (the Runtime may hold a newer one). */
+  readonly config: ResolvedListener;
+  readonly deps: ProxyDeps;
+  readonly tracker: RequestTracker;
+  /** The Strict-Transport-Security value for an https listener, else null. */
+  readonly hsts: string | null;
+  /** Requests whose response has not been handed to Bun yet. */
+  inflight: number;
+}
+
 /** Learned sessions held by other tether instances (Redis): consulted on a local miss. */
 export interface ClusterLookup {
   lookup(

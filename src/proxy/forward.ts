@@ -1,30 +1,36 @@
 /**
- * Forwards one HTTP request: the pool's persistence chain places it, the
- * upstream client sends it (a failed connect is retried on the session's
- * next choice and the session re-pinned there), and the backend's response
- * goes to the client with hop-by-hop headers removed and the persistence
- * rules' cookies applied. Bodies stream both ways.
+ * Forwards one HTTP request: the handler, the retry loop and the finishing
+ * of the client's response. The pool's placement picks a backend, the
+ * upstream client sends the request (a failed connect is retried on the
+ * session's next choice and the session re-pinned there), and the backend's
+ * answer goes to the client through client-response.ts. Bodies stream both
+ * ways.
+ *
+ * One object per request, a ProxiedRequest, carries the request through every
+ * step, as HAProxy's stream does: it is what the listener knows (RequestInfo),
+ * what its clock watches (Tracked), the client's cancellation (AbortLike),
+ * the upstream request and its options, and the sink the upstream exchange
+ * reports to. So the common path allocates no other objects of its own and
+ * makes one promise: the Response the listener returns.
  */
 
-import type { ProxyDeps, RequestInfo } from "../contracts.ts";
-import type { Effect, Placement, ResponseFacts } from "../persistence/types.ts";
+import type { ResolvedListener } from "../config/load.ts";
+import type { ListenerContext, ProxyDeps, RequestInfo, Runtime, Tracked } from "../contracts.ts";
+import type { Placement, RequestFacts } from "../persistence/types.ts";
 import { Placing } from "../pool/placement.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
-import { privateCacheControl } from "./cache-control.ts";
-import { ProxyError, proxyErrorResponse } from "./errors.ts";
-import { backendRequestHeaders, clientResponseHeaders } from "./headers.ts";
+import { ClientAbort } from "./client-abort.ts";
+import { responseFacts, toClientResponse } from "./client-response.ts";
+import { ProxyError } from "./errors.ts";
+import { asksToClose, backendRequestHeaders, type ForwardFacts } from "./headers.ts";
 import { IDEMPOTENT } from "./methods.ts";
+import { accessLog, failedResponse, record, unexpected, upstreamFailed } from "./outcomes.ts";
 import { clientUsesTls, forwardFacts, poolFor, requestFacts } from "./request-facts.ts";
-import { requestTarget, targetPath } from "./request-target.ts";
-import { guardStream } from "./stream-guard.ts";
-import type { AbortLike, UpstreamRequest, UpstreamResponse } from "./upstream/types.ts";
+import { requestTarget } from "./request-target.ts";
+import type { ExchangeSink } from "./upstream/exchange.ts";
+import type { AbortLike, RequestOptions, UpstreamRequest, UpstreamResponse } from "./upstream/types.ts";
 
-function bodyOf(req: Request): { body: UpstreamRequest["body"]; bodyLength: number | null } {
-  if (req.body === null) return { body: null, bodyLength: null };
-  const cl = req.headers.get("content-length");
-  if (cl !== null && /^\d+$/.test(cl)) return { body: req.body, bodyLength: Number(cl) };
-  return { body: req.body, bodyLength: null };
-}
+const NO_HEADERS: [string, string][] = [];
 
 /**
  * Under maxConn a slot is held until the response body has been passed on (or
@@ -75,257 +81,221 @@ function retryable(err: ProxyError, request: UpstreamRequest): boolean {
   return err.code === "RESET_BEFORE_RESPONSE" && request.body === null && IDEMPOTENT.has(request.method);
 }
 
-interface Exchanged {
-  backend: Backend;
-  response: UpstreamResponse;
-  placement: Placement;
-}
+export class ProxiedRequest
+  extends ClientAbort
+  implements RequestInfo, Tracked, UpstreamRequest, RequestOptions, ExchangeSink
+{
+  // RequestInfo (and, inherited from ClientAbort, the client's cancellation)
+  readonly listener: ResolvedListener;
+  readonly startedAt = performance.now();
+  /** Aborts when the client goes away: this object for a bodyless request, else the request's own signal. */
+  readonly signal: AbortLike;
 
-/** Waits for a slot under the backend's maxConn; a pinned session waits rather than breaking. */
-async function takeSlot(backend: Backend, pool: Pool, signal: AbortLike): Promise<void> {
-  if (backend.tryAcquire()) return;
-  const slot = await backend.acquire(pool.settings.queueTimeoutMs, signal);
-  if (slot === "timeout") throw new ProxyError("NO_BACKEND", "queue timeout");
-  if (slot === "aborted") throw new ProxyError("BAD_REQUEST", "client went away");
-}
+  // Tracked (the listener's request clock)
+  promoted = false;
+  suspended = false;
+  done = false;
 
-/**
- * Tries backends until one answers or the retry budget is spent. Only errors
- * that prove the backend never saw the request (a failed or timed-out connect)
- * are retried, so a non-idempotent request is never sent twice. Anything but
- * a ProxyError is a defect in tether: it is passed up as it is, never retried
- * and never held against the backend.
- */
-async function exchange(
-  placing: Placing,
-  first: Placement,
-  request: UpstreamRequest,
-  signal: AbortLike,
-  deps: ProxyDeps,
-  bodyIdleMs: number,
-): Promise<Exchanged> {
-  const pool = placing.pool;
-  let placement: Placement | null = first;
-  let lastError: ProxyError | null = null;
-  for (let attempt = 0; placement && attempt <= pool.settings.retries; attempt++) {
-    const backend = placing.backendOf(placement);
-    await takeSlot(backend, pool, signal);
-    let response: UpstreamResponse;
+  // UpstreamRequest
+  readonly method: string;
+  readonly target: string;
+  headers: [string, string][] = NO_HEADERS;
+  body: ReadableStream<Uint8Array> | null;
+  bodyLength: number | null = null;
+
+  // RequestOptions
+  connectTimeoutMs = 0;
+  responseTimeoutMs = 0;
+  readonly bodyIdleMs: number;
+
+  private readonly deps: ProxyDeps;
+  private pool: Pool | null = null;
+  private placing: Placing | null = null;
+  private facts: RequestFacts | null = null;
+  private fwd: ForwardFacts | null = null;
+  private placement: Placement | null = null;
+  private backend: Backend | null = null;
+  private attempt = 0;
+  /** Hands the Response to the listener once the backend answered (or every attempt failed). */
+  private answer: ((res: Response) => void) | null = null;
+
+  constructor(
+    readonly req: Request,
+    private readonly ctx: ListenerContext,
+    readonly runtime: Runtime,
+    readonly peerIp: string,
+  ) {
+    super();
+    this.listener = runtime.listeners.get(ctx.config.name) ?? ctx.config;
+    this.deps = ctx.deps;
+    this.method = req.method;
+    this.target = requestTarget(req.url);
+    this.body = req.body;
+    this.bodyIdleMs = this.listener.clientIdleMs;
+    // A request with a body watches its client from the start: when Bun rejects a malformed
+    // body or a pipelined request it closes the connection, and nothing may reach the backend.
+    this.signal = this.body === null ? this : req.signal;
+    ctx.inflight++;
+    ctx.tracker.track(this);
+  }
+
+  /** The Response, or a promise of it once the backend answers. */
+  run(): Response | Promise<Response> {
     try {
-      response = await deps.upstream.request(backend.target, request, {
-        connectTimeoutMs: pool.settings.connectTimeoutMs,
-        responseTimeoutMs: pool.settings.responseTimeoutMs,
-        bodyIdleMs,
-        signal,
-      });
+      const pool = poolFor(this.req, this.target, this);
+      this.pool = pool;
+      this.connectTimeoutMs = pool.settings.connectTimeoutMs;
+      this.responseTimeoutMs = pool.settings.responseTimeoutMs;
+      this.facts = requestFacts(this.req, this.target, this);
+      this.placing = new Placing(pool, this.facts, this.listener.name, this.deps);
+      if (this.deps.cluster) return this.placing.prefetch().then(() => this.begin());
+      return this.begin();
     } catch (e) {
-      backend.release();
-      if (!(e instanceof ProxyError)) throw e;
-      // A stalled upload is the client's doing: no backend failure, no retry (the body is partly spent).
-      if (e.code === "CLIENT_TIMEOUT") throw e;
-      // The client went away (the upstream call rejects with the abort reason): not the backend's fault.
-      if (signal.aborted) throw new ProxyError("BAD_REQUEST", "client went away");
-      upstreamFailed(deps, pool, backend, e, attempt);
-      lastError = e;
-      if (!retryable(e, request)) break;
-      placement = placing.next(placement);
-      continue;
+      return this.failed(e);
     }
-    deps.health.answered(pool, backend, response.status);
-    return { backend, response: releaseWhenDone(response, backend), placement };
   }
-  throw lastError ?? new ProxyError("NO_BACKEND", `pool ${pool.name}`);
-}
 
-/** A backend failed to answer: logged, counted, and held against it when it is the backend's doing. */
-export function upstreamFailed(
-  deps: ProxyDeps,
-  pool: Pool,
-  backend: Backend,
-  e: ProxyError,
-  attempt: number,
-) {
-  deps.log.warn("upstream failed", { pool: pool.name, backend: backend.id, code: e.code, attempt });
-  backend.errors++;
-  if (e.code === "CONNECT_FAILED" || e.code === "CONNECT_TIMEOUT")
-    deps.metrics.connectError(pool.name, backend.id);
-  if (e.code === "CONNECT_FAILED" || e.code === "CONNECT_TIMEOUT" || e.code === "RESPONSE_TIMEOUT")
-    deps.health.failed(pool, backend, e.code);
-}
-
-/** Builds the client's Response from the backend's, applying persistence effects. */
-export function toClientResponse(
-  res: UpstreamResponse,
-  method: string,
-  effects: readonly Effect[] = [],
-  responded?: () => void,
-  /** A streamed body Bun does not pull for this long is cut (the client stopped reading); 0: never. */
-  clientIdleMs = 0,
-): Response {
-  const headers = clientResponseHeaders(res.headers);
-  if (effects.length) applyEffects(headers, effects);
-  const bodyless = method === "HEAD" || res.status === 204 || res.status === 304;
-  if (res.contentLength !== null && res.status !== 204 && (bodyless || !(res.body instanceof Uint8Array))) {
-    // Bun keeps an explicit Content-Length on a streamed or HEAD response instead of chunking.
-    headers.push(["content-length", String(res.contentLength)]);
+  private begin(): Response | Promise<Response> {
+    try {
+      const pool = this.pool as Pool;
+      const first = (this.placing as Placing).start();
+      if (!first) throw new ProxyError("NO_BACKEND", `pool ${pool.name}`);
+      this.placement = first;
+      if (this.body !== null) this.bodyLength = declaredLength(this.req);
+      const facts = this.facts as RequestFacts;
+      const cookie = facts.cookie === null ? null : pool.chain.backendCookie(facts.cookie);
+      this.fwd = forwardFacts(this.req, this);
+      this.headers = backendRequestHeaders(this.req.headers, this.fwd, false, cookie);
+      const { promise, resolve } = Promise.withResolvers<Response>();
+      this.answer = resolve;
+      this.tryBackend();
+      return promise;
+    } catch (e) {
+      return this.failed(e);
+    }
   }
-  let body = bodyless ? null : res.body;
-  // Only a stream gets the wrapper (and its timer): a body that arrived whole is handed over at once.
-  if (body instanceof ReadableStream) {
-    if (responded || clientIdleMs > 0) body = guardStream(body, clientIdleMs, responded);
-  } else responded?.();
-  return new Response(body, {
-    status: res.status,
-    statusText: res.statusText,
-    headers,
-  });
-}
 
-/**
- * The persistence rules' effects on the client's header pairs: a Set-Cookie
- * rewritten (by its position among the response's Set-Cookies, as the rules
- * saw them in responseFacts) or added, and Cache-Control made private.
- */
-function applyEffects(headers: [string, string][], effects: readonly Effect[]): void {
-  const cookieAt: number[] = [];
-  headers.forEach(([name], i) => {
-    if (name.toLowerCase() === "set-cookie") cookieAt.push(i);
-  });
-  let cachePrivate = false;
-  for (const e of effects) {
-    if (e.kind === "rewrite-set-cookie") {
-      const at = cookieAt[e.index];
-      if (at !== undefined) headers[at] = ["set-cookie", e.header];
-    } else if (e.kind === "set-cookie") headers.push(["set-cookie", e.header]);
-    else if (e.kind === "cache-private") cachePrivate = true;
+  /** Takes a slot on the placement's backend (waiting for one under maxConn) and sends. */
+  private tryBackend(): void {
+    const backend = (this.placing as Placing).backendOf(this.placement as Placement);
+    this.backend = backend;
+    if (backend.tryAcquire()) {
+      this.send(backend);
+      return;
+    }
+    // A pinned session waits for its backend rather than breaking.
+    backend.acquire((this.pool as Pool).settings.queueTimeoutMs, this.signal).then((slot) => {
+      if (slot === "acquired") this.send(backend);
+      else if (slot === "timeout") this.reply(this.failed(new ProxyError("NO_BACKEND", "queue timeout")));
+      else this.reply(this.failed(new ProxyError("BAD_REQUEST", "client went away")));
+    });
   }
-  if (!cachePrivate) return;
-  // Several Cache-Control lines are one list (RFC 9110 §5.3): judged together, replaced by one.
-  const current = headers.filter(([name]) => name.toLowerCase() === "cache-control").map(([, v]) => v);
-  const cc = privateCacheControl(current.length ? current.join(", ") : null);
-  if (cc === null) return;
-  const kept = headers.filter(([name]) => name.toLowerCase() !== "cache-control");
-  headers.length = 0;
-  headers.push(...kept, ["cache-control", cc]);
-}
 
-export function responseFacts(res: UpstreamResponse, secure: boolean): ResponseFacts {
-  const setCookies: string[] = [];
-  let location: string | null = null;
-  let cacheControl: string | null = null;
-  for (const [name, value] of res.headers) {
-    // Most fields are none of the three: their length rules them out without lowercasing.
-    const n = name.length;
-    if (n !== 10 && n !== 8 && n !== 13) continue;
-    const lower = name.toLowerCase();
-    if (lower === "set-cookie") setCookies.push(value);
-    else if (lower === "location") location = value;
-    else if (lower === "cache-control") cacheControl = value;
+  /** Sends on the slot just taken; the outcome comes back through resolve or reject. */
+  private send(backend: Backend): void {
+    try {
+      this.deps.upstream.send(backend.target, this, this, this);
+    } catch (e) {
+      this.reject(e);
+    }
   }
-  return { setCookies, location, cacheControl, secure };
-}
 
-export async function forwardHttp(req: Request, info: RequestInfo, deps: ProxyDeps): Promise<Response> {
-  const target = requestTarget(req.url);
-  let pool: Pool | null = null;
-  try {
-    pool = poolFor(req, target, info);
-    const facts = requestFacts(req, target, info);
-    const placing = new Placing(pool, facts, info.listener.name, deps);
-    if (deps.cluster) await placing.prefetch();
-    const first = placing.start();
-    if (!first) throw new ProxyError("NO_BACKEND", `pool ${pool.name}`);
-    const { body, bodyLength } = bodyOf(req);
-    const cookie = facts.cookie === null ? null : pool.chain.backendCookie(facts.cookie);
-    const fwd = forwardFacts(req, info);
-    const request: UpstreamRequest = {
-      method: req.method,
-      target,
-      headers: backendRequestHeaders(req.headers, fwd, false, cookie),
-      body,
-      bodyLength,
-    };
-    const { backend, response, placement } = await exchange(
-      placing,
-      first,
-      request,
-      info.signal ?? req.signal,
-      deps,
-      info.listener.clientIdleMs,
-    );
-    placing.settle(placement);
-    record(deps, info, pool, backend, response.status);
-    const effects = pool.chain.remember(facts, placement, responseFacts(response, clientUsesTls(req, fwd)));
-    accessLog(deps, info, req, target, pool.name, backend.id, response.status);
-    return toClientResponse(response, req.method, effects, info.responded, info.listener.clientIdleMs);
-  } catch (e) {
-    const err = e instanceof ProxyError ? e : unexpected(e, deps, info);
-    accessLog(deps, info, req, target, pool?.name ?? "", "", err.status, err.code);
-    info.responded?.();
-    return failedResponse(err, deps, info, pool);
+  /** ExchangeSink: the backend's response head arrived. */
+  resolve(res: UpstreamResponse): void {
+    let out: Response;
+    try {
+      out = this.finishAnswered(res);
+    } catch (e) {
+      out = this.failed(e);
+    }
+    this.reply(out);
+  }
+
+  /**
+   * ExchangeSink: the attempt failed. Only errors that prove the backend never
+   * saw the request (a failed or timed-out connect) are retried, so a
+   * non-idempotent request is never sent twice. Anything but a ProxyError is
+   * a defect in tether: never retried and never held against the backend.
+   */
+  reject(reason: unknown): void {
+    const backend = this.backend as Backend;
+    const pool = this.pool as Pool;
+    backend.release();
+    // Not a ProxyError: a defect. A stalled upload: the client's doing (its body is partly spent).
+    if (!(reason instanceof ProxyError) || reason.code === "CLIENT_TIMEOUT") {
+      this.reply(this.failed(reason));
+      return;
+    }
+    // The client went away (the exchange rejects with the abort reason): not the backend's fault.
+    if (this.signal.aborted) {
+      this.reply(this.failed(new ProxyError("BAD_REQUEST", "client went away")));
+      return;
+    }
+    upstreamFailed(this.deps, pool, backend, reason, this.attempt);
+    const next =
+      retryable(reason, this) && this.attempt < pool.settings.retries
+        ? (this.placing as Placing).next(this.placement as Placement)
+        : null;
+    if (next === null) {
+      this.reply(this.failed(reason));
+      return;
+    }
+    this.attempt++;
+    this.placement = next;
+    // Not from inside the failed connection's own callback.
+    queueMicrotask(() => this.tryBackend());
+  }
+
+  private finishAnswered(res: UpstreamResponse): Response {
+    const pool = this.pool as Pool;
+    const backend = this.backend as Backend;
+    const placement = this.placement as Placement;
+    const deps = this.deps;
+    deps.health.answered(pool, backend, res.status);
+    const response = releaseWhenDone(res, backend);
+    (this.placing as Placing).settle(placement);
+    record(deps, this, pool, backend, res.status);
+    const secure = clientUsesTls(this.req, this.fwd as ForwardFacts);
+    const effects = pool.chain.remember(this.facts as RequestFacts, placement, responseFacts(res, secure));
+    accessLog(deps, this, this.req, this.target, pool.name, backend.id, res.status);
+    return toClientResponse(response, this.method, effects, this, this.listener.clientIdleMs, {
+      hsts: this.ctx.hsts,
+      close: asksToClose(this.req.headers),
+    });
+  }
+
+  /** The answer for a request that could not be forwarded (the request is finished with it). */
+  private failed(e: unknown): Response {
+    const err = e instanceof ProxyError ? e : unexpected(e, this.deps, this);
+    accessLog(this.deps, this, this.req, this.target, this.pool?.name ?? "", "", err.status, err.code);
+    this.responded();
+    const res = failedResponse(err, this.deps, this, this.pool);
+    if (this.ctx.hsts !== null) res.headers.set("strict-transport-security", this.ctx.hsts);
+    if (asksToClose(this.req.headers)) res.headers.set("connection", "close");
+    return res;
+  }
+
+  private reply(res: Response): void {
+    const answer = this.answer;
+    this.answer = null;
+    answer?.(res);
+  }
+
+  /** The response (its whole body, for a stream) has been handed to the client, or the request failed. */
+  responded(): void {
+    if (this.done) return;
+    this.ctx.inflight--;
+    this.ctx.tracker.finished(this);
+  }
+
+  /** Tracked: the client went away while the request ran. */
+  clientGone(reason: unknown): void {
+    this.abort(reason);
   }
 }
 
-/** The client's answer to a request tether could not forward, counted in the metrics. */
-export function failedResponse(
-  err: ProxyError,
-  deps: ProxyDeps,
-  info: RequestInfo,
-  pool: Pool | null,
-): Response {
-  deps.metrics.request(
-    info.listener.name,
-    pool?.name ?? "",
-    "",
-    err.status,
-    (performance.now() - info.startedAt) / 1000,
-  );
-  return proxyErrorResponse(err);
-}
-
-/** A throw that is not a ProxyError is a defect in tether: logged once with its stack, answered 500. */
-export function unexpected(e: unknown, deps: Pick<ProxyDeps, "log">, info: RequestInfo): ProxyError {
-  deps.log.error("request failed: internal error", {
-    listener: info.listener.name,
-    error: e instanceof Error ? (e.stack ?? e.message) : String(e),
-  });
-  return new ProxyError("INTERNAL", e instanceof Error ? e.message : String(e));
-}
-
-/** Counters and metrics for an answered request. */
-export function record(deps: ProxyDeps, info: RequestInfo, pool: Pool, backend: Backend, status: number) {
-  backend.requests++;
-  if (status >= 500) backend.errors++;
-  deps.metrics.request(
-    info.listener.name,
-    pool.name,
-    backend.id,
-    status,
-    (performance.now() - info.startedAt) / 1000,
-  );
-}
-
-function accessLog(
-  deps: ProxyDeps,
-  info: RequestInfo,
-  req: Request,
-  target: string,
-  pool: string,
-  backend: string,
-  status: number,
-  error?: string,
-) {
-  if (!info.runtime.config.accessLog) return;
-  deps.log.info("request", {
-    listener: info.listener.name,
-    client: info.peerIp,
-    method: req.method,
-    // The query string can carry session IDs and tokens: it is never logged.
-    path: targetPath(target),
-    pool,
-    backend,
-    status,
-    ms: Math.round(performance.now() - info.startedAt),
-    ...(error ? { error } : {}),
-  });
+/** A Content-Length the client declared for its body, or null (a chunked body). */
+function declaredLength(req: Request): number | null {
+  const cl = req.headers.get("content-length");
+  return cl !== null && /^\d+$/.test(cl) ? Number(cl) : null;
 }

@@ -16,16 +16,10 @@ import type { ProxyDeps, RequestInfo } from "../contracts.ts";
 import type { Placement } from "../persistence/types.ts";
 import { Placing } from "../pool/placement.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
+import { responseFacts, toClientResponse } from "./client-response.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
-import {
-  failedResponse,
-  record,
-  responseFacts,
-  toClientResponse,
-  unexpected,
-  upstreamFailed,
-} from "./forward.ts";
 import { backendRequestHeaders } from "./headers.ts";
+import { failedResponse, record, unexpected, upstreamFailed } from "./outcomes.ts";
 import { clientUsesTls, forwardFacts, poolFor, requestFacts } from "./request-facts.ts";
 import { requestTarget } from "./request-target.ts";
 import type { AbortLike } from "./upstream/types.ts";
@@ -150,7 +144,7 @@ export async function upgradeWebSocket(
     if (upgrade.kind === "refused") {
       backend.closeWebSocket();
       const effects = pool.chain.remember(facts, placement, responseFacts(upgrade.response, secure));
-      return toClientResponse(upgrade.response, req.method, effects, info.responded);
+      return toClientResponse(upgrade.response, req.method, effects, info);
     }
     const noResponse = { setCookies: [], location: null, cacheControl: null, secure };
     const upgradeHeaders = new Headers(

@@ -1,13 +1,21 @@
 /**
  * One traffic listener: a Bun.serve bound to the listener's address, handing
- * each request to the forwarder with the Runtime current at that moment.
+ * each request to the forwarder (a ProxiedRequest) with the Runtime current
+ * at that moment.
  */
-import type { TLSOptions } from "bun";
+import type { Server, TLSOptions } from "bun";
 import type { ResolvedListener } from "../config/load.ts";
-import type { ListenerHandle, ProxyDeps, RequestInfo, Runtime } from "../contracts.ts";
+import type {
+  ListenerContext,
+  ListenerHandle,
+  ProxyDeps,
+  RequestInfo,
+  Runtime,
+  Tracked,
+} from "../contracts.ts";
+import { ClientAbort } from "../proxy/client-abort.ts";
 import { errorResponse } from "../proxy/errors.ts";
-import { forwardHttp } from "../proxy/forward.ts";
-import { asksToClose } from "../proxy/headers.ts";
+import { ProxiedRequest } from "../proxy/forward.ts";
 import { normalizeIp } from "../proxy/trusted-proxies.ts";
 import { isWebSocketUpgrade, upgradeWebSocket, type WsData, websocketHandler } from "../proxy/websocket.ts";
 import { RequestClock } from "./request-clock.ts";
@@ -83,14 +91,11 @@ export function startListener(
   deps: ProxyDeps,
   opts: { reusePort?: boolean } = {},
 ): ListenerHandle {
-  let inflight = 0;
-  // The listener's own settings are fixed for its lifetime; pools and routes come from the live Runtime.
-  const hsts = hstsValue(config);
-  const tls = tlsOptions(config);
-
   const idleSeconds = Math.floor(config.clientIdleMs / 1000);
   // Suspends the idle timer and watches for the client leaving, for requests that take a while.
   const clock = new RequestClock(() => server, idleSeconds);
+  const ctx: ListenerContext = { config, deps, tracker: clock, hsts: hstsValue(config), inflight: 0 };
+  const tls = tlsOptions(config);
 
   const server = Bun.serve<WsData>({
     hostname: config.hostname,
@@ -100,46 +105,51 @@ export function startListener(
     maxRequestBodySize: config.maxBodyBytes,
     ...(tls ? { tls: tls.length === 1 ? tls[0] : tls } : {}),
     websocket: websocketHandler,
-    async fetch(req, srv) {
+    fetch(req, srv) {
       const malformed = malformedRequest(req);
       if (malformed) return malformed;
       const redirect = redirectToHttps(req, config);
       if (redirect) return redirect;
       const runtime = currentRuntime();
-      const ticket = clock.start(req);
-      const info: RequestInfo = {
-        listener: runtime.listeners.get(config.name) ?? config,
-        runtime,
-        peerIp: peerAddress(srv.requestIP(req)),
-        startedAt: performance.now(),
-        responded: () => ticket.finish(),
-        // A request with a body watches its client from the start: when Bun rejects a malformed
-        // body or a pipelined request it closes the connection, and nothing may reach the backend.
-        signal: req.body === null ? ticket.abort : req.signal,
-      };
-      inflight++;
-      try {
-        if (isWebSocketUpgrade(req)) {
-          const refused = await upgradeWebSocket(req, srv, info, deps);
-          if (refused) ticket.finish();
-          else ticket.detach();
-          return refused;
-        }
-        const res = await forwardHttp(req, info, deps);
-        if (hsts && !res.headers.has("strict-transport-security"))
-          res.headers.set("strict-transport-security", hsts);
-        // Bun closes after answering a "Connection: close" request but does not say so, and a
-        // client that reads the answer as keep-alive sends its next request into a closed socket.
-        if (asksToClose(req.headers)) res.headers.set("connection", "close");
-        return res;
-      } finally {
-        inflight--;
-      }
+      const peerIp = peerAddress(srv.requestIP(req));
+      if (isWebSocketUpgrade(req)) return upgrade(req, srv, runtime, peerIp);
+      return new ProxiedRequest(req, ctx, runtime, peerIp).run();
     },
     error(err) {
       deps.log.error("request handler failed", { listener: config.name, error: String(err) });
       return errorResponse(500, "Internal proxy error.");
     },
   });
-  return { config, server, inflight: () => inflight };
+
+  /** A WebSocket upgrade: its own path (proxy/websocket.ts), off the request clock once upgraded. */
+  async function upgrade(req: Request, srv: Server<WsData>, runtime: Runtime, peerIp: string) {
+    const abort = new ClientAbort();
+    const tracked: Tracked = {
+      req,
+      promoted: false,
+      suspended: false,
+      done: false,
+      clientGone: (reason) => abort.abort(reason),
+    };
+    clock.track(tracked);
+    ctx.inflight++;
+    const info: RequestInfo = {
+      listener: runtime.listeners.get(config.name) ?? config,
+      runtime,
+      peerIp,
+      startedAt: performance.now(),
+      responded: () => clock.finished(tracked),
+      signal: abort,
+    };
+    try {
+      const refused = await upgradeWebSocket(req, srv, info, deps);
+      if (refused) clock.finished(tracked);
+      else clock.detached(tracked);
+      return refused;
+    } finally {
+      ctx.inflight--;
+    }
+  }
+
+  return { config, server, inflight: () => ctx.inflight };
 }

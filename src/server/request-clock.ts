@@ -16,74 +16,24 @@
  * tick for N <= 4. Such short idle timeouts are suspended at once instead.
  */
 import type { Server } from "bun";
-import type { AbortLike } from "../proxy/upstream/types.ts";
+import type { RequestTracker, Tracked } from "../contracts.ts";
 
 const SWEEP_MS = 250;
 /** Idle timeouts up to this many seconds can fire before a sweep reaches the request. */
 const EAGER_IDLE_SECONDS = 4;
 
-type AbortListener = ((this: unknown) => void) | { handleEvent(): void };
-
-/** An AbortSignal-shaped cancellation that costs one small object per request. */
-export class ClientAbort implements AbortLike {
-  aborted = false;
-  reason: unknown = undefined;
-  private listeners: AbortListener[] | null = null;
-
-  addEventListener(_type: "abort", listener: AbortListener): void {
-    if (this.listeners === null) this.listeners = [listener];
-    else this.listeners.push(listener);
-  }
-
-  removeEventListener(_type: "abort", listener: AbortListener): void {
-    const i = this.listeners?.indexOf(listener) ?? -1;
-    if (i !== -1) this.listeners?.splice(i, 1);
-  }
-
-  abort(reason: unknown): void {
-    if (this.aborted) return;
-    this.aborted = true;
-    this.reason = reason;
-    const listeners = this.listeners;
-    this.listeners = null;
-    for (const l of listeners ?? []) {
-      if (typeof l === "function") l.call(this);
-      else l.handleEvent();
-    }
-  }
-}
-
-export class Ticket {
-  readonly abort = new ClientAbort();
-  /** Seen by one sweep: the next one promotes it. */
-  seen = false;
-  /** Client signal attached (and idle timer suspended). */
-  promoted = false;
-  /** Idle timer suspended: restored when the request finishes. */
-  suspended = false;
-  done = false;
-
-  constructor(
-    readonly req: Request,
-    private readonly clock: RequestClock,
-  ) {}
-
-  /** The response (its whole body, for a stream) was handed over, or the request failed. */
-  finish(): void {
-    if (this.done) return;
-    this.done = true;
-    this.clock.finished(this);
-  }
-
-  /** The connection is no longer an HTTP exchange (a WebSocket upgrade): nothing to restore. */
-  detach(): void {
-    this.done = true;
-    this.clock.detached(this);
-  }
-}
-
-export class RequestClock {
-  private readonly open = new Set<Ticket>();
+/**
+ * The requests a listener has running, in two generations: those that
+ * arrived since the last sweep, and those before. A request is pushed once
+ * and marked done when it finishes; it is never searched for or removed one
+ * by one. A sweep promotes the older generation's requests that are still
+ * running (250-500 ms old) and starts a new generation.
+ */
+export class RequestClock implements RequestTracker {
+  private current: Tracked[] = [];
+  private previous: Tracked[] = [];
+  /** Promoted requests still running, whose idle timer and signal were taken over. */
+  private running = 0;
   private timer: ReturnType<typeof setInterval> | null = null;
   private readonly eager: boolean;
 
@@ -95,19 +45,19 @@ export class RequestClock {
     this.eager = idleSeconds > 0 && idleSeconds <= EAGER_IDLE_SECONDS;
   }
 
-  start(req: Request): Ticket {
-    const t = new Ticket(req, this);
+  track(t: Tracked): void {
     if (this.eager) this.suspend(t);
-    this.open.add(t);
+    this.current.push(t);
     if (this.timer === null) {
       this.timer = setInterval(() => this.sweep(), SWEEP_MS);
       this.timer.unref();
     }
-    return t;
   }
 
-  finished(t: Ticket): void {
-    if (!t.promoted) this.open.delete(t);
+  finished(t: Tracked): void {
+    if (t.done) return;
+    t.done = true;
+    if (t.promoted) this.running--;
     if (!t.suspended) return;
     // Bun keeps a request's timeout for the rest of its connection: restore it for the next request.
     try {
@@ -117,13 +67,18 @@ export class RequestClock {
     }
   }
 
-  detached(t: Ticket): void {
-    this.open.delete(t);
+  /** The connection is no longer an HTTP exchange (a WebSocket upgrade): nothing to restore. */
+  detached(t: Tracked): void {
+    if (t.promoted && !t.done) this.running--;
+    t.done = true;
   }
 
-  /** Requests that have not finished yet. */
+  /** Requests that have not finished yet (promoted ones, and those the next sweeps will look at). */
   get size(): number {
-    return this.open.size;
+    let n = this.running;
+    for (const t of this.current) if (!t.done) n++;
+    for (const t of this.previous) if (!t.done) n++;
+    return n;
   }
 
   stop(): void {
@@ -131,7 +86,7 @@ export class RequestClock {
     this.timer = null;
   }
 
-  private suspend(t: Ticket, srv = this.server()): void {
+  private suspend(t: Tracked, srv = this.server()): void {
     t.suspended = true;
     try {
       srv?.timeout(t.req, 0);
@@ -141,22 +96,23 @@ export class RequestClock {
   }
 
   private sweep(): void {
-    if (this.open.size === 0) {
+    const older = this.previous;
+    this.previous = this.current;
+    this.current = older;
+    if (older.length === 0 && this.previous.length === 0) {
       this.stop();
       return;
     }
     const srv = this.server();
-    for (const t of this.open) {
-      if (!t.seen) {
-        t.seen = true;
-        continue;
-      }
-      this.open.delete(t);
+    for (const t of older) {
+      if (t.done) continue;
       t.promoted = true;
+      this.running++;
       if (!t.suspended) this.suspend(t, srv);
       const signal = t.req.signal;
-      if (signal.aborted) t.abort.abort(signal.reason);
-      else signal.addEventListener("abort", () => t.abort.abort(signal.reason), { once: true });
+      if (signal.aborted) t.clientGone(signal.reason);
+      else signal.addEventListener("abort", () => t.clientGone(signal.reason), { once: true });
     }
+    older.length = 0;
   }
 }

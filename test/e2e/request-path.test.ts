@@ -49,16 +49,16 @@ describe("a defect in tether while forwarding", () => {
     const hitsBefore = b1.hits + b2.hits;
 
     // A programming error inside the upstream call, for requests to the session's backend only.
-    const original = UpstreamClient.prototype.request;
-    UpstreamClient.prototype.request = function (this: UpstreamClient, target: UpstreamTarget, ...rest) {
+    const original = UpstreamClient.prototype.send;
+    UpstreamClient.prototype.send = function (this: UpstreamClient, target: UpstreamTarget, ...rest) {
       if (target.port === ownerPort) throw new TypeError("a defect");
       return original.call(this, target, ...rest);
     } as typeof original;
     cleanup.push(() => {
-      UpstreamClient.prototype.request = original;
+      UpstreamClient.prototype.send = original;
     });
     const res = await fetch(t.url(), { headers: { cookie } });
-    UpstreamClient.prototype.request = original;
+    UpstreamClient.prototype.send = original;
 
     expect(res.status).toBe(500);
     expect(await res.text()).toBe("Internal proxy error.\n");

@@ -7,7 +7,7 @@
 
 import { IDEMPOTENT } from "../methods.ts";
 import { Conn, type ConnOwner } from "./connection.ts";
-import { Exchange } from "./exchange.ts";
+import { Exchange, type ExchangeSink } from "./exchange.ts";
 import { IdlePool } from "./pool.ts";
 import { serializeRequestHead } from "./serialize.ts";
 import type { RequestOptions, UpstreamRequest, UpstreamResponse, UpstreamTarget } from "./types.ts";
@@ -40,16 +40,30 @@ export class UpstreamClient implements ConnOwner {
    * the signal's reason when opts.signal aborts.
    */
   request(target: UpstreamTarget, req: UpstreamRequest, opts: RequestOptions): Promise<UpstreamResponse> {
+    const deferred = Promise.withResolvers<UpstreamResponse>();
+    this.send(target, req, opts, deferred);
+    return deferred.promise;
+  }
+
+  /**
+   * As request(), with the outcome handed to `sink` instead of a promise:
+   * sink.resolve with the response head, or sink.reject with a ProxyError
+   * (or the signal's reason when opts.signal aborts).
+   */
+  send(target: UpstreamTarget, req: UpstreamRequest, opts: RequestOptions, sink: ExchangeSink): void {
     const signal = opts.signal;
-    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (signal?.aborted) {
+      sink.reject(signal.reason);
+      return;
+    }
     let head: string;
     try {
       head = serializeRequestHead(req);
     } catch (err) {
-      return Promise.reject(err);
+      sink.reject(err);
+      return;
     }
-    const { promise, resolve, reject } = Promise.withResolvers<UpstreamResponse>();
-    const ex = new Exchange(target, req, opts, head, resolve, reject);
+    const ex = new Exchange(target, req, opts, head, sink);
     signal?.addEventListener("abort", ex);
     // A non-idempotent request cannot be retried if a pooled socket turns out
     // to be closed, so it only reuses one that was busy moments ago.
@@ -59,7 +73,6 @@ export class UpstreamClient implements ConnOwner {
     );
     if (pooled !== undefined) pooled.attach(ex, true);
     else this.connect(ex);
-    return promise;
   }
 
   /** Idle pooled sockets across all targets. */

@@ -28,6 +28,16 @@ export interface BodyErrorSink {
   error(reason: unknown): void;
 }
 
+/**
+ * Where an exchange's outcome goes: the response head once it arrived, or the
+ * failure. A promise's resolvers are one; the proxy's per-request object is
+ * another, so the request path needs no promise of its own for this step.
+ */
+export interface ExchangeSink {
+  resolve(res: UpstreamResponse): void;
+  reject(reason: unknown): void;
+}
+
 export class Exchange {
   conn: Conn | null = null;
   /** Already moved to a fresh connection once. */
@@ -54,8 +64,7 @@ export class Exchange {
     readonly req: UpstreamRequest,
     readonly opts: RequestOptions,
     private readonly head: string,
-    private readonly resolve: (res: UpstreamResponse) => void,
-    private readonly reject: (reason: unknown) => void,
+    private readonly outcome: ExchangeSink,
   ) {
     this.isHead = req.method === "HEAD";
     this.reuse = requestAllowsReuse(req);
@@ -98,7 +107,7 @@ export class Exchange {
     this.sink = sink;
     if (sink === null) this.finish();
     else this.phase = STREAMING;
-    this.resolve(res);
+    this.outcome.resolve(res);
   }
 
   /** The response body was fully received. */
@@ -111,7 +120,7 @@ export class Exchange {
     // A stream body already (partly) read cannot be sent again: the caller must not retry it elsewhere.
     if (reason instanceof ProxyError && reason.safeToRetry && this.reader !== null)
       reason = new ProxyError(reason.code, reason.detail, false);
-    if (this.phase === PENDING) this.reject(reason);
+    if (this.phase === PENDING) this.outcome.reject(reason);
     else if (this.phase === STREAMING) this.sink?.error(reason);
     else return;
     this.finish(reason);

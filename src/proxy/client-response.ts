@@ -1,0 +1,103 @@
+/**
+ * The client's Response, built from the backend's: hop-by-hop fields removed,
+ * the persistence rules' effects applied (Set-Cookie, Cache-Control: private),
+ * the listener's own fields added, a streamed body guarded against a client
+ * that stopped reading.
+ */
+import type { Effect, ResponseFacts } from "../persistence/types.ts";
+import { privateCacheControl } from "./cache-control.ts";
+import { clientResponseHeaders } from "./headers.ts";
+import { guardStream } from "./stream-guard.ts";
+import type { UpstreamResponse } from "./upstream/types.ts";
+
+const NO_EFFECTS: readonly Effect[] = [];
+
+/** Fields the listener adds to every answer. */
+export interface ListenerFields {
+  /** Strict-Transport-Security for an https listener, unless the backend sent its own. */
+  hsts: string | null;
+  /**
+   * The client asked to close (Connection: close): Bun closes after answering
+   * but does not say so, and a client that reads the answer as keep-alive
+   * sends its next request into a closed socket (RFC 9112 §9.6).
+   */
+  close: boolean;
+}
+
+const NO_FIELDS: ListenerFields = { hsts: null, close: false };
+
+/** Builds the client's Response from the backend's, applying persistence effects. */
+export function toClientResponse(
+  res: UpstreamResponse,
+  method: string,
+  effects: readonly Effect[] = NO_EFFECTS,
+  /** Told once the response (its whole body, for a stream) has been handed to the client. */
+  finishing: { responded?: () => void } | null = null,
+  /** A streamed body Bun does not pull for this long is cut (the client stopped reading); 0: never. */
+  clientIdleMs = 0,
+  fields: ListenerFields = NO_FIELDS,
+): Response {
+  const headers = clientResponseHeaders(res.headers);
+  if (effects.length) applyEffects(headers, effects);
+  const bodyless = method === "HEAD" || res.status === 204 || res.status === 304;
+  if (res.contentLength !== null && res.status !== 204 && (bodyless || !(res.body instanceof Uint8Array))) {
+    // Bun keeps an explicit Content-Length on a streamed or HEAD response instead of chunking.
+    headers.push(["content-length", String(res.contentLength)]);
+  }
+  if (fields.hsts !== null && !headers.some(isHsts)) headers.push(["strict-transport-security", fields.hsts]);
+  if (fields.close) headers.push(["connection", "close"]);
+  let body = bodyless ? null : res.body;
+  // Only a stream gets the wrapper (and its timer): a body that arrived whole is handed over at once.
+  if (body instanceof ReadableStream) {
+    const done = finishing?.responded ? () => finishing.responded?.() : undefined;
+    if (done || clientIdleMs > 0) body = guardStream(body, clientIdleMs, done);
+  } else finishing?.responded?.();
+  return new Response(body, { status: res.status, statusText: res.statusText, headers });
+}
+
+const isHsts = (field: [string, string]) =>
+  field[0].length === 25 && field[0].toLowerCase() === "strict-transport-security";
+
+/**
+ * The persistence rules' effects on the client's header pairs: a Set-Cookie
+ * rewritten (by its position among the response's Set-Cookies, as the rules
+ * saw them in responseFacts) or added, and Cache-Control made private.
+ */
+function applyEffects(headers: [string, string][], effects: readonly Effect[]): void {
+  const cookieAt: number[] = [];
+  headers.forEach(([name], i) => {
+    if (name.toLowerCase() === "set-cookie") cookieAt.push(i);
+  });
+  let cachePrivate = false;
+  for (const e of effects) {
+    if (e.kind === "rewrite-set-cookie") {
+      const at = cookieAt[e.index];
+      if (at !== undefined) headers[at] = ["set-cookie", e.header];
+    } else if (e.kind === "set-cookie") headers.push(["set-cookie", e.header]);
+    else if (e.kind === "cache-private") cachePrivate = true;
+  }
+  if (!cachePrivate) return;
+  // Several Cache-Control lines are one list (RFC 9110 §5.3): judged together, replaced by one.
+  const current = headers.filter(([name]) => name.toLowerCase() === "cache-control").map(([, v]) => v);
+  const cc = privateCacheControl(current.length ? current.join(", ") : null);
+  if (cc === null) return;
+  const kept = headers.filter(([name]) => name.toLowerCase() !== "cache-control");
+  headers.length = 0;
+  headers.push(...kept, ["cache-control", cc]);
+}
+
+export function responseFacts(res: UpstreamResponse, secure: boolean): ResponseFacts {
+  const setCookies: string[] = [];
+  let location: string | null = null;
+  let cacheControl: string | null = null;
+  for (const [name, value] of res.headers) {
+    // Most fields are none of the three: their length rules them out without lowercasing.
+    const n = name.length;
+    if (n !== 10 && n !== 8 && n !== 13) continue;
+    const lower = name.toLowerCase();
+    if (lower === "set-cookie") setCookies.push(value);
+    else if (lower === "location") location = value;
+    else if (lower === "cache-control") cacheControl = value;
+  }
+  return { setCookies, location, cacheControl, secure };
+}
