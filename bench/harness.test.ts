@@ -1,10 +1,11 @@
 // Pure parts of the bench harness; nothing here starts a process or opens a socket.
 import { describe, expect, test } from "bun:test";
 import { bodyFor } from "./backend.ts";
+import { summaryChart } from "./lib/chart.ts";
 import { haproxyConfig, nginxConfig, tetherConfig } from "./lib/configs.ts";
 import { parseOptions } from "./lib/options.ts";
 import { dsoSplit } from "./lib/perf.ts";
-import { median, type RunRecord, ratios } from "./lib/report.ts";
+import { median, type PeerSummary, type RunRecord, ratios } from "./lib/report.ts";
 import { parseWrkOutput, type WrkResult, wrkCommand } from "./lib/wrk.ts";
 import { priceTable, splitTable } from "./price.ts";
 import { serveVariant, VARIANTS } from "./price-servers.ts";
@@ -28,6 +29,11 @@ describe("options", () => {
     expect(() => parseOptions(["--peers", "tether,envoy"], {})).toThrow(/envoy/);
     expect(() => parseOptions(["--rounds", "0"], {})).toThrow(/rounds/);
     expect(() => parseOptions(["--nope"], {})).toThrow(/unknown option/);
+  });
+  test("--svg names the chart file; without it the chart goes next to the results", () => {
+    expect(parseOptions([], {}).svgFile).toBeNull();
+    expect(parseOptions(["--svg", "docs/bench.svg"], {}).svgFile).toBe("docs/bench.svg");
+    expect(parseOptions([], { BENCH_SVG: "x.svg" }).svgFile).toBe("x.svg");
   });
 });
 
@@ -109,6 +115,112 @@ describe("report", () => {
     );
     expect(rs[0]?.rounds).toBe(2);
     expect(rs[0]?.rps).toBeCloseTo(0.7);
+  });
+});
+
+/** Throws unless `xml` is one element whose tags nest, whose attributes are quoted and whose `&` start entities. */
+function assertWellFormed(xml: string): void {
+  const token = /<(\/?)([A-Za-z][\w:-]*)((?:\s+[\w:-]+="[^"<]*")*)\s*(\/?)>|[^<]+/gy;
+  const stack: string[] = [];
+  let at = 0;
+  let roots = 0;
+  for (const m of xml.matchAll(token)) {
+    at = m.index + m[0].length;
+    const [, close, name, , selfClosing] = m;
+    if (name === undefined) {
+      if (stack.length === 0 && m[0].trim() !== "") throw new Error(`text outside the root: ${m[0]}`);
+      continue;
+    }
+    if (stack.length === 0 && !close) roots++;
+    if (close) {
+      const open = stack.pop();
+      if (open !== name) throw new Error(`</${name}> closes <${open}> at ${m.index}`);
+    } else if (!selfClosing) stack.push(name);
+  }
+  if (at !== xml.length) throw new Error(`not a tag or text at ${at}: ${xml.slice(at, at + 40)}`);
+  if (stack.length) throw new Error(`unclosed <${stack.join("> <")}>`);
+  if (roots !== 1) throw new Error(`${roots} root elements`);
+  const bare = /&(?!(?:amp|lt|gt|quot|apos|#\d+);)/.exec(xml);
+  if (bare) throw new Error(`bare & at ${bare.index}`);
+}
+
+describe("chart", () => {
+  const row = (peer: PeerSummary["peer"], rps: number, cpuUsPerReq: number | null, p99Ms: number) =>
+    ({
+      peer,
+      runs: 5,
+      rps,
+      p50Ms: p99Ms / 3,
+      p99Ms,
+      cpuUsPerReq,
+      cpuPct: cpuUsPerReq === null ? null : 95,
+      rssMiB: cpuUsPerReq === null ? null : 40,
+      noisePctMax: { proxy: 1, load: 2 },
+      errors: 0,
+      sticky: true,
+      clientMadeCookies: false,
+    }) satisfies PeerSummary;
+  const rows = [
+    row("tether", 31245.4, 18.43, 3.214),
+    row("nginx", 28000, 21.1, 4.5),
+    row("haproxy", 35120.2, 12.04, 2.5),
+    row("direct", 39000, null, 1.25),
+  ];
+  const machine = { date: "2026-11-25T14:03:12.345Z", cpuModel: "AMD EPYC 7763 64-Core Processor", nproc: 2 };
+  const opts = { connections: 64, threads: 1, durationS: 10, rounds: 5, keepAlive: 1 };
+  const svg = summaryChart(rows, machine, opts);
+  const bars = (peer: string) => svg.match(new RegExp(`<rect [^>]*data-peer="${peer}"`, "g")) ?? [];
+  const width = (peer: string, nth: number) => Number(/ width="([\d.]+)"/.exec(bars(peer)[nth] ?? "")?.[1]);
+
+  test("is one well-formed SVG document", () => {
+    expect(svg).toStartWith('<svg xmlns="http://www.w3.org/2000/svg"');
+    assertWellFormed(svg);
+  });
+  test("draws one bar per peer in each of the three panels, none for a value not measured", () => {
+    for (const peer of ["tether", "nginx", "haproxy"]) expect(bars(peer)).toHaveLength(3);
+    // direct has no proxy process, so no CPU per request: the table's "—", not a zero bar.
+    expect(bars("direct")).toHaveLength(2);
+    expect(svg).toContain(">—</text>");
+    for (const panel of ["requests/s", "CPU µs per request", "p99 latency ms"]) expect(svg).toContain(panel);
+    for (const peer of ["tether", "nginx", "haproxy", "direct"]) expect(svg).toContain(`>${peer}</text>`);
+  });
+  test("bars within a panel are in proportion to the values", () => {
+    // p99 is the third panel: tether's third bar, but direct's second (it has no CPU bar).
+    expect(width("tether", 0) / width("direct", 0)).toBeCloseTo(31245.4 / 39000, 2);
+    expect(width("direct", 1) / width("tether", 2)).toBeCloseTo(1.25 / 3.214, 2);
+  });
+  test("writes every value on its bar, as the table rounds it", () => {
+    for (const label of [
+      "31,245",
+      "28,000",
+      "35,120",
+      "39,000",
+      "18.4",
+      "21.1",
+      "12.0",
+      "3.21",
+      "4.50",
+      "1.25",
+    ])
+      expect(svg).toContain(`>${label}</text>`);
+  });
+  test("the title carries the date, the machine and the job's settings", () => {
+    const title = /<title>(.*)<\/title>/.exec(svg)?.[1] ?? "";
+    for (const part of [
+      "2026-11-25 14:03 UTC",
+      "AMD EPYC 7763 64-Core Processor",
+      "2 cores",
+      "-c64",
+      "10 s per run",
+      "5 interleaved rounds",
+    ])
+      expect(title).toContain(part);
+    expect(svg).toContain(">tether bench, 2026-11-25 14:03 UTC</text>");
+  });
+  test("escapes text it did not write itself", () => {
+    const odd = summaryChart(rows.slice(0, 1), { ...machine, cpuModel: 'Fast & "Cheap" <CPU>' }, opts);
+    assertWellFormed(odd);
+    expect(odd).toContain("Fast &amp; &quot;Cheap&quot; &lt;CPU&gt;");
   });
 });
 

@@ -8,8 +8,9 @@
  * in a fresh process, and medians are reported. Only 127.0.0.1 is contacted.
  */
 import { mkdirSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { startBackends } from "./lib/backends.ts";
+import { summaryChart } from "./lib/chart.ts";
 import {
   type Machine as BaseMachine,
   machineInfo as baseMachineInfo,
@@ -224,6 +225,12 @@ function report(m: Machine, opts: Options, peers: Peer[], skipped: Record<string
   };
   writeFileSync(file, `${JSON.stringify(data, null, 2)}\n`);
   console.log(`results: ${file}`);
+  if (summary.length > 0) {
+    const chart = opts.svgFile ? resolve(REPO_ROOT, opts.svgFile) : file.replace(/\.json$/, ".svg");
+    mkdirSync(dirname(chart), { recursive: true });
+    writeFileSync(chart, summaryChart(summary, m, opts));
+    console.log(`chart: ${chart}`);
+  }
 }
 
 await main().catch(async (e: Error) => {

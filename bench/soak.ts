@@ -19,7 +19,7 @@
  * may fail by design, since it is never sent twice), sessions moved (a
  * session answered by a different backend than before; "after a restart"
  * when its previous backend had been killed), reloads and RSS over time. It
- * writes bench/results/soak-<timestamp>.svg (hand-written polylines) and
+ * writes bench/results/soak-<timestamp>.svg (polylines, lib/svg.ts) and
  * .json, and prints PASS when RSS after warm-up (the first fifth, at least
  * 10 s) grew by at most 10% by the end (median of the last tenth against the
  * median of the tenth right after warm-up), FAIL otherwise.
@@ -34,6 +34,7 @@ import { type ProcBackend, procBackend } from "../test/faults/support.ts";
 import { tempDir } from "../test/support/files.ts";
 import { type Child, spawnCli } from "../test/support/tether.ts";
 import { processTree, rssKiB } from "./lib/procs.ts";
+import { el, escapeXml, num, svgDocument, text } from "./lib/svg.ts";
 
 const REPO = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 
@@ -321,64 +322,79 @@ function svg(data: Second[], marks: typeof events, baselineMiB: number, warmupS:
   const tMax = Math.max(1, ...data.map((d) => d.t));
   const rssMax = Math.max(1, ...data.map((d) => d.rssKiB / 1024)) * 1.15;
   const rpsMax = Math.max(1, ...data.map((d) => d.requests)) * 1.15;
-  const x = (t: number) => (m.l + (t / tMax) * pw).toFixed(1);
-  const yRss = (v: number) => (m.t + ph - (v / rssMax) * ph).toFixed(1);
-  const yRps = (v: number) => (m.t + ph - (v / rpsMax) * ph).toFixed(1);
-  const line = (pts: string[], color: string, width = 1.5) =>
-    `<polyline fill="none" stroke="${color}" stroke-width="${width}" points="${pts.join(" ")}"/>`;
+  const x = (t: number) => m.l + (t / tMax) * pw;
+  const yRss = (v: number) => m.t + ph - (v / rssMax) * ph;
+  const yRps = (v: number) => m.t + ph - (v / rpsMax) * ph;
+  const line = (pts: [number, number][], stroke: string, width: number) =>
+    el("polyline", {
+      fill: "none",
+      stroke,
+      "stroke-width": width,
+      points: pts.map(([px, py]) => `${num(px)},${num(py)}`).join(" "),
+    });
   const out: string[] = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
-    "<title>tether soak: RSS and requests per second over time</title>",
-    `<rect width="${W}" height="${H}" fill="white"/>`,
-    `<text x="${m.l}" y="20" font-size="14">tether soak: RSS (MiB, blue) and requests/s (grey); red: backend restart, green: reload</text>`,
-    `<rect x="${m.l}" y="${m.t}" width="${((Math.min(warmupS, tMax) / tMax) * pw).toFixed(1)}" height="${ph}" fill="#f3f3f3"/>`,
-    `<text x="${m.l + 4}" y="${m.t + 14}" fill="#888">warm-up</text>`,
+    text(m.l, 20, "tether soak: RSS (MiB, blue) and requests/s (grey); red: backend restart, green: reload", {
+      "font-size": 14,
+    }),
+    el("rect", {
+      x: m.l,
+      y: m.t,
+      width: (Math.min(warmupS, tMax) / tMax) * pw,
+      height: ph,
+      fill: "#f3f3f3",
+    }),
+    text(m.l + 4, m.t + 14, "warm-up", { fill: "#888" }),
   ];
+  const middle = { "dominant-baseline": "middle" };
   for (let i = 0; i <= 5; i++) {
     const v = (rssMax / 5) * i;
+    const r = (rpsMax / 5) * i;
     out.push(
-      `<line x1="${m.l}" x2="${W - m.r}" y1="${yRss(v)}" y2="${yRss(v)}" stroke="#e5e5e5"/>`,
-      `<text x="${m.l - 6}" y="${yRss(v)}" text-anchor="end" dominant-baseline="middle" fill="#1f5fbf">${v.toFixed(0)}</text>`,
-      `<text x="${W - m.r + 6}" y="${yRps((rpsMax / 5) * i)}" dominant-baseline="middle" fill="#777">${((rpsMax / 5) * i).toFixed(0)}</text>`,
+      el("line", { x1: m.l, x2: W - m.r, y1: yRss(v), y2: yRss(v), stroke: "#e5e5e5" }),
+      text(m.l - 6, yRss(v), v.toFixed(0), { "text-anchor": "end", ...middle, fill: "#1f5fbf" }),
+      text(W - m.r + 6, yRps(r), r.toFixed(0), { ...middle, fill: "#777" }),
     );
   }
   for (let i = 0; i <= 6; i++) {
     const t = (tMax / 6) * i;
-    out.push(`<text x="${x(t)}" y="${H - m.b + 18}" text-anchor="middle">${t.toFixed(0)} s</text>`);
+    out.push(text(x(t), H - m.b + 18, `${t.toFixed(0)} s`, { "text-anchor": "middle" }));
   }
   for (const e of marks) {
-    const color = e.kind === "restart" ? "#d33" : "#2a2";
-    out.push(
-      `<line x1="${x(e.t / 1000)}" x2="${x(e.t / 1000)}" y1="${m.t}" y2="${m.t + ph}" stroke="${color}" stroke-dasharray="${e.kind === "restart" ? "4 3" : "1 3"}"><title>${e.kind} ${e.detail}</title></line>`,
-    );
+    const at = x(e.t / 1000);
+    const look = e.kind === "restart" ? { stroke: "#d33", dash: "4 3" } : { stroke: "#2a2", dash: "1 3" };
+    const a = { x1: at, x2: at, y1: m.t, y2: m.t + ph, stroke: look.stroke, "stroke-dasharray": look.dash };
+    out.push(el("line", a, el("title", {}, escapeXml(`${e.kind} ${e.detail}`))));
   }
   if (baselineMiB > 0) {
-    const limit = baselineMiB * (1 + RSS_LIMIT);
+    const limit = yRss(baselineMiB * (1 + RSS_LIMIT));
     out.push(
-      `<line x1="${m.l}" x2="${W - m.r}" y1="${yRss(limit)}" y2="${yRss(limit)}" stroke="#1f5fbf" stroke-dasharray="6 4" opacity="0.6"/>`,
-      `<text x="${W - m.r - 4}" y="${Number(yRss(limit)) - 4}" text-anchor="end" fill="#1f5fbf">+10% of RSS after warm-up</text>`,
+      el("line", {
+        x1: m.l,
+        x2: W - m.r,
+        y1: limit,
+        y2: limit,
+        stroke: "#1f5fbf",
+        "stroke-dasharray": "6 4",
+        opacity: "0.6",
+      }),
+      text(W - m.r - 4, limit - 4, "+10% of RSS after warm-up", { "text-anchor": "end", fill: "#1f5fbf" }),
     );
   }
   out.push(
     line(
-      data.map((d) => `${x(d.t)},${yRps(d.requests)}`),
+      data.map((d) => [x(d.t), yRps(d.requests)]),
       "#999",
       1,
     ),
-  );
-  out.push(
     line(
-      data.map((d) => `${x(d.t)},${yRss(d.rssKiB / 1024)}`),
+      data.map((d) => [x(d.t), yRss(d.rssKiB / 1024)]),
       "#1f5fbf",
       2,
     ),
+    el("rect", { x: m.l, y: m.t, width: pw, height: ph, fill: "none", stroke: "#333" }),
+    text(m.l + pw / 2, H - 10, "time", { "text-anchor": "middle" }),
   );
-  out.push(
-    `<rect x="${m.l}" y="${m.t}" width="${pw}" height="${ph}" fill="none" stroke="#333"/>`,
-    `<text x="${m.l + pw / 2}" y="${H - 10}" text-anchor="middle">time</text>`,
-    "</svg>",
-  );
-  return `${out.join("\n")}\n`;
+  return svgDocument(W, H, "tether soak: RSS and requests per second over time", out);
 }
 
 await main().catch(async (e: Error) => {

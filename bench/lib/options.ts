@@ -25,6 +25,8 @@ export interface Options {
   /** 1: wrk keeps its connections open; 0: every request on a new connection (Connection: close). */
   keepAlive: number;
   outDir: string;
+  /** Where the chart goes instead of next to the results JSON (relative to the repo root). */
+  svgFile: string | null;
   /** tether's "workers" setting (0: one thread). */
   tetherWorkers: number;
   /** Hidden: a stand-in for `bun src/main.ts`; "{config}" is replaced by the config path. */
@@ -107,6 +109,12 @@ export const SPECS: Record<string, Spec> = {
     help: "1: client keep-alive (1); 0: a new connection per request",
   },
   "--out": { key: "outDir", env: "BENCH_OUT", kind: "string", help: "results folder (bench/results)" },
+  "--svg": {
+    key: "svgFile",
+    env: "BENCH_SVG",
+    kind: "string",
+    help: "chart file (next to the results JSON)",
+  },
   "--tether-cmd": { key: "tetherCmd", env: "BENCH_TETHER_CMD", kind: "string", help: "" },
 };
 
@@ -126,6 +134,7 @@ export function defaults(): Options {
     clients: 64,
     keepAlive: 1,
     outDir: "bench/results",
+    svgFile: null,
     tetherCmd: null,
     quick: false,
     help: false,
