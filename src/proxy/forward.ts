@@ -21,16 +21,20 @@ import { Placing } from "../pool/placement.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
 import { ClientAbort } from "./client-abort.ts";
 import { responseFacts, toClientResponse } from "./client-response.ts";
-import { ProxyError } from "./errors.ts";
-import { asksToClose, backendRequestHeaders, type ForwardFacts } from "./headers.ts";
+import { errorResponse, ProxyError } from "./errors.ts";
+import {
+  asksToClose,
+  type ForwardFacts,
+  finishBackendHeaders,
+  type ScannedHead,
+  scanRequestHeaders,
+} from "./headers.ts";
 import { IDEMPOTENT } from "./methods.ts";
 import { accessLog, failedResponse, record, unexpected, upstreamFailed } from "./outcomes.ts";
 import { clientUsesTls, forwardFacts, poolFor, requestFacts } from "./request-facts.ts";
 import { requestTarget } from "./request-target.ts";
 import type { ExchangeSink } from "./upstream/exchange.ts";
 import type { AbortLike, RequestOptions, UpstreamRequest, UpstreamResponse } from "./upstream/types.ts";
-
-const NO_HEADERS: [string, string][] = [];
 
 /**
  * Under maxConn a slot is held until the response body has been passed on (or
@@ -83,7 +87,7 @@ function retryable(err: ProxyError, request: UpstreamRequest): boolean {
 
 export class ProxiedRequest
   extends ClientAbort
-  implements RequestInfo, Tracked, UpstreamRequest, RequestOptions, ExchangeSink
+  implements RequestInfo, Tracked, ScannedHead, UpstreamRequest, RequestOptions, ExchangeSink
 {
   // RequestInfo (and, inherited from ClientAbort, the client's cancellation)
   readonly listener: ResolvedListener;
@@ -96,10 +100,24 @@ export class ProxiedRequest
   suspended = false;
   done = false;
 
+  // ScannedHead: what the one pass over the request's headers found
+  host: string | null = null;
+  cookie: string | null = null;
+  cookieAt = -1;
+  connection: string | null = null;
+  upgrade: string | null = null;
+  contentLength: string | null = null;
+  xForwardedFor: string | null = null;
+  xForwardedProto: string | null = null;
+  xForwardedHost: string | null = null;
+  forwarded: string | null = null;
+
   // UpstreamRequest
   readonly method: string;
   readonly target: string;
-  headers: [string, string][] = NO_HEADERS;
+  private readonly bareTarget: boolean;
+  /** The fields for the backend: the client's, then (once placed) its Cookie and the forwarding fields. */
+  readonly headers: [string, string][];
   body: ReadableStream<Uint8Array> | null;
   bodyLength: number | null = null;
 
@@ -129,24 +147,49 @@ export class ProxiedRequest
     this.listener = runtime.listeners.get(ctx.config.name) ?? ctx.config;
     this.deps = ctx.deps;
     this.method = req.method;
-    this.target = requestTarget(req.url);
+    const url = req.url;
+    this.target = requestTarget(url);
+    // Bun hands over a bare target instead of a URL when the Host is not a valid authority.
+    this.bareTarget = url.charCodeAt(0) === 47;
     this.body = req.body;
     this.bodyIdleMs = this.listener.clientIdleMs;
     // A request with a body watches its client from the start: when Bun rejects a malformed
     // body or a pipelined request it closes the connection, and nothing may reach the backend.
     this.signal = this.body === null ? this : req.signal;
-    ctx.inflight++;
-    ctx.tracker.track(this);
+    this.headers = scanRequestHeaders(req.headers, this);
+  }
+
+  /**
+   * Requests Bun.serve accepts that a reverse proxy must not pass on. Two Host
+   * lines (Bun merges them with a comma and builds the URL from the first) and
+   * a Host that is not a valid authority (Bun then hands over a bare target
+   * instead of a URL) get 400 as RFC 9112 §3.2 asks: the backend could read
+   * such a Host differently from the router. CONNECT asks for a tunnel, which
+   * tether does not offer (and Bun drops its authority-form target).
+   */
+  malformed(): Response | null {
+    if (this.method === "CONNECT") return errorResponse(501, "CONNECT is not supported.");
+    const host = this.host;
+    if (host !== null && (host.includes(",") || this.bareTarget))
+      return errorResponse(400, "The request is malformed.");
+    return null;
+  }
+
+  /** A WebSocket handshake: the listener hands it to proxy/websocket.ts instead of run(). */
+  get isWebSocketUpgrade(): boolean {
+    return this.upgrade !== null && this.method === "GET" && this.upgrade.toLowerCase() === "websocket";
   }
 
   /** The Response, or a promise of it once the backend answers. */
   run(): Response | Promise<Response> {
+    this.ctx.inflight++;
+    this.ctx.tracker.track(this);
     try {
-      const pool = poolFor(this.req, this.target, this);
+      const pool = poolFor(this.host, this.target, this);
       this.pool = pool;
       this.connectTimeoutMs = pool.settings.connectTimeoutMs;
       this.responseTimeoutMs = pool.settings.responseTimeoutMs;
-      this.facts = requestFacts(this.req, this.target, this);
+      this.facts = requestFacts(this, this.req.headers, this.target, this);
       this.placing = new Placing(pool, this.facts, this.listener.name, this.deps);
       if (this.deps.cluster) return this.placing.prefetch().then(() => this.begin());
       return this.begin();
@@ -161,11 +204,10 @@ export class ProxiedRequest
       const first = (this.placing as Placing).start();
       if (!first) throw new ProxyError("NO_BACKEND", `pool ${pool.name}`);
       this.placement = first;
-      if (this.body !== null) this.bodyLength = declaredLength(this.req);
-      const facts = this.facts as RequestFacts;
-      const cookie = facts.cookie === null ? null : pool.chain.backendCookie(facts.cookie);
-      this.fwd = forwardFacts(this.req, this);
-      this.headers = backendRequestHeaders(this.req.headers, this.fwd, false, cookie);
+      if (this.body !== null) this.bodyLength = declaredLength(this.contentLength);
+      const cookie = this.cookie === null ? null : pool.chain.backendCookie(this.cookie);
+      this.fwd = forwardFacts(this, this);
+      finishBackendHeaders(this.headers, this, this.fwd, cookie);
       const { promise, resolve } = Promise.withResolvers<Response>();
       this.answer = resolve;
       this.tryBackend();
@@ -255,12 +297,12 @@ export class ProxiedRequest
     const response = releaseWhenDone(res, backend);
     (this.placing as Placing).settle(placement);
     record(deps, this, pool, backend, res.status);
-    const secure = clientUsesTls(this.req, this.fwd as ForwardFacts);
+    const secure = clientUsesTls(this, this.fwd as ForwardFacts);
     const effects = pool.chain.remember(this.facts as RequestFacts, placement, responseFacts(res, secure));
     accessLog(deps, this, this.req, this.target, pool.name, backend.id, res.status);
     return toClientResponse(response, this.method, effects, this, this.listener.clientIdleMs, {
       hsts: this.ctx.hsts,
-      close: asksToClose(this.req.headers),
+      close: asksToClose(this.connection),
     });
   }
 
@@ -271,7 +313,7 @@ export class ProxiedRequest
     this.responded();
     const res = failedResponse(err, this.deps, this, this.pool);
     if (this.ctx.hsts !== null) res.headers.set("strict-transport-security", this.ctx.hsts);
-    if (asksToClose(this.req.headers)) res.headers.set("connection", "close");
+    if (asksToClose(this.connection)) res.headers.set("connection", "close");
     return res;
   }
 
@@ -295,7 +337,6 @@ export class ProxiedRequest
 }
 
 /** A Content-Length the client declared for its body, or null (a chunked body). */
-function declaredLength(req: Request): number | null {
-  const cl = req.headers.get("content-length");
+function declaredLength(cl: string | null): number | null {
   return cl !== null && /^\d+$/.test(cl) ? Number(cl) : null;
 }

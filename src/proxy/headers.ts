@@ -34,9 +34,9 @@ function connectionListed(connection: string | null): Set<string> | null {
   return names;
 }
 
-/** The request asks for the connection to close after its response (RFC 9112 §9.6). */
-export function asksToClose(headers: Headers): boolean {
-  return connectionListed(headers.get("connection"))?.has("close") ?? false;
+/** A request whose Connection header is this asks for the connection to close after its response (RFC 9112 §9.6). */
+export function asksToClose(connection: string | null): boolean {
+  return connection !== null && (connectionListed(connection)?.has("close") ?? false);
 }
 
 export interface ForwardFacts {
@@ -67,6 +67,138 @@ function forwardedValue(v: string): string {
   return quoted;
 }
 
+/** What one pass over a request's headers finds, besides the fields that go to the backend as they are. */
+export interface ScannedHead {
+  host: string | null;
+  /** The Cookie header as sent (several lines joined with "; "). */
+  cookie: string | null;
+  /** Where the Cookie line sits among the backend's fields (-1: none), so a rewritten one keeps its place. */
+  cookieAt: number;
+  connection: string | null;
+  upgrade: string | null;
+  contentLength: string | null;
+  xForwardedFor: string | null;
+  xForwardedProto: string | null;
+  xForwardedHost: string | null;
+  forwarded: string | null;
+}
+
+export function emptyHead(): ScannedHead {
+  return {
+    host: null,
+    cookie: null,
+    cookieAt: -1,
+    connection: null,
+    upgrade: null,
+    contentLength: null,
+    xForwardedFor: null,
+    xForwardedProto: null,
+    xForwardedHost: null,
+    forwarded: null,
+  };
+}
+
+/**
+ * One pass over the request's headers: the fields for the backend (hop-by-hop,
+ * framing and forwarding fields left out, the Cookie line kept in its place
+ * for rewriting), and into `head` what tether reads of the rest. Bun hands
+ * the names over lowercased.
+ */
+export function scanRequestHeaders(headers: Headers, head: ScannedHead): [string, string][] {
+  const out: [string, string][] = [];
+  for (const [name, value] of headers) {
+    switch (name) {
+      case "host":
+        head.host = value;
+        break;
+      case "cookie":
+        if (head.cookieAt === -1) {
+          head.cookieAt = out.length;
+          head.cookie = value;
+          out.push(["cookie", value]);
+        } else head.cookie = `${head.cookie}; ${value}`;
+        continue;
+      case "connection":
+        head.connection = value;
+        continue;
+      case "upgrade":
+        head.upgrade = value;
+        continue;
+      case "content-length":
+        head.contentLength = value;
+        continue;
+      case "x-forwarded-for":
+        head.xForwardedFor = value;
+        continue;
+      case "x-forwarded-proto":
+        head.xForwardedProto = value;
+        continue;
+      case "x-forwarded-host":
+        head.xForwardedHost = value;
+        continue;
+      case "forwarded":
+        head.forwarded = value;
+        continue;
+    }
+    if (HOP_BY_HOP.has(name)) continue;
+    // CGI-style backends read "_" as "-": Transfer_Encoding or X_Forwarded_For would reach them as
+    // framing or forwarding headers tether never checked (nginx drops every underscore name).
+    if (name.includes("_") && isReserved(name.replaceAll("_", "-"))) continue;
+    out.push([name, value]);
+  }
+  if (head.connection !== null) return withoutListed(out, head);
+  return out;
+}
+
+/**
+ * Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1). A client's
+ * tokens never take Host from the backend (RFC 9112 §3.2 requires it); the
+ * forwarding fields are tether's own and are added after this.
+ */
+function withoutListed(out: [string, string][], head: ScannedHead): [string, string][] {
+  const listed = connectionListed(head.connection);
+  if (listed === null) return out;
+  const kept: [string, string][] = [];
+  for (const field of out) {
+    if (field[0] !== "host" && listed.has(field[0])) {
+      if (field[0] === "cookie") head.cookieAt = -1;
+      continue;
+    }
+    if (field[0] === "cookie") head.cookieAt = kept.length;
+    kept.push(field);
+  }
+  return kept;
+}
+
+/**
+ * Puts the backend's Cookie (persistence rules take their own cookies out; ""
+ * drops it) in the place the client's was, and appends the forwarding fields.
+ * Values a client sent are kept (and appended to) only when the peer is a
+ * trusted proxy.
+ */
+export function finishBackendHeaders(
+  out: [string, string][],
+  head: ScannedHead,
+  facts: ForwardFacts,
+  cookie: string | null,
+): [string, string][] {
+  if (head.cookieAt !== -1) {
+    if (cookie) out[head.cookieAt] = ["cookie", cookie];
+    else out.splice(head.cookieAt, 1);
+  }
+  const trusted = facts.peerTrusted;
+  const priorXff = trusted ? head.xForwardedFor : null;
+  out.push(["x-forwarded-for", priorXff ? `${priorXff}, ${facts.peerIp}` : facts.peerIp]);
+  out.push(["x-forwarded-proto", (trusted ? head.xForwardedProto : null) ?? facts.proto]);
+  const host = (trusted ? head.xForwardedHost : null) ?? facts.host;
+  if (host) out.push(["x-forwarded-host", host]);
+  const priorForwarded = trusted ? head.forwarded : null;
+  let element = `for=${forwardedNode(facts.peerIp)};proto=${facts.proto}`;
+  if (facts.host) element += `;host=${forwardedValue(facts.host)}`;
+  out.push(["forwarded", priorForwarded ? `${priorForwarded}, ${element}` : element]);
+  return out;
+}
+
 /**
  * Headers for the backend: hop-by-hop removed, Content-Length removed (the
  * upstream client frames the body), forwarding headers set. Values a client
@@ -80,37 +212,10 @@ export function backendRequestHeaders(
   /** Replaces the Cookie header (persistence rules remove their own cookies); "" drops it. */
   cookie?: string | null,
 ): [string, string][] {
-  const out: [string, string][] = [];
-  const listed = connectionListed(headers.get("connection"));
-  for (const [name, value] of headers) {
-    if (HOP_BY_HOP.has(name) || FORWARDING.has(name) || name === "content-length") continue;
-    // A client's Connection tokens never take Host from the backend (RFC 9112 §3.2 requires it); the
-    // forwarding headers are tether's own and are set below whatever the client listed.
-    if (listed?.has(name) && name !== "host") continue;
-    // CGI-style backends read "_" as "-": Transfer_Encoding or X_Forwarded_For would reach them as
-    // framing or forwarding headers tether never checked (nginx drops every underscore name).
-    if (name.includes("_") && isReserved(name.replaceAll("_", "-"))) continue;
-    if (name === "cookie" && cookie !== undefined) {
-      if (cookie) out.push(["cookie", cookie]);
-      continue;
-    }
-    out.push([name, value]);
-  }
-  if (keepUpgrade) {
-    out.push(["connection", "upgrade"], ["upgrade", headers.get("upgrade") ?? "websocket"]);
-  }
-  const priorXff = facts.peerTrusted ? headers.get("x-forwarded-for") : null;
-  out.push(["x-forwarded-for", priorXff ? `${priorXff}, ${facts.peerIp}` : facts.peerIp]);
-  const priorProto = facts.peerTrusted ? headers.get("x-forwarded-proto") : null;
-  out.push(["x-forwarded-proto", priorProto ?? facts.proto]);
-  const priorHost = facts.peerTrusted ? headers.get("x-forwarded-host") : null;
-  const host = priorHost ?? facts.host;
-  if (host) out.push(["x-forwarded-host", host]);
-  const priorForwarded = facts.peerTrusted ? headers.get("forwarded") : null;
-  let element = `for=${forwardedNode(facts.peerIp)};proto=${facts.proto}`;
-  if (facts.host) element += `;host=${forwardedValue(facts.host)}`;
-  out.push(["forwarded", priorForwarded ? `${priorForwarded}, ${element}` : element]);
-  return out;
+  const head = emptyHead();
+  const out = scanRequestHeaders(headers, head);
+  if (keepUpgrade) out.push(["connection", "upgrade"], ["upgrade", head.upgrade ?? "websocket"]);
+  return finishBackendHeaders(out, head, facts, cookie === undefined ? head.cookie : cookie);
 }
 
 /**

@@ -1,30 +1,36 @@
 /**
  * What an HTTP request (or WebSocket upgrade) tells before any backend is
- * chosen: its pool, the facts the persistence rules read, and the facts the
- * forwarding headers are built from.
+ * chosen, read from the one pass over its headers (headers.ts
+ * scanRequestHeaders): its pool, the facts the persistence rules read, and
+ * the facts the forwarding headers are built from.
  */
 import type { RequestInfo } from "../contracts.ts";
 import type { RequestFacts } from "../persistence/types.ts";
 import type { Pool } from "../pool/pool.ts";
 import { ProxyError } from "./errors.ts";
-import { clientAddress, type ForwardFacts } from "./headers.ts";
+import { clientAddress, type ForwardFacts, type ScannedHead } from "./headers.ts";
 import { targetPath } from "./request-target.ts";
 
-export function forwardFacts(req: Request, info: RequestInfo): ForwardFacts {
+export function forwardFacts(head: ScannedHead, info: RequestInfo): ForwardFacts {
   return {
     peerIp: info.peerIp,
     peerTrusted: info.runtime.trusted.has(info.peerIp),
     proto: info.listener.protocol,
-    host: req.headers.get("host") ?? "",
+    host: head.host ?? "",
   };
 }
 
-export function requestFacts(req: Request, target: string, info: RequestInfo): RequestFacts {
+export function requestFacts(
+  head: ScannedHead,
+  headers: Headers,
+  target: string,
+  info: RequestInfo,
+): RequestFacts {
   return {
-    cookie: req.headers.get("cookie"),
+    cookie: head.cookie,
     target,
-    clientIp: clientAddress(info.peerIp, req.headers.get("x-forwarded-for"), info.runtime.trusted),
-    headers: req.headers,
+    clientIp: clientAddress(info.peerIp, head.xForwardedFor, info.runtime.trusted),
+    headers,
     nowSec: Math.floor(Date.now() / 1000),
   };
 }
@@ -34,18 +40,17 @@ export function requestFacts(req: Request, target: string, info: RequestInfo): R
  * terminator in trustedProxies in front of it that says so in
  * X-Forwarded-Proto (its first value is the client-facing hop's).
  */
-export function clientUsesTls(req: Request, fwd: ForwardFacts): boolean {
+export function clientUsesTls(head: ScannedHead, fwd: ForwardFacts): boolean {
   if (fwd.proto === "https") return true;
-  if (!fwd.peerTrusted) return false;
-  const xfp = req.headers.get("x-forwarded-proto");
-  if (xfp === null) return false;
+  const xfp = head.xForwardedProto;
+  if (!fwd.peerTrusted || xfp === null) return false;
   const comma = xfp.indexOf(",");
   return (comma === -1 ? xfp : xfp.slice(0, comma)).trim().toLowerCase() === "https";
 }
 
-export function poolFor(req: Request, target: string, info: RequestInfo): Pool {
+export function poolFor(host: string | null, target: string, info: RequestInfo): Pool {
   const router = info.runtime.routers.get(info.listener.name);
-  const poolName = router ? router.pick(req.headers.get("host"), targetPath(target)) : info.listener.pool;
+  const poolName = router ? router.pick(host, targetPath(target)) : info.listener.pool;
   const pool = info.runtime.pools.get(poolName);
   // The config validator guarantees every routed pool exists.
   if (!pool) throw new ProxyError("NO_BACKEND", `pool ${poolName} missing`);

@@ -18,7 +18,7 @@ import { Placing } from "../pool/placement.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
 import { responseFacts, toClientResponse } from "./client-response.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
-import { backendRequestHeaders } from "./headers.ts";
+import { emptyHead, finishBackendHeaders, scanRequestHeaders } from "./headers.ts";
 import { failedResponse, record, unexpected, upstreamFailed } from "./outcomes.ts";
 import { clientUsesTls, forwardFacts, poolFor, requestFacts } from "./request-facts.ts";
 import { requestTarget } from "./request-target.ts";
@@ -48,9 +48,6 @@ const HANDSHAKE = new Set([
   "connection",
   "upgrade",
 ]);
-
-export const isWebSocketUpgrade = (req: Request) =>
-  req.method === "GET" && req.headers.get("upgrade")?.toLowerCase() === "websocket";
 
 /** 1005 and 1006 are reserved for "no code" and "abnormal" and may not be sent (RFC 6455 §7.4.1). */
 function sendableCode(code: number | undefined): number {
@@ -121,13 +118,14 @@ export async function upgradeWebSocket(
   const target = requestTarget(req.url);
   let pool: Pool | null = null;
   try {
-    pool = poolFor(req, target, info);
-    const facts = requestFacts(req, target, info);
-    const fwd = forwardFacts(req, info);
+    const head = emptyHead();
+    const fields = scanRequestHeaders(req.headers, head);
+    pool = poolFor(head.host, target, info);
+    const facts = requestFacts(head, req.headers, target, info);
+    const fwd = forwardFacts(head, info);
     const cookie = facts.cookie === null ? null : pool.chain.backendCookie(facts.cookie);
-    const headers = backendRequestHeaders(req.headers, fwd, false, cookie).filter(
-      ([name]) => !HANDSHAKE.has(name),
-    );
+    // The handshake's own fields are left out: the backend handshake makes its own.
+    const headers = finishBackendHeaders(fields, head, fwd, cookie).filter(([name]) => !HANDSHAKE.has(name));
     const placing = new Placing(pool, facts, info.listener.name, deps);
     if (deps.cluster) await placing.prefetch();
     const { placement, backend, upgrade } = await handshake(
@@ -140,7 +138,7 @@ export async function upgradeWebSocket(
     deps.health.answered(pool, backend, status);
     placing.settle(placement);
     record(deps, info, pool, backend, status);
-    const secure = clientUsesTls(req, fwd);
+    const secure = clientUsesTls(head, fwd);
     if (upgrade.kind === "refused") {
       backend.closeWebSocket();
       const effects = pool.chain.remember(facts, placement, responseFacts(upgrade.response, secure));

@@ -17,7 +17,7 @@ import { ClientAbort } from "../proxy/client-abort.ts";
 import { errorResponse } from "../proxy/errors.ts";
 import { ProxiedRequest } from "../proxy/forward.ts";
 import { normalizeIp } from "../proxy/trusted-proxies.ts";
-import { isWebSocketUpgrade, upgradeWebSocket, type WsData, websocketHandler } from "../proxy/websocket.ts";
+import { upgradeWebSocket, type WsData, websocketHandler } from "../proxy/websocket.ts";
 import { RequestClock } from "./request-clock.ts";
 
 /**
@@ -62,22 +62,6 @@ function redirectToHttps(req: Request, l: ResolvedListener): Response | null {
   return new Response(null, { status: 308, headers: { location: url.href } });
 }
 
-/**
- * Requests Bun.serve accepts that a reverse proxy must not pass on. Two Host
- * lines (Bun merges them with a comma and builds the URL from the first) and
- * a Host that is not a valid authority (Bun then hands over a bare target
- * instead of a URL) get 400 as RFC 9112 §3.2 asks: the backend could read
- * such a Host differently from the router. CONNECT asks for a tunnel, which
- * tether does not offer (and Bun drops its authority-form target).
- */
-function malformedRequest(req: Request): Response | null {
-  if (req.method === "CONNECT") return errorResponse(501, "CONNECT is not supported.");
-  const host = req.headers.get("host");
-  if (host !== null && (host.includes(",") || req.url.charCodeAt(0) === 47))
-    return errorResponse(400, "The request is malformed.");
-  return null;
-}
-
 /** The client's address; an IPv4 peer (the common case) needs no normalizing. */
 function peerAddress(peer: { address: string; family: string } | null): string {
   if (peer === null) return "0.0.0.0";
@@ -106,14 +90,14 @@ export function startListener(
     ...(tls ? { tls: tls.length === 1 ? tls[0] : tls } : {}),
     websocket: websocketHandler,
     fetch(req, srv) {
-      const malformed = malformedRequest(req);
+      const runtime = currentRuntime();
+      const proxied = new ProxiedRequest(req, ctx, runtime, peerAddress(srv.requestIP(req)));
+      const malformed = proxied.malformed();
       if (malformed) return malformed;
       const redirect = redirectToHttps(req, config);
       if (redirect) return redirect;
-      const runtime = currentRuntime();
-      const peerIp = peerAddress(srv.requestIP(req));
-      if (isWebSocketUpgrade(req)) return upgrade(req, srv, runtime, peerIp);
-      return new ProxiedRequest(req, ctx, runtime, peerIp).run();
+      if (proxied.isWebSocketUpgrade) return upgrade(req, srv, runtime, proxied.peerIp);
+      return proxied.run();
     },
     error(err) {
       deps.log.error("request handler failed", { listener: config.name, error: String(err) });
