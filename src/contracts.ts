@@ -87,8 +87,20 @@ export interface ClusterLookup {
 
 export type DecisionOutcome = "hit" | "miss" | "rejected" | "repinned";
 
+/** One listener, pool and backend's request series, resolved once. */
+export interface RequestCounter {
+  count(code: number, seconds: number): void;
+}
+
+/** One pool and rule's decision series, resolved once. */
+export interface DecisionCounter {
+  count(outcome: DecisionOutcome): void;
+}
+
 /** The counters the request path increments; admin/metrics.ts implements them. */
 export interface ProxyMetrics {
+  requestSeries(listener: string, pool: string, backend: string): RequestCounter;
+  decisionSeries(pool: string, rule: string): DecisionCounter;
   request(listener: string, pool: string, backend: string, code: number, seconds: number): void;
   connectError(pool: string, backend: string): void;
   decision(pool: string, rule: string, outcome: DecisionOutcome): void;

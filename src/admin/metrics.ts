@@ -12,7 +12,7 @@
  * listeners and workers never need it.
  */
 import type { Registry } from "prom-client";
-import type { Runtime } from "../contracts.ts";
+import type { DecisionCounter, DecisionOutcome, RequestCounter, Runtime } from "../contracts.ts";
 import type { Backend } from "../pool/pool.ts";
 
 type Labels = Record<string, string>;
@@ -37,6 +37,16 @@ class CounterFamily {
     const s = this.series.get(key);
     if (s) s.value++;
     else this.series.set(key, { labels: labels(), value: 1, sent: 0 });
+  }
+
+  /** The series for `key`, created at 0: a caller that keeps it increments `value` without a lookup. */
+  cell(key: string, labels: Labels): { value: number } {
+    let s = this.series.get(key);
+    if (!s) {
+      s = { labels, value: 0, sent: 0 };
+      this.series.set(key, s);
+    }
+    return s;
   }
 
   /** Increments since the last call (a worker sends these to the primary). */
@@ -86,11 +96,16 @@ class HistogramFamily {
   ) {}
 
   observe(key: string, labels: () => Labels, v: number): void {
+    this.observeIn(this.series.get(key) ?? this.cell(key, labels()), v);
+  }
+
+  /** The series for `key`, created empty: a caller that keeps it observes without a lookup. */
+  cell(key: string, labels: Labels): HistogramSeries {
     let s = this.series.get(key);
     if (!s) {
       const n = this.bounds.length;
       s = {
-        labels: labels(),
+        labels,
         counts: new Float64Array(n),
         sum: 0,
         count: 0,
@@ -98,6 +113,10 @@ class HistogramFamily {
       };
       this.series.set(key, s);
     }
+    return s;
+  }
+
+  observeIn(s: HistogramSeries, v: number): void {
     s.sum += v;
     s.count++;
     for (let i = 0; i < this.bounds.length; i++) {
@@ -236,6 +255,51 @@ export class Metrics {
       return registry;
     });
     return this.registry;
+  }
+
+  /**
+   * The request series of one listener, pool and backend, resolved once (the
+   * backend keeps it): counting a request then costs a Map lookup by status
+   * code and no key string.
+   */
+  requestSeries(listener: string, pool: string, backend: string): RequestCounter {
+    const requests = this.requests;
+    const byCode = new Map<number, { value: number }>();
+    const duration = this.duration.cell(`${listener}\0${pool}`, { listener, pool });
+    const histogram = this.duration;
+    return {
+      count(code, seconds) {
+        let cell = byCode.get(code);
+        if (cell === undefined) {
+          cell = requests.cell(`${listener}\0${pool}\0${backend}\0${code}`, {
+            listener,
+            pool,
+            backend,
+            code: String(code),
+          });
+          byCode.set(code, cell);
+        }
+        cell.value++;
+        histogram.observeIn(duration, seconds);
+      },
+    };
+  }
+
+  /** The decision series of one pool and rule, resolved once (the pool keeps it). */
+  decisionSeries(pool: string, rule: string): DecisionCounter {
+    const cell = (outcome: DecisionOutcome) =>
+      this.decisions.cell(`${pool}\0${rule}\0${outcome}`, { pool, rule, outcome });
+    const cells = {
+      hit: cell("hit"),
+      miss: cell("miss"),
+      rejected: cell("rejected"),
+      repinned: cell("repinned"),
+    };
+    return {
+      count(outcome) {
+        cells[outcome].value++;
+      },
+    };
   }
 
   request(listener: string, pool: string, backend: string, code: number, seconds: number): void {

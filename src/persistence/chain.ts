@@ -57,6 +57,9 @@ export interface Rejection {
   reason: RejectReason;
 }
 
+const NO_REJECTIONS: Rejection[] = [];
+const NO_EFFECTS: Effect[] = [];
+
 export interface PlaceResult {
   placement: Placement;
   rejections: Rejection[];
@@ -150,10 +153,14 @@ export class PersistenceChain {
 
   /** Where the ring puts `key` among eligible backends, skipping `exclude`. */
   private ringChoice(key: string, exclude?: ReadonlySet<string>): string | null {
-    return this.ring.lookup(
-      hashKey(key),
-      exclude?.size ? (id) => this.eligibleNew(id) && !exclude.has(id) : this.eligibleNew,
-    );
+    return exclude?.size
+      ? this.ringLookup(hashKey(key), exclude)
+      : this.ring.lookup(hashKey(key), this.eligibleNew);
+  }
+
+  /** A ring lookup that skips the backends a retry already tried (apart, so place() allocates no closure scope). */
+  private ringLookup(keyHash: number, exclude: ReadonlySet<string>): string | null {
+    return this.ring.lookup(keyHash, (id) => this.eligibleNew(id) && !exclude.has(id));
   }
 
   /**
@@ -162,15 +169,20 @@ export class PersistenceChain {
    */
   place(req: RequestFacts, exclude?: ReadonlySet<string>, previous?: Placement): PlaceResult | null {
     const decisions = previous?.decisions ?? this.decideAll(req);
-    const rejections: Rejection[] = [];
+    // Shared and empty unless a rule rejected something: the common request allocates none.
+    let rejections: Rejection[] = NO_REJECTIONS;
     for (const d of decisions) {
       if (d.kind === "none") {
-        if (d.rejected) rejections.push({ rule: d.rule, reason: d.rejected });
+        if (d.rejected) {
+          if (rejections === NO_REJECTIONS) rejections = [];
+          rejections.push({ rule: d.rule, reason: d.rejected });
+        }
         continue;
       }
       if (d.kind === "pinned") {
         const m = this.byId.get(d.backendId);
         if (!m) {
+          if (rejections === NO_REJECTIONS) rejections = [];
           rejections.push({ rule: d.rule, reason: "unknown-backend" });
           continue;
         }
@@ -190,7 +202,7 @@ export class PersistenceChain {
       previous?.rule === "new" && previous.sessionKey ? previous.sessionKey : newSessionKey();
     const keyHash = hashKey(sessionKeyText(sessionKey));
     const id = exclude?.size
-      ? this.ring.lookup(keyHash, (x) => this.eligibleNew(x) && !exclude.has(x))
+      ? this.ringLookup(keyHash, exclude)
       : this.bounded.pick(keyHash, this.eligibleNew);
     if (!id) return null;
     return {
@@ -255,13 +267,14 @@ export class PersistenceChain {
 
   /** Effects of every rule once the backend answered; "learn" effects are applied here. */
   remember(req: RequestFacts, placement: Placement, res: ResponseFacts): Effect[] {
-    const effects: Effect[] = [];
+    let effects: Effect[] = NO_EFFECTS;
     for (let i = 0; i < this.rules.length; i++) {
       const rule = this.rules[i] as Rule;
       if (!rule.remember) continue;
       const own = placement.decisions[i] ?? { kind: "none", rule: rule.name };
       for (const e of rule.remember(req, placement, own, res)) {
         if (e.kind === "learn") this.learn(i, e.key, e.backendId, req.nowSec);
+        else if (effects === NO_EFFECTS) effects = [e];
         else effects.push(e);
       }
     }

@@ -4,13 +4,30 @@
  * token, never trusted to the browser.
  */
 import { randomBytes } from "node:crypto";
+import { hashKey } from "../ring/hash.ts";
 import { getCookie, mapCookie } from "./cookies.ts";
-import { backendKey, type OpenResult, type TokenClaims, TokenSealer } from "./token.ts";
+import { backendKey, type TokenClaims, TokenSealer } from "./token.ts";
 
 /** Opened tokens remembered (about 200 bytes each). */
 const OPENED_CACHE_MAX = 50_000;
 
-import type { Decision, Effect, Placement, RequestFacts, ResponseFacts, Rule } from "./types.ts";
+import type {
+  Decision,
+  Effect,
+  Placement,
+  RejectReason,
+  RequestFacts,
+  ResponseFacts,
+  Rule,
+} from "./types.ts";
+
+/** A token opened once: its claims and the decision it makes (null: it names no backend of this pool). */
+interface Opened {
+  claims: TokenClaims;
+  stale: boolean;
+  backendId: string | null;
+  decision: Extract<Decision, { kind: "pinned" }> | null;
+}
 
 export interface CookieInsertOptions {
   name: string;
@@ -22,6 +39,9 @@ export interface CookieInsertOptions {
   refreshAfterMs: number;
 }
 
+const dropCookie = () => null;
+const NO_EFFECTS: Effect[] = [];
+
 export const newSessionKey = () => new Uint8Array(randomBytes(16));
 export const sessionKeyText = (k: Uint8Array) => Buffer.from(k).toString("hex");
 
@@ -29,6 +49,8 @@ export class CookieInsertRule implements Rule {
   readonly name = "cookie-insert" as const;
   private readonly sealer: TokenSealer;
   private readonly byKey = new Map<bigint, string>();
+  /** "NAME=": how this rule's cookie starts in a Cookie header. */
+  private readonly cookiePrefix: string;
 
   constructor(
     private readonly opts: CookieInsertOptions,
@@ -37,6 +59,7 @@ export class CookieInsertRule implements Rule {
     backendIds: readonly string[],
   ) {
     this.sealer = new TokenSealer(keys, pool, opts.name);
+    this.cookiePrefix = `${opts.name}=`;
     for (const id of backendIds) this.byKey.set(backendKey(id), id);
   }
 
@@ -44,31 +67,52 @@ export class CookieInsertRule implements Rule {
    * Tokens opened recently, by their exact text. A returning client sends the
    * same token on every request until it is refreshed, and the same text is
    * the same ciphertext, already authenticated: looking it up costs a Map
-   * get instead of an AES-GCM open. Only valid tokens are kept; time limits
-   * are still checked on every request. Bounded, oldest dropped first.
+   * get instead of an AES-GCM open, and its decision is built once and
+   * reused. Only valid tokens are kept; time limits are still checked on
+   * every request. Bounded, oldest dropped first.
    */
-  private readonly opened = new Map<string, { claims: TokenClaims; stale: boolean; key: string }>();
+  private readonly opened = new Map<string, Opened>();
+  /** The decision for a request without this rule's cookie: the same object every time. */
+  private readonly absent: Decision = { kind: "none", rule: this.name };
 
-  private open(token: string): OpenResult & { key?: string } {
+  private open(token: string): Opened | RejectReason {
     const hit = this.opened.get(token);
-    if (hit) return { ok: true, claims: hit.claims, stale: hit.stale, key: hit.key };
+    if (hit) return hit;
     const r = this.sealer.open(token);
-    if (!r.ok) return r;
-    const key = sessionKeyText(r.claims.sessionKey);
+    if (!r.ok) return r.reason;
     if (this.opened.size >= OPENED_CACHE_MAX) {
       const oldest = this.opened.keys().next();
       if (!oldest.done) this.opened.delete(oldest.value);
     }
-    this.opened.set(token, { claims: r.claims, stale: r.stale, key });
-    return { ...r, key };
+    const backendId = this.byKey.get(r.claims.backendKey) ?? null;
+    const key = sessionKeyText(r.claims.sessionKey);
+    const opened: Opened = {
+      claims: r.claims,
+      stale: r.stale,
+      backendId,
+      decision:
+        backendId === null
+          ? null
+          : {
+              kind: "pinned",
+              backendId,
+              key,
+              keyHash: hashKey(key),
+              rule: this.name,
+              refresh: false,
+              session: r.claims,
+            },
+    };
+    this.opened.set(token, opened);
+    return opened;
   }
 
   decide(req: RequestFacts): Decision {
     const token = getCookie(req.cookie, this.opts.name);
-    if (token === null) return { kind: "none", rule: this.name };
+    if (token === null) return this.absent;
     const opened = this.open(token);
-    if (!opened.ok) return { kind: "none", rule: this.name, rejected: opened.reason };
-    const { claims } = opened;
+    if (typeof opened === "string") return { kind: "none", rule: this.name, rejected: opened };
+    const { claims, decision } = opened;
     const { maxIdleMs, maxLifeMs } = this.opts;
     if (
       (maxLifeMs !== undefined && (req.nowSec - claims.issuedAt) * 1000 > maxLifeMs) ||
@@ -76,26 +120,20 @@ export class CookieInsertRule implements Rule {
     ) {
       return { kind: "none", rule: this.name, rejected: "expired" };
     }
-    const backendId = this.byKey.get(claims.backendKey);
-    if (backendId === undefined) return { kind: "none", rule: this.name, rejected: "unknown-backend" };
+    if (decision === null) return { kind: "none", rule: this.name, rejected: "unknown-backend" };
     const refresh = opened.stale || (req.nowSec - claims.lastSeen) * 1000 >= this.opts.refreshAfterMs;
-    return {
-      kind: "pinned",
-      backendId,
-      key: opened.key ?? sessionKeyText(claims.sessionKey),
-      rule: this.name,
-      refresh,
-      session: claims,
-    };
+    return refresh ? { ...decision, refresh } : decision;
   }
 
   backendCookie(cookie: string): string {
-    return mapCookie(cookie, this.opts.name, () => null);
+    // The common case, a Cookie header holding only tether's own cookie, needs no parsing.
+    if (cookie.startsWith(this.cookiePrefix) && !cookie.includes(";")) return "";
+    return mapCookie(cookie, this.opts.name, dropCookie);
   }
 
   remember(req: RequestFacts, placement: Placement, own: Decision, res: ResponseFacts): Effect[] {
     const hitHere = placement.rule === this.name && placement.outcome === "hit";
-    if (hitHere && own.kind === "pinned" && !own.refresh) return [];
+    if (hitHere && own.kind === "pinned" && !own.refresh) return NO_EFFECTS;
     const prior = own.kind === "pinned" ? own.session : undefined;
     const sessionKey = placement.sessionKey ?? prior?.sessionKey ?? newSessionKey();
     // A valid session keeps its issue time wherever it is re-issued (a refresh, a re-pin after

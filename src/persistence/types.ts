@@ -39,6 +39,8 @@ export type Decision =
       refresh?: boolean;
       /** A sealed cookie's session: its key bytes and issue time, kept when the cookie is re-issued. */
       session?: { sessionKey: Uint8Array; issuedAt: number };
+      /** hashKey(key), when the rule computed it once for a decision it reuses. */
+      keyHash?: number;
     }
   /** A pure hash key: the ring places it, the same way on every instance. */
   | { kind: "hash"; key: string; rule: RuleName }

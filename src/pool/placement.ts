@@ -9,9 +9,15 @@
 import type { Audit } from "../audit.ts";
 import type { ClusterLookup, ProxyMetrics } from "../contracts.ts";
 import type { PlaceResult } from "../persistence/chain.ts";
-import type { Placement, RequestFacts } from "../persistence/types.ts";
+import type { Decision, Placement, RequestFacts } from "../persistence/types.ts";
 import { hashKey } from "../ring/hash.ts";
 import type { Backend, Pool } from "./pool.ts";
+
+/** The first decision that is not "none": the rule that named the session (a loop, not a closure per request). */
+function deciding(decisions: readonly Decision[]): Exclude<Decision, { kind: "none" }> | undefined {
+  for (const d of decisions) if (d.kind !== "none") return d;
+  return undefined;
+}
 
 export interface PlacementDeps {
   audit: Audit;
@@ -101,14 +107,23 @@ export class Placing {
     if (final.outcome === "new" || final.outcome === "repinned" || final.backendId !== first.backendId)
       this.auditMove(first, final);
     const outcome = final.outcome === "repinned" ? "repinned" : final.outcome === "new" ? "miss" : "hit";
-    this.deps.metrics.decision(pool.name, final.rule === "new" ? "none" : final.rule, outcome);
+    const rule = final.rule === "new" ? "none" : final.rule;
+    let series = pool.decisionSeries.get(rule);
+    if (series === undefined) {
+      series = this.deps.metrics.decisionSeries(pool.name, rule);
+      pool.decisionSeries.set(rule, series);
+    }
+    series.count(outcome);
     const now = Date.now();
-    const pinned = final.decisions.find((d) => d.kind !== "none");
+    const pinned = deciding(final.decisions);
     if (final.outcome === "hit" && pinned?.kind === "pinned") backend.lastPinnedAt = now;
     // The deciding rule's key is the session's identity; only a brand-new session needs its key spelled out.
-    const sessionId =
-      pinned?.key ?? (final.sessionKey ? Buffer.from(final.sessionKey).toString("hex") : null);
-    if (sessionId) backend.sessions.add(hashKey(sessionId), now);
+    if (pinned?.kind === "pinned" && pinned.keyHash !== undefined) backend.sessions.add(pinned.keyHash, now);
+    else {
+      const sessionId =
+        pinned?.key ?? (final.sessionKey ? Buffer.from(final.sessionKey).toString("hex") : null);
+      if (sessionId) backend.sessions.add(hashKey(sessionId), now);
+    }
   }
 
   private auditMove(first: Placement, final: Placement): void {

@@ -3,6 +3,7 @@
  */
 import type { ResolvedBackend, ResolvedPool } from "../config/load.ts";
 import type { BackendState } from "../config/schema.ts";
+import type { DecisionCounter, RequestCounter } from "../contracts.ts";
 import { PersistenceChain } from "../persistence/chain.ts";
 import type { AbortLike, UpstreamTarget } from "../proxy/upstream/types.ts";
 import { ActiveSessions } from "./active-sessions.ts";
@@ -30,6 +31,8 @@ export class Backend {
   /** When a request last arrived pinned to it (ms since the epoch; 0 = never). */
   lastPinnedAt = 0;
   sessions: ActiveSessions;
+  /** Its request metrics, resolved once per listener that reaches it. */
+  readonly requestSeries = new Map<string, RequestCounter>();
 
   constructor(
     readonly id: string,
@@ -140,6 +143,8 @@ export class Pool {
   readonly settings: PoolSettings;
   readonly chain: PersistenceChain;
   readonly healthCheck: ResolvedPool["healthCheck"];
+  /** Decision metrics, resolved once per rule. */
+  readonly decisionSeries = new Map<string, DecisionCounter>();
   private readonly byId = new Map<string, Backend>();
 
   constructor(

@@ -49,10 +49,19 @@ export function toClientResponse(
   let body = bodyless ? null : res.body;
   // Only a stream gets the wrapper (and its timer): a body that arrived whole is handed over at once.
   if (body instanceof ReadableStream) {
-    const done = finishing?.responded ? () => finishing.responded?.() : undefined;
-    if (done || clientIdleMs > 0) body = guardStream(body, clientIdleMs, done);
+    if (finishing?.responded || clientIdleMs > 0) body = guarded(body, clientIdleMs, finishing);
   } else finishing?.responded?.();
   return new Response(body, { status: res.status, statusText: res.statusText, headers });
+}
+
+/** Apart from toClientResponse, so a response that arrived whole allocates no closure scope. */
+function guarded(
+  body: ReadableStream<Uint8Array>,
+  clientIdleMs: number,
+  finishing: { responded?: () => void } | null,
+): ReadableStream<Uint8Array> {
+  const done = finishing?.responded ? () => finishing.responded?.() : undefined;
+  return guardStream(body, clientIdleMs, done);
 }
 
 const isHsts = (field: [string, string]) =>

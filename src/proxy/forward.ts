@@ -46,6 +46,15 @@ function releaseWhenDone(res: UpstreamResponse, backend: Backend): UpstreamRespo
     backend.release();
     return res;
   }
+  return releasedAtEnd(res, res.body, backend);
+}
+
+/** The slow path, apart so the common one allocates no closure scope. */
+function releasedAtEnd(
+  res: UpstreamResponse,
+  stream: ReadableStream<Uint8Array>,
+  backend: Backend,
+): UpstreamResponse {
   let released = false;
   const done = () => {
     if (!released) {
@@ -53,7 +62,7 @@ function releaseWhenDone(res: UpstreamResponse, backend: Backend): UpstreamRespo
       backend.release();
     }
   };
-  const reader = res.body.getReader();
+  const reader = stream.getReader();
   const body = new ReadableStream<Uint8Array>({
     async pull(c) {
       try {
@@ -191,11 +200,16 @@ export class ProxiedRequest
       this.responseTimeoutMs = pool.settings.responseTimeoutMs;
       this.facts = requestFacts(this, this.req.headers, this.target, this);
       this.placing = new Placing(pool, this.facts, this.listener.name, this.deps);
-      if (this.deps.cluster) return this.placing.prefetch().then(() => this.begin());
+      if (this.deps.cluster) return this.afterPrefetch();
       return this.begin();
     } catch (e) {
       return this.failed(e);
     }
+  }
+
+  private async afterPrefetch(): Promise<Response> {
+    await (this.placing as Placing).prefetch();
+    return this.begin();
   }
 
   private begin(): Response | Promise<Response> {
@@ -225,12 +239,15 @@ export class ProxiedRequest
       this.send(backend);
       return;
     }
-    // A pinned session waits for its backend rather than breaking.
-    backend.acquire((this.pool as Pool).settings.queueTimeoutMs, this.signal).then((slot) => {
-      if (slot === "acquired") this.send(backend);
-      else if (slot === "timeout") this.reply(this.failed(new ProxyError("NO_BACKEND", "queue timeout")));
-      else this.reply(this.failed(new ProxyError("BAD_REQUEST", "client went away")));
-    });
+    void this.queueFor(backend);
+  }
+
+  /** A pinned session waits for its backend rather than breaking. */
+  private async queueFor(backend: Backend): Promise<void> {
+    const slot = await backend.acquire((this.pool as Pool).settings.queueTimeoutMs, this.signal);
+    if (slot === "acquired") this.send(backend);
+    else if (slot === "timeout") this.reply(this.failed(new ProxyError("NO_BACKEND", "queue timeout")));
+    else this.reply(this.failed(new ProxyError("BAD_REQUEST", "client went away")));
   }
 
   /** Sends on the slot just taken; the outcome comes back through resolve or reject. */
@@ -284,7 +301,11 @@ export class ProxiedRequest
     }
     this.attempt++;
     this.placement = next;
-    // Not from inside the failed connection's own callback.
+    this.retrySoon();
+  }
+
+  /** Not from inside the failed connection's own callback. */
+  private retrySoon(): void {
     queueMicrotask(() => this.tryBackend());
   }
 

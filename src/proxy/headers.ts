@@ -17,6 +17,8 @@ const HOP_BY_HOP = new Set([
   "proxy-authorization",
 ]);
 
+const CLOSE: ReadonlySet<string> = new Set(["close"]);
+
 /** Request headers that we set ourselves and never copy from the client. */
 const FORWARDING = new Set(["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"]);
 
@@ -24,8 +26,10 @@ const isReserved = (name: string) =>
   HOP_BY_HOP.has(name) || FORWARDING.has(name) || name === "content-length";
 
 /** Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1). */
-function connectionListed(connection: string | null): Set<string> | null {
+function connectionListed(connection: string | null): ReadonlySet<string> | null {
   if (!connection) return null;
+  // What clients send nearly always: one token that names no header field, and no Set to build.
+  if (connection === "keep-alive" || connection === "close") return connection === "close" ? CLOSE : null;
   const names = new Set<string>();
   for (const token of connection.split(",")) {
     const t = token.trim().toLowerCase();
@@ -106,7 +110,10 @@ export function emptyHead(): ScannedHead {
  */
 export function scanRequestHeaders(headers: Headers, head: ScannedHead): [string, string][] {
   const out: [string, string][] = [];
-  for (const [name, value] of headers) {
+  // Each entry the iterator hands over is a fresh [name, value] pair: kept as it is, not copied.
+  for (const field of headers as unknown as Iterable<[string, string]>) {
+    const name = field[0];
+    const value = field[1];
     switch (name) {
       case "host":
         head.host = value;
@@ -144,7 +151,7 @@ export function scanRequestHeaders(headers: Headers, head: ScannedHead): [string
     // CGI-style backends read "_" as "-": Transfer_Encoding or X_Forwarded_For would reach them as
     // framing or forwarding headers tether never checked (nginx drops every underscore name).
     if (name.includes("_") && isReserved(name.replaceAll("_", "-"))) continue;
-    out.push([name, value]);
+    out.push(field);
   }
   if (head.connection !== null) return withoutListed(out, head);
   return out;
@@ -226,7 +233,7 @@ export function backendRequestHeaders(
  * one per field. The pairs are the backend's own: replace them, never edit.
  */
 export function clientResponseHeaders(headers: readonly [string, string][]): [string, string][] {
-  let listed: Set<string> | null = null;
+  let listed: ReadonlySet<string> | null = null;
   for (const [name, value] of headers) {
     if (name.length === 10 && name.toLowerCase() === "connection") {
       listed = connectionListed(value);

@@ -54,13 +54,13 @@ export function unexpected(e: unknown, deps: Pick<ProxyDeps, "log">, info: Reque
 export function record(deps: ProxyDeps, info: RequestInfo, pool: Pool, backend: Backend, status: number) {
   backend.requests++;
   if (status >= 500) backend.errors++;
-  deps.metrics.request(
-    info.listener.name,
-    pool.name,
-    backend.id,
-    status,
-    (performance.now() - info.startedAt) / 1000,
-  );
+  const listener = info.listener.name;
+  let series = backend.requestSeries.get(listener);
+  if (series === undefined) {
+    series = deps.metrics.requestSeries(listener, pool.name, backend.id);
+    backend.requestSeries.set(listener, series);
+  }
+  series.count(status, (performance.now() - info.startedAt) / 1000);
 }
 
 export function accessLog(

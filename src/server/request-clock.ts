@@ -48,10 +48,12 @@ export class RequestClock implements RequestTracker {
   track(t: Tracked): void {
     if (this.eager) this.suspend(t);
     this.current.push(t);
-    if (this.timer === null) {
-      this.timer = setInterval(() => this.sweep(), SWEEP_MS);
-      this.timer.unref();
-    }
+    if (this.timer === null) this.startSweeping();
+  }
+
+  private startSweeping(): void {
+    this.timer = setInterval(() => this.sweep(), SWEEP_MS);
+    this.timer.unref();
   }
 
   finished(t: Tracked): void {
