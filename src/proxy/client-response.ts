@@ -12,20 +12,6 @@ import type { UpstreamResponse } from "./upstream/types.ts";
 
 const NO_EFFECTS: readonly Effect[] = [];
 
-/** Fields the listener adds to every answer. */
-export interface ListenerFields {
-  /** Strict-Transport-Security for an https listener, unless the backend sent its own. */
-  hsts: string | null;
-  /**
-   * The client asked to close (Connection: close): Bun closes after answering
-   * but does not say so, and a client that reads the answer as keep-alive
-   * sends its next request into a closed socket (RFC 9112 §9.6).
-   */
-  close: boolean;
-}
-
-const NO_FIELDS: ListenerFields = { hsts: null, close: false };
-
 /** Builds the client's Response from the backend's, applying persistence effects. */
 export function toClientResponse(
   res: UpstreamResponse,
@@ -35,7 +21,14 @@ export function toClientResponse(
   finishing: { responded?: () => void } | null = null,
   /** A streamed body Bun does not pull for this long is cut (the client stopped reading); 0: never. */
   clientIdleMs = 0,
-  fields: ListenerFields = NO_FIELDS,
+  /** Strict-Transport-Security for an https listener, unless the backend sent its own. */
+  hsts: string | null = null,
+  /**
+   * The client asked to close (Connection: close): Bun closes after answering
+   * but does not say so, and a client that reads the answer as keep-alive
+   * sends its next request into a closed socket (RFC 9112 §9.6).
+   */
+  close = false,
 ): Response {
   const headers = clientResponseHeaders(res.headers);
   if (effects.length) applyEffects(headers, effects);
@@ -44,8 +37,8 @@ export function toClientResponse(
     // Bun keeps an explicit Content-Length on a streamed or HEAD response instead of chunking.
     headers.push(["content-length", String(res.contentLength)]);
   }
-  if (fields.hsts !== null && !headers.some(isHsts)) headers.push(["strict-transport-security", fields.hsts]);
-  if (fields.close) headers.push(["connection", "close"]);
+  if (hsts !== null && !headers.some(isHsts)) headers.push(["strict-transport-security", hsts]);
+  if (close) headers.push(["connection", "close"]);
   let body = bodyless ? null : res.body;
   // Only a stream gets the wrapper (and its timer): a body that arrived whole is handed over at once.
   if (body instanceof ReadableStream) {

@@ -321,10 +321,15 @@ export class ProxiedRequest
     const secure = clientUsesTls(this, this.fwd as ForwardFacts);
     const effects = pool.chain.remember(this.facts as RequestFacts, placement, responseFacts(res, secure));
     accessLog(deps, this, this.req, this.target, pool.name, backend.id, res.status);
-    return toClientResponse(response, this.method, effects, this, this.listener.clientIdleMs, {
-      hsts: this.ctx.hsts,
-      close: asksToClose(this.connection),
-    });
+    return toClientResponse(
+      response,
+      this.method,
+      effects,
+      this,
+      this.listener.clientIdleMs,
+      this.ctx.hsts,
+      asksToClose(this.connection),
+    );
   }
 
   /** The answer for a request that could not be forwarded (the request is finished with it). */

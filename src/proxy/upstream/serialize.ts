@@ -18,15 +18,25 @@ export const LAST_CHUNK: Uint8Array = Buffer.from("0\r\n\r\n");
  * unknown length, nothing for no body.
  */
 export function serializeRequestHead(req: UpstreamRequest): string {
-  let head = `${req.method} ${req.target} HTTP/1.1\r\n`;
+  // The pieces are joined once: appending line by line would make a string per piece.
   const headers = req.headers;
+  const parts: string[] = new Array(headers.length * 4 + 6);
+  let n = 0;
+  parts[n++] = req.method;
+  parts[n++] = " ";
+  parts[n++] = req.target;
+  parts[n++] = " HTTP/1.1\r\n";
   for (let i = 0; i < headers.length; i++) {
     const field = headers[i] as [string, string];
-    head += `${field[0]}: ${field[1]}\r\n`;
+    parts[n++] = field[0];
+    parts[n++] = ": ";
+    parts[n++] = field[1];
+    parts[n++] = "\r\n";
   }
   const framing = framingHeader(req);
-  if (framing !== "") head += framing;
-  head += "\r\n";
+  parts[n++] = framing;
+  parts[n++] = "\r\n";
+  const head = parts.join("");
   // A CR or LF smuggled into the method, target or a field would start a
   // new line the backend reads as another header or another request.
   const lines = headers.length + (framing === "" ? 2 : 3);
