@@ -54,6 +54,13 @@ export interface Tracked {
   suspended: boolean;
   /** Finished or detached: a sweep drops it. */
   done: boolean;
+  /**
+   * Where the clock holds it until a sweep (its generation and index), so
+   * finishing can let go of it at once: a finished request must not be kept
+   * alive, or its garbage outlives the young generation.
+   */
+  clockGeneration: (Tracked | null)[] | null;
+  clockIndex: number;
   /** The client went away while the request ran. */
   clientGone(reason: unknown): void;
 }

@@ -108,6 +108,8 @@ export class ProxiedRequest
   promoted = false;
   suspended = false;
   done = false;
+  clockGeneration: (Tracked | null)[] | null = null;
+  clockIndex = -1;
 
   // ScannedHead: what the one pass over the request's headers found
   host: string | null = null;

@@ -113,6 +113,8 @@ export function startListener(
       promoted: false,
       suspended: false,
       done: false,
+      clockGeneration: null,
+      clockIndex: -1,
       clientGone: (reason) => abort.abort(reason),
     };
     clock.track(tracked);

@@ -30,8 +30,8 @@ const EAGER_IDLE_SECONDS = 4;
  * running (250-500 ms old) and starts a new generation.
  */
 export class RequestClock implements RequestTracker {
-  private current: Tracked[] = [];
-  private previous: Tracked[] = [];
+  private current: (Tracked | null)[] = [];
+  private previous: (Tracked | null)[] = [];
   /** Promoted requests still running, whose idle timer and signal were taken over. */
   private running = 0;
   private timer: ReturnType<typeof setInterval> | null = null;
@@ -47,6 +47,8 @@ export class RequestClock implements RequestTracker {
 
   track(t: Tracked): void {
     if (this.eager) this.suspend(t);
+    t.clockGeneration = this.current;
+    t.clockIndex = this.current.length;
     this.current.push(t);
     if (this.timer === null) this.startSweeping();
   }
@@ -59,6 +61,7 @@ export class RequestClock implements RequestTracker {
   finished(t: Tracked): void {
     if (t.done) return;
     t.done = true;
+    this.release(t);
     if (t.promoted) this.running--;
     if (!t.suspended) return;
     // Bun keeps a request's timeout for the rest of its connection: restore it for the next request.
@@ -73,13 +76,21 @@ export class RequestClock implements RequestTracker {
   detached(t: Tracked): void {
     if (t.promoted && !t.done) this.running--;
     t.done = true;
+    this.release(t);
+  }
+
+  /** Lets go of a finished request before the sweep comes. */
+  private release(t: Tracked): void {
+    const generation = t.clockGeneration;
+    if (generation !== null && generation[t.clockIndex] === t) generation[t.clockIndex] = null;
+    t.clockGeneration = null;
   }
 
   /** Requests that have not finished yet (promoted ones, and those the next sweeps will look at). */
   get size(): number {
     let n = this.running;
-    for (const t of this.current) if (!t.done) n++;
-    for (const t of this.previous) if (!t.done) n++;
+    for (const t of this.current) if (t !== null && !t.done) n++;
+    for (const t of this.previous) if (t !== null && !t.done) n++;
     return n;
   }
 
@@ -107,7 +118,8 @@ export class RequestClock implements RequestTracker {
     }
     const srv = this.server();
     for (const t of older) {
-      if (t.done) continue;
+      if (t === null || t.done) continue;
+      t.clockGeneration = null;
       t.promoted = true;
       this.running++;
       if (!t.suspended) this.suspend(t, srv);
