@@ -197,10 +197,18 @@ export class PersistenceChain {
       const id = this.ringChoice(d.key, exclude);
       if (id) return { placement: this.placement(d, id, "hash", decisions, previous), rejections };
     }
-    // A new session; a retry keeps the session key it was given.
-    const sessionKey =
-      previous?.rule === "new" && previous.sessionKey ? previous.sessionKey : newSessionKey();
-    const keyHash = hashKey(sessionKeyText(sessionKey));
+    // A new session; a retry keeps the key it was given. Without rules there is no session to
+    // name, only a spread to make: a random ring position, with no key bytes to draw and encode.
+    let sessionKey: Uint8Array | null = null;
+    let keyHash: number;
+    if (previous?.rule === "new") {
+      sessionKey = previous.sessionKey;
+      keyHash = previous.keyHash ?? hashKey(sessionKeyText(sessionKey as Uint8Array));
+    } else if (this.rules.length === 0) keyHash = (Math.random() * 2 ** 32) >>> 0;
+    else {
+      sessionKey = newSessionKey();
+      keyHash = hashKey(sessionKeyText(sessionKey));
+    }
     const id = exclude?.size
       ? this.ringLookup(keyHash, exclude)
       : this.bounded.pick(keyHash, this.eligibleNew);
@@ -211,6 +219,7 @@ export class PersistenceChain {
         rule: "new",
         outcome: previous ? "repinned" : "new",
         sessionKey,
+        keyHash,
         decisions,
       },
       rejections,

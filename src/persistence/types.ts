@@ -57,6 +57,8 @@ export interface Placement {
   outcome: Outcome;
   /** The session key of a cookie session (new, or from a valid token). */
   sessionKey: Uint8Array | null;
+  /** A new session's ring position, kept so a retry takes the next backend in the same order. */
+  keyHash?: number;
   /** The decision of each rule, in order (for response-side effects). */
   decisions: Decision[];
 }
