@@ -260,6 +260,7 @@ test("the price table divides round by round and keeps the quietest round", () =
   const table = priceTable(
     new Map([
       ["haproxy", rounds(30, 60, 30)],
+      ["proxy", rounds(40, 90, 40)],
       ["base", rounds(90, 180, 60)],
       ["tether", rounds(60, 180, 60)],
     ]),
@@ -267,9 +268,10 @@ test("the price table divides round by round and keeps the quietest round", () =
   const row = (name: string) => table.split("\n").find((l) => l.startsWith(`| ${name} |`));
   // Same-round ratios (2, 3, 2 against HAProxy) rather than a ratio of medians (60 / 30 = 2 as well, but
   // not in general); the noisy second round moves the median, never the quietest figure.
-  expect(row("tether")).toBe("| tether | 60.0 | 60.0 | 2.00× | 1.00× | 16667 | 6.00 | 2.00× |");
-  expect(row("base")).toBe("| base | 90.0 | 60.0 | 3.00× | 1.00× | 11111 | 9.00 | 3.00× |");
-  expect(row("haproxy")).toBe("| haproxy | 30.0 | 30.0 | 1.00× | 0.33× | 33333 | 3.00 | 1.00× |");
+  // "÷ floor" divides by the minimal proxy ("proxy") of the same round: 1.5, 2, 1.5.
+  expect(row("tether")).toBe("| tether | 60.0 | 60.0 | 2.00× | 1.50× | 1.00× | 16667 | 6.00 | 2.00× |");
+  expect(row("base")).toBe("| base | 90.0 | 60.0 | 3.00× | 2.00× | 1.00× | 11111 | 9.00 | 3.00× |");
+  expect(row("haproxy")).toBe("| haproxy | 30.0 | 30.0 | 1.00× | 0.75× | 0.33× | 33333 | 3.00 | 1.00× |");
 });
 
 test("a connection sweep compares each row with HAProxy at the same count", () => {

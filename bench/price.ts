@@ -26,7 +26,7 @@ import { readFlags } from "./lib/flags.ts";
 import { machineInfo, pinHarness } from "./lib/machine.ts";
 import { freePort, HOST, waitReady } from "./lib/net.ts";
 import { defaults } from "./lib/options.ts";
-import { makePeers, pin, type Running, type StartContext } from "./lib/peers.ts";
+import { makePeers, pin, type Running, type StartContext, tetherPeer } from "./lib/peers.ts";
 import { PARTS, perfAvailable, recordPerf, type Split } from "./lib/perf.ts";
 import { cleanupSync, cpuTimes, makeTempDir, sleep, spawnLogged, stopAll, stopChild } from "./lib/procs.ts";
 import { median } from "./lib/report.ts";
@@ -34,7 +34,7 @@ import { runWrk } from "./lib/wrk.ts";
 import { VARIANTS } from "./price-servers.ts";
 
 const REPO_ROOT = join(import.meta.dir, "..");
-const ALL = ["haproxy", ...VARIANTS, "tether"];
+const ALL = ["haproxy", ...VARIANTS, "tether", "tether-plain"];
 
 async function startVariant(name: string, ctx: StartContext): Promise<Running> {
   const port = freePort();
@@ -131,7 +131,11 @@ async function main(): Promise<void> {
   const dir = makeTempDir("tether-price-");
   const { backends, pid } = await startBackends(dir, 3, opts.loadCore);
   const ctx: StartContext = { dir, backends, backendsPid: pid, opts, repoRoot: REPO_ROOT };
-  const peers = new Map(makePeers(["haproxy", "tether"]).map((p) => [p.name as string, p]));
+  const peers = new Map<string, ReturnType<typeof makePeers>[number]>(
+    makePeers(["haproxy", "tether"]).map((p) => [p.name as string, p]),
+  );
+  // tether with no persistence rule: the same pool, placed by the ring alone.
+  peers.set("tether-plain", tetherPeer({ persistence: false }));
   const startPeer = (name: string): Promise<Running> => {
     const tether = peers.get("tether");
     if (name === "base" && tether && baseDir) return tether.start(baseContext(ctx, baseDir));
@@ -204,8 +208,8 @@ export function priceTable(results: ReadonlyMap<string, Measured>): string {
   const p99 = (m: Measured[number]) => m.p99Ms;
   const lines = [
     "",
-    "| peer | CPU µs/req | quietest | ÷ HAProxy | ÷ base | req/s | p99 ms | p99 ÷ HAProxy |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|",
+    "| peer | CPU µs/req | quietest | ÷ HAProxy | ÷ floor | ÷ base | req/s | p99 ms | p99 ÷ HAProxy |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
   for (const [name, ms] of results) {
     const us = median(ms.map(cpu)).toFixed(1);
@@ -213,9 +217,11 @@ export function priceTable(results: ReadonlyMap<string, Measured>): string {
     const rps = Math.round(median(ms.map((m) => m.rps)));
     const haproxy = results.get(atSameLoad(name, "haproxy"));
     const base = results.get(atSameLoad(name, "base"));
+    // The floor: the minimal Bun.serve proxy on tether's upstream client.
+    const floor = results.get(atSameLoad(name, "proxy"));
     const latency = `${median(ms.map(p99)).toFixed(2)} | ${ratioTo(ms, haproxy, p99)}`;
     lines.push(
-      `| ${name} | ${us} | ${quietest} | ${ratioTo(ms, haproxy, cpu)} | ${ratioTo(ms, base, cpu)} | ${rps} | ${latency} |`,
+      `| ${name} | ${us} | ${quietest} | ${ratioTo(ms, haproxy, cpu)} | ${ratioTo(ms, floor, cpu)} | ${ratioTo(ms, base, cpu)} | ${rps} | ${latency} |`,
     );
   }
   return lines.join("\n");

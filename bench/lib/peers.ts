@@ -117,9 +117,10 @@ function tetherVersion(): string {
   }
 }
 
-function tetherPeer(): Peer {
+/** tether; `persistence: false` runs it with no persistence rule (bench/price.ts's "tether-plain"). */
+export function tetherPeer({ persistence: wanted = true } = {}): Peer {
   // Tried with cookie persistence first; once tether rejects it (exit 2), later rounds go without.
-  let persistence = true;
+  let persistence = wanted;
   const peer: Peer = {
     name: "tether",
     notes: new Set(),
