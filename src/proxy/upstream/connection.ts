@@ -4,9 +4,10 @@
  * whether the socket may carry another request. Socket handlers are shared
  * module-level objects; per-socket state is the Conn in socket.data.
  */
-import type { Socket, UnderlyingSource } from "bun";
+import type { Socket } from "bun";
 import { ProxyError, type ProxyErrorCode } from "../errors.ts";
-import type { BodyErrorSink, Exchange } from "./exchange.ts";
+import { BodySource } from "./body-source.ts";
+import type { Exchange } from "./exchange.ts";
 import {
   bodyFraming,
   ChunkedDecoder,
@@ -496,35 +497,6 @@ export class Conn implements Pooled {
     if (this.timer === null) return;
     clearTimeout(this.timer);
     this.timer = null;
-  }
-}
-
-/**
- * The response body stream's underlying source. Backpressure: the socket is
- * paused when the queue is full and resumed in pull().
- */
-class BodySource implements UnderlyingSource<Uint8Array>, BodyErrorSink {
-  controller!: ReadableStreamDefaultController<Uint8Array>;
-
-  constructor(
-    private readonly conn: Conn,
-    private readonly ex: Exchange,
-  ) {}
-
-  start(controller: ReadableStreamDefaultController<Uint8Array>): void {
-    this.controller = controller;
-  }
-
-  pull(): void {
-    this.conn.resumeFor(this);
-  }
-
-  cancel(reason: unknown): void {
-    this.ex.cancelled(reason);
-  }
-
-  error(reason: unknown): void {
-    this.controller.error(reason);
   }
 }
 

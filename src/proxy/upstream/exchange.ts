@@ -6,7 +6,6 @@
  */
 import { ProxyError } from "../errors.ts";
 import { IDEMPOTENT } from "../methods.ts";
-import type { Conn } from "./connection.ts";
 import { frameChunk, LAST_CHUNK, requestAllowsReuse } from "./serialize.ts";
 import type { RequestOptions, UpstreamRequest, UpstreamResponse, UpstreamTarget } from "./types.ts";
 
@@ -38,8 +37,25 @@ export interface ExchangeSink {
   reject(reason: unknown): void;
 }
 
+/**
+ * What an exchange needs of the connection it runs on (connection.ts): a
+ * narrow view, so the two modules do not import each other.
+ */
+export interface RequestChannel {
+  /** The connection came from the keep-alive pool (a stale one may fail the request). */
+  readonly fromPool: boolean;
+  writeHead(head: string, body: Uint8Array | null): void;
+  /** Writes what the socket takes now and queues the rest; true when everything went out. */
+  write(bytes: Uint8Array): boolean;
+  /** The whole request is queued. */
+  endRequest(): void;
+  /** Resolves when the queued bytes went out, or the connection closed. */
+  drained(): Promise<void>;
+  destroy(): void;
+}
+
 export class Exchange {
-  conn: Conn | null = null;
+  conn: RequestChannel | null = null;
   /** Already moved to a fresh connection once. */
   retried = false;
   readonly isHead: boolean;
@@ -71,7 +87,7 @@ export class Exchange {
   }
 
   /** Queues the whole request (or as much of a stream body as is known) on conn. */
-  writeRequest(conn: Conn): void {
+  writeRequest(conn: RequestChannel): void {
     const body = this.req.body;
     if (body === null || body instanceof Uint8Array) {
       conn.writeHead(this.head, body);
