@@ -1,23 +1,17 @@
 /**
  * One backend socket (Bun.connect): connecting, writing a request with
- * partial-write handling, reading the response head and body, and deciding
- * whether the socket may carry another request. Socket handlers are shared
+ * partial-write handling, handing the bytes it reads to the response reader
+ * (response-reader.ts) and acting on what it finds, and deciding whether the
+ * socket may carry another request. Socket handlers are shared
  * module-level objects; per-socket state is the Conn in socket.data.
  */
 import type { Socket } from "bun";
 import { ProxyError, type ProxyErrorCode } from "../errors.ts";
 import { BodySource } from "./body-source.ts";
 import type { Exchange } from "./exchange.ts";
-import {
-  bodyFraming,
-  ChunkedDecoder,
-  type Framing,
-  findHeadEnd,
-  HttpParseError,
-  parseResponseHead,
-  type ResponseHead,
-} from "./parser.ts";
+import { HttpParseError, type ResponseHead } from "./parser.ts";
 import type { Pooled } from "./pool.ts";
+import { BODY, HEAD, IDLE, type ResponseEvents, ResponseReader } from "./response-reader.ts";
 import { connectSocket, errorDetail } from "./socket.ts";
 import type { UpstreamResponse, UpstreamTarget } from "./types.ts";
 
@@ -36,10 +30,6 @@ const CONNECTING = 0;
 const READY = 1; // TCP connected and, for TLS, handshake done
 const CLOSED = 2;
 
-const IDLE = 0; // no exchange
-const HEAD = 1; // waiting for the (final) response head
-const BODY = 2; // streaming the response body
-
 /** Response body bytes queued in the stream before the socket is paused. */
 const BODY_HIGH_WATER = 64 * 1024;
 const bodyStrategy: QueuingStrategy<Uint8Array> = {
@@ -54,7 +44,7 @@ const scratch = Buffer.allocUnsafe(64 * 1024);
 
 type Timer = ReturnType<typeof setTimeout>;
 
-export class Conn implements Pooled {
+export class Conn implements Pooled, ResponseEvents {
   socket: Socket<Conn> | null = null;
   ex: Exchange | null = null;
   idleSince = 0;
@@ -76,14 +66,9 @@ export class Conn implements Pooled {
   private requestEnded = false;
   private requestWritten = false;
   private waiter: (() => void) | null = null;
-  private reading = IDLE;
-  private partialHead: Uint8Array | null = null;
-  private sawResponseByte = false;
+  /** The response side, bytes in and events out (response-reader.ts). */
+  private readonly reader: ResponseReader;
   private keepAlive = false;
-  private framing: Framing = "none";
-  private remaining = 0;
-  private readonly decoder: ChunkedDecoder;
-  private readonly pieces: Uint8Array[] = [];
   private body: BodySource | null = null;
   private paused = false;
 
@@ -91,7 +76,7 @@ export class Conn implements Pooled {
     private readonly owner: ConnOwner,
     readonly key: string,
   ) {
-    this.decoder = new ChunkedDecoder(owner.maxHeaderBytes);
+    this.reader = new ResponseReader(owner.maxHeaderBytes);
   }
 
   /** True while the socket can carry a request (checked when taken from the pool). */
@@ -110,8 +95,7 @@ export class Conn implements Pooled {
     this.fromPool = fromPool;
     this.requestEnded = false;
     this.requestWritten = false;
-    this.reading = HEAD;
-    this.sawResponseByte = false;
+    this.reader.expect(ex.isHead);
     this.keepAlive = ex.reuse;
     ex.writeRequest(this);
   }
@@ -181,7 +165,7 @@ export class Conn implements Pooled {
   private markWritten(): void {
     this.requestWritten = true;
     const ms = this.ex?.opts.responseTimeoutMs ?? 0;
-    if (ms > 0 && this.reading === HEAD) {
+    if (ms > 0 && this.reader.state === HEAD) {
       this.responseDue = performance.now() + ms;
       if (this.responseTimer === null || this.responseTimerAt > this.responseDue) this.armResponseTimer(ms);
     }
@@ -210,111 +194,34 @@ export class Conn implements Pooled {
 
   // --- reading -------------------------------------------------------------
 
-  private readHead(buf: Uint8Array, start: number, ex: Exchange): void {
-    this.sawResponseByte = true;
-    const max = this.owner.maxHeaderBytes;
-    for (;;) {
-      let data = buf;
-      let from = start;
-      let headStart = start;
-      let shift = 0; // data index + shift = buf index
-      const partial = this.partialHead;
-      if (partial !== null) {
-        // The head spans reads. Only the first bytes of buf can end a head
-        // within the limit, so only those are copied next to the partial one.
-        const take = Math.min(buf.length, start + max + 1 - partial.length);
-        data = Buffer.concat([partial, buf.subarray(start, take)]);
-        from = Math.max(0, partial.length - 3);
-        headStart = 0;
-        shift = start - partial.length;
-      }
-      const end = findHeadEnd(data, from);
-      if (end < 0 ? data.length - headStart > max : end - headStart > max) {
-        throw new HttpParseError("response head too large");
-      }
-      if (end < 0) {
-        this.partialHead = partial === null ? buf.subarray(start) : data;
-        return;
-      }
-      this.partialHead = null;
-      const head = parseResponseHead(data, headStart, end);
-      if (head.status >= 200) {
-        this.onFinalHead(head, ex, buf, end + shift);
-        return;
-      }
-      // 1xx responses are interim (RFC 9110 15.2): skip them, the final one
-      // follows. 101 would switch protocols, which this client never asks for.
-      if (head.status === 101) throw new HttpParseError("unexpected 101 Switching Protocols");
-      start = end + shift;
-      if (start === buf.length) return;
-    }
-  }
-
-  /** Picks the body framing (RFC 9112 6.3); a body that already arrived whole skips the stream. */
-  private onFinalHead(head: ResponseHead, ex: Exchange, buf: Uint8Array, next: number): void {
+  /** ResponseEvents: a final head, its body (if any) with it. */
+  responded(head: ResponseHead, body: Uint8Array | null, clean: boolean): void {
     this.clearTimer();
     if (head.close) this.keepAlive = false;
-    const framing = bodyFraming(head, ex.isHead);
-    if (framing === "none") {
-      this.respondWhole(ex, head, null, next === buf.length);
-      return;
-    }
-    if (framing === "length") {
-      const length = head.contentLength as number;
-      if (buf.length - next >= length) {
-        this.respondWhole(ex, head, buf.subarray(next, next + length), next + length === buf.length);
-        return;
-      }
-      this.remaining = length;
-    } else if (framing === "chunked") {
-      this.decoder.reset();
-      this.pieces.length = 0;
-      const end = this.decoder.decode(buf, next, this.pieces);
-      if (end >= 0) {
-        this.respondWhole(ex, head, joinPieces(this.pieces), end === buf.length);
-        return;
-      }
-      next = buf.length;
-    } else {
-      this.keepAlive = false; // read until close (RFC 9112 6.3 item 8)
-    }
-    this.streamBody(ex, head, framing);
-    if (framing === "chunked") this.enqueuePieces();
-    else if (next < buf.length) this.readBody(buf, next);
-  }
-
-  private respondWhole(ex: Exchange, head: ResponseHead, body: Uint8Array | null, clean: boolean): void {
-    ex.respond(toResponse(head, body), null);
+    (this.ex as Exchange).respond(toResponse(head, body), null);
     this.finish(clean);
   }
 
-  private streamBody(ex: Exchange, head: ResponseHead, framing: Framing): void {
-    this.framing = framing;
-    this.reading = BODY;
+  /** ResponseEvents: a final head whose body streams. */
+  bodyStarts(head: ResponseHead): void {
+    this.clearTimer();
+    if (head.close) this.keepAlive = false;
+    // A body read until close (RFC 9112 6.3 item 8) leaves nothing to reuse.
+    if (this.reader.framing === "close") this.keepAlive = false;
+    const ex = this.ex as Exchange;
     const source = new BodySource(this, ex);
     this.body = source;
     ex.respond(toResponse(head, new ReadableStream(source, bodyStrategy)), source);
   }
 
-  private readBody(buf: Uint8Array, start: number): void {
-    if (this.framing === "chunked") {
-      this.pieces.length = 0;
-      const end = this.decoder.decode(buf, start, this.pieces);
-      this.enqueuePieces();
-      if (end >= 0) this.endBody(end === buf.length);
-    } else if (this.framing === "length") {
-      const n = Math.min(this.remaining, buf.length - start);
-      this.remaining -= n;
-      this.enqueue(buf.subarray(start, start + n));
-      if (this.remaining === 0) this.endBody(start + n === buf.length);
-    } else {
-      this.enqueue(start === 0 ? buf : buf.subarray(start));
-    }
+  /** ResponseEvents: body bytes. */
+  bodyChunk(bytes: Uint8Array): void {
+    this.enqueue(bytes);
   }
 
-  private enqueuePieces(): void {
-    for (const piece of this.pieces) this.enqueue(piece);
-    this.pieces.length = 0;
+  /** ResponseEvents: the streamed body is complete. */
+  bodyEnds(clean: boolean): void {
+    this.endBody(clean);
   }
 
   /** Queues body bytes; a full queue pauses the socket until the consumer pulls. */
@@ -352,7 +259,7 @@ export class Conn implements Pooled {
   private finish(clean: boolean): void {
     this.ex = null;
     this.body = null;
-    this.reading = IDLE;
+    this.reader.reset();
     if (this.paused) {
       this.paused = false;
       this.socket?.resume();
@@ -396,15 +303,14 @@ export class Conn implements Pooled {
 
   onData(buf: Uint8Array): void {
     const ex = this.ex;
-    if (ex === null || this.reading === IDLE) {
+    if (ex === null || this.reader.state === IDLE) {
       // Bytes no request asked for: the connection is out of step.
       this.owner.forget(this);
       this.destroy();
       return;
     }
     try {
-      if (this.reading === HEAD) this.readHead(buf, 0, ex);
-      else this.readBody(buf, 0);
+      this.reader.push(buf, this);
     } catch (err) {
       if (!(err instanceof HttpParseError)) throw err;
       this.fail("BAD_RESPONSE", err.message);
@@ -433,8 +339,8 @@ export class Conn implements Pooled {
     const ex = this.ex;
     if (ex === null) this.owner.forget(this);
     else if (!wasReady) this.fail("CONNECT_FAILED", errorDetail(error) || "closed while connecting");
-    else if (this.reading === BODY) this.lostMidBody(error);
-    else if (this.sawResponseByte) this.fail("BAD_RESPONSE", "closed mid-head");
+    else if (this.reader.state === BODY) this.lostMidBody(error);
+    else if (this.reader.sawByte) this.fail("BAD_RESPONSE", "closed mid-head");
     else if (this.fromPool && ex.mayRetry()) {
       // A pooled socket the backend closed while idle: the request never got
       // an answer, so one transparent retry on a fresh connection is safe.
@@ -447,8 +353,8 @@ export class Conn implements Pooled {
 
   private lostMidBody(error: Error | undefined): void {
     // Read-until-close bodies end with a clean close (RFC 9112 6.3 item 8).
-    if (this.framing === "close" && error === undefined) this.endBody(false);
-    else this.fail("BAD_RESPONSE", `closed mid-body ${errorDetail(error)}`);
+    if (error !== undefined || !this.reader.closedCleanly(this))
+      this.fail("BAD_RESPONSE", `closed mid-body ${errorDetail(error)}`);
   }
 
   timedOut(code: ProxyErrorCode): void {
@@ -469,7 +375,7 @@ export class Conn implements Pooled {
   destroy(): void {
     this.ex = null;
     this.body = null;
-    this.reading = IDLE;
+    this.reader.reset();
     if (this.state === CLOSED) return;
     this.state = CLOSED;
     this.clearTimer();
@@ -508,12 +414,6 @@ function toResponse(head: ResponseHead, body: UpstreamResponse["body"]): Upstrea
     body,
     contentLength: head.contentLength,
   };
-}
-
-function joinPieces(pieces: Uint8Array[]): Uint8Array | null {
-  if (pieces.length === 0) return null;
-  if (pieces.length === 1) return pieces[0] as Uint8Array;
-  return Buffer.concat(pieces);
 }
 
 function connectTimedOut(conn: Conn): void {
