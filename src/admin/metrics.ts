@@ -22,6 +22,8 @@ interface Value {
   metricName?: string;
 }
 
+const matches = (labels: Labels, match: Labels) => Object.entries(match).every(([k, v]) => labels[k] === v);
+
 /** A counter family: one number per label combination, found by a joined key. */
 class CounterFamily {
   private readonly series = new Map<string, { labels: Labels; value: number; sent: number }>();
@@ -47,6 +49,11 @@ class CounterFamily {
       this.series.set(key, s);
     }
     return s;
+  }
+
+  /** Drops every series whose labels match all of `match` (a backend that left). */
+  forget(match: Labels): void {
+    for (const [key, s] of this.series) if (matches(s.labels, match)) this.series.delete(key);
   }
 
   /** Increments since the last call (a worker sends these to the primary). */
@@ -283,6 +290,15 @@ export class Metrics {
         histogram.observeIn(duration, seconds);
       },
     };
+  }
+
+  /**
+   * A backend left its pool (a reload removed it): its series go, so the
+   * scrape stops reporting it. Series are resolved when a backend first
+   * serves a request, and dropped here.
+   */
+  forgetBackend(pool: string, backend: string): void {
+    for (const c of [this.requests, this.connectErrors]) c.forget({ pool, backend });
   }
 
   /** The decision series of one pool and rule, resolved once (the pool keeps it). */

@@ -49,6 +49,14 @@ export interface Tether {
   stop(graceMs?: number): Promise<void>;
 }
 
+/** Backends a reload removed take their metric series with them. */
+function forgetRemoved(before: Runtime, after: Runtime, metrics: Metrics): void {
+  for (const pool of before.pools.values()) {
+    const next = after.pools.get(pool.name);
+    for (const b of pool.backends) if (next?.get(b.id) !== b) metrics.forgetBackend(pool.name, b.id);
+  }
+}
+
 /** True when some pool has a rule that needs cookie keys (sealing, route prefixes, table hashing). */
 function needsKeys(config: Config): boolean {
   return Object.values(config.pools).some((p) =>
@@ -195,7 +203,9 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
               current: runtime.config.maxHeaderBytes,
             });
           }
+          const before = runtime;
           runtime = build(next, runtime);
+          forgetRemoved(before, runtime, metrics);
           traffic.commit();
           if (role === "single" && traffic.replaces) ensureMigrateReq(log, true);
           plane.restarted();
