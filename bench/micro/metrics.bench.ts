@@ -3,7 +3,7 @@
  * proxied request (a labelled counter, a histogram observation, a decision
  * counter, an active-session add), against the ~30-50 µs a proxied request
  * costs in total (bench/run.ts). Run: bun bench/micro/metrics.bench.ts
- * The issue's budget: prom-client stays unless it costs more than 2% of throughput.
+ * The budget: prom-client stays unless it costs more than 2% of throughput.
  */
 import { bench, do_not_optimize, run } from "mitata";
 import { Metrics } from "../../src/admin/metrics.ts";

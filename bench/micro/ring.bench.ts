@@ -68,7 +68,7 @@ group("construction", () => {
 });
 
 /**
- * A ketama ring as the issue describes it (points from xxHash32(id-i), sorted,
+ * A ketama ring as first proposed for tether (points from xxHash32(id-i), sorted,
  * binary search), only to measure what HRW was chosen over.
  */
 class Ketama {

@@ -41,7 +41,7 @@ export class BoundedLoad {
   private readonly isEligible = (i: number): boolean => this.eligibleFlags[i] === 1;
 
   /**
-   * Arguments in the order of the issue's API sketch.
+   * Arguments in the order of the design's API sketch (docs/design.md).
    * @param ring the ring whose preference order placements follow.
    * @param factor hashBalanceFactor c: 0 turns bounding off (plain ring);
    *   otherwise at least 1 (DEFAULT_HASH_BALANCE_FACTOR is 1.25). Lower

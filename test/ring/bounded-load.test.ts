@@ -6,7 +6,7 @@ import { arbIds, prng, sessionKeyHashes, shuffled } from "./support.ts";
 const members = (ids: readonly string[], weights: readonly number[]): RingMember[] =>
   ids.map((id, i) => ({ id, weight: weights[i % weights.length] as number }));
 
-/** The cap the issue specifies: ceil(c × (total in-flight + 1) × weight share), over eligible backends. */
+/** The cap bounded loads promise: ceil(c × (total in-flight + 1) × weight share), over eligible backends. */
 function capOf(
   ms: readonly RingMember[],
   load: ReadonlyMap<string, number>,
