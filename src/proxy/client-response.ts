@@ -88,18 +88,55 @@ function applyEffects(headers: [string, string][], effects: readonly Effect[]): 
   headers.push(...kept, ["cache-control", cc]);
 }
 
-export function responseFacts(res: UpstreamResponse, secure: boolean): ResponseFacts {
-  const setCookies: string[] = [];
-  let location: string | null = null;
-  let cacheControl: string | null = null;
-  for (const [name, value] of res.headers) {
-    // Most fields are none of the three: their length rules them out without lowercasing.
-    const n = name.length;
-    if (n !== 10 && n !== 8 && n !== 13) continue;
-    const lower = name.toLowerCase();
-    if (lower === "set-cookie") setCookies.push(value);
-    else if (lower === "location") location = value;
-    else if (lower === "cache-control") cacheControl = value;
+/**
+ * What the persistence rules read of the backend's answer. Read on first
+ * use: a returning session's rules usually read nothing, and then the
+ * response's fields are not walked for it.
+ */
+class BackendAnswer implements ResponseFacts {
+  private read = false;
+  private cookies: string[] = NO_COOKIES;
+  private loc: string | null = null;
+  private cache: string | null = null;
+
+  constructor(
+    private readonly headers: readonly [string, string][],
+    readonly secure: boolean,
+  ) {}
+
+  get setCookies(): string[] {
+    if (!this.read) this.scan();
+    return this.cookies;
   }
-  return { setCookies, location, cacheControl, secure };
+
+  get location(): string | null {
+    if (!this.read) this.scan();
+    return this.loc;
+  }
+
+  get cacheControl(): string | null {
+    if (!this.read) this.scan();
+    return this.cache;
+  }
+
+  private scan(): void {
+    this.read = true;
+    for (const [name, value] of this.headers) {
+      // Most fields are none of the three: their length rules them out without lowercasing.
+      const n = name.length;
+      if (n !== 10 && n !== 8 && n !== 13) continue;
+      const lower = name.toLowerCase();
+      if (lower === "set-cookie") {
+        if (this.cookies === NO_COOKIES) this.cookies = [];
+        this.cookies.push(value);
+      } else if (lower === "location") this.loc = value;
+      else if (lower === "cache-control") this.cache = value;
+    }
+  }
+}
+
+const NO_COOKIES: string[] = [];
+
+export function responseFacts(res: UpstreamResponse, secure: boolean): ResponseFacts {
+  return new BackendAnswer(res.headers, secure);
 }
