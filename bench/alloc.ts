@@ -78,6 +78,18 @@ function spawnDriven(cmd: string[], env: Record<string, string> = {}): Driven {
   );
 }
 
+/** The fixed-count load on `port`, after its warm-up requests. */
+async function warmLoad(port: number): Promise<Driven> {
+  const load = spawnDriven([
+    process.execPath,
+    join(import.meta.dir, "lib/fixed-load.ts"),
+    "--port",
+    String(port),
+  ]);
+  await load.ask(String(WARMUP), "done");
+  return load;
+}
+
 function writeConfig(port: number): string {
   const file = join(dir, `config-${port}.json`);
   const cfg = tetherConfig({ port, backends, persistence: values.persistence === "on" });
@@ -97,13 +109,7 @@ async function bytesPerRequest(repo: string): Promise<number> {
   try {
     const ready = await waitReady(port, null, 10_000);
     if (!ready.ready) throw new Error(`tether did not start: ${ready.reason}`);
-    const load = spawnDriven([
-      process.execPath,
-      join(import.meta.dir, "lib/fixed-load.ts"),
-      "--port",
-      String(port),
-    ]);
-    await load.ask(String(WARMUP), "done");
+    const load = await warmLoad(port);
     await sleep(200);
     const from = (await Bun.file(gcLog).text()).length;
     await load.ask(String(REQUESTS), "done");
@@ -135,13 +141,7 @@ async function objectsPerRequest(
   ]);
   try {
     const port = Number((await probe.line("ready")).split(" ")[1]);
-    const load = spawnDriven([
-      process.execPath,
-      join(import.meta.dir, "lib/fixed-load.ts"),
-      "--port",
-      String(port),
-    ]);
-    await load.ask(String(WARMUP), "done");
+    const load = await warmLoad(port);
     const perRequest: number[] = [];
     let collected = 0;
     for (let w = 0; w < WINDOWS; w++) {

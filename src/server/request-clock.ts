@@ -32,8 +32,6 @@ const EAGER_IDLE_SECONDS = 4;
 export class RequestClock implements RequestTracker {
   private current: (Tracked | null)[] = [];
   private previous: (Tracked | null)[] = [];
-  /** Promoted requests still running, whose idle timer and signal were taken over. */
-  private running = 0;
   private timer: ReturnType<typeof setInterval> | null = null;
   private readonly eager: boolean;
 
@@ -62,7 +60,6 @@ export class RequestClock implements RequestTracker {
     if (t.done) return;
     t.done = true;
     this.release(t);
-    if (t.promoted) this.running--;
     if (!t.suspended) return;
     // Bun keeps a request's timeout for the rest of its connection: restore it for the next request.
     try {
@@ -74,7 +71,6 @@ export class RequestClock implements RequestTracker {
 
   /** The connection is no longer an HTTP exchange (a WebSocket upgrade): nothing to restore. */
   detached(t: Tracked): void {
-    if (t.promoted && !t.done) this.running--;
     t.done = true;
     this.release(t);
   }
@@ -84,14 +80,6 @@ export class RequestClock implements RequestTracker {
     const generation = t.clockGeneration;
     if (generation !== null && generation[t.clockIndex] === t) generation[t.clockIndex] = null;
     t.clockGeneration = null;
-  }
-
-  /** Requests that have not finished yet (promoted ones, and those the next sweeps will look at). */
-  get size(): number {
-    let n = this.running;
-    for (const t of this.current) if (t !== null && !t.done) n++;
-    for (const t of this.previous) if (t !== null && !t.done) n++;
-    return n;
   }
 
   stop(): void {
@@ -121,7 +109,6 @@ export class RequestClock implements RequestTracker {
       if (t === null || t.done) continue;
       t.clockGeneration = null;
       t.promoted = true;
-      this.running++;
       if (!t.suspended) this.suspend(t, srv);
       const signal = t.req.signal;
       if (signal.aborted) t.clientGone(signal.reason);

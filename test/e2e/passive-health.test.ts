@@ -12,7 +12,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { backend, rawRequest, type TestBackend } from "../support/backends.ts";
 import { tempDir, writeConfig } from "../support/files.ts";
-import { type Child, type Running, spawnCli, startInProcess } from "../support/tether.ts";
+import { type Child, type Running, spawnCli, startInProcess, workersListening } from "../support/tether.ts";
 
 const TOKEN = "passive-health-token";
 const FAIL_TIMEOUT_MS = 1500;
@@ -210,9 +210,7 @@ describe("passive 5xx checks, workers: 2", () => {
     const file = writeConfig(dir, { ...configFor(bad, good, 2), audit: "audit.log" });
     child = spawnCli(["--config", file]);
     adminPort = await child.listening("admin");
-    port = Number(
-      (await child.waitFor((l) => l.msg === "listening" && l.name === "web" && l.workers === 2, 15_000)).port,
-    );
+    port = await workersListening(child);
   });
   afterAll(async () => {
     await child?.stop();

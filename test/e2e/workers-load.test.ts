@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Server } from "bun";
 import { tempDir, writeConfig } from "../support/files.ts";
-import { type Child, spawnCli } from "../support/tether.ts";
+import { type Child, spawnCli, workersListening } from "../support/tether.ts";
 
 const TOKEN = "workers-load-token";
 
@@ -41,9 +41,7 @@ describe("workers: 2, the load in the primary's view", () => {
     child = spawnCli(["--config", file]);
     adminPort = await child.listening("admin");
     await child.waitFor((l) => l.msg === "worker ready" && l.worker === 1, 15_000);
-    port = Number(
-      (await child.waitFor((l) => l.msg === "listening" && l.name === "web" && l.workers === 2)).port,
-    );
+    port = await workersListening(child);
   });
   afterAll(async () => {
     for (const release of held) release();

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { backend, rawRequest, sessionBackends, type TestBackend } from "../support/backends.ts";
 import { tempDir, writeConfig } from "../support/files.ts";
-import { type Child, spawnCli } from "../support/tether.ts";
+import { type Child, spawnCli, workersListening } from "../support/tether.ts";
 
 const TOKEN = "workers-test-token";
 
@@ -32,9 +32,7 @@ describe("workers: 2", () => {
     child = spawnCli(["--config", file]);
     adminPort = await child.listening("admin");
     await child.waitFor((l) => l.msg === "worker ready" && l.worker === 1, 15_000);
-    port = Number(
-      (await child.waitFor((l) => l.msg === "listening" && l.name === "web" && l.workers === 2)).port,
-    );
+    port = await workersListening(child);
   });
   afterAll(async () => {
     await child?.stop();
@@ -157,9 +155,7 @@ describe("workers: audit", () => {
     });
     const c = spawnCli(["--config", file]);
     try {
-      const p = Number(
-        (await c.waitFor((l) => l.msg === "listening" && l.name === "web" && l.workers === 2, 15_000)).port,
-      );
+      const p = await workersListening(c);
       await Promise.all(
         Array.from({ length: 10 }, () =>
           rawRequest(p, "GET / HTTP/1.1\r\nHost: x\r\nCookie: TETHER=forged\r\nConnection: close\r\n\r\n"),

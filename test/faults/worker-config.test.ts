@@ -14,7 +14,7 @@ import { decodeConfig, encodeConfig } from "../../src/config/load.ts";
 import { backend, rawRequest, type TestBackend } from "../support/backends.ts";
 import { makeCert } from "../support/certs.ts";
 import { REPO, tempDir, writeConfig } from "../support/files.ts";
-import { type Child, config, spawnCli } from "../support/tether.ts";
+import { type Child, config, spawnCli, workersListening } from "../support/tether.ts";
 
 const KEY1 = Buffer.alloc(32, 1).toString("base64");
 const KEY2 = Buffer.alloc(32, 2).toString("base64");
@@ -61,9 +61,7 @@ async function start(dir: string): Promise<{ child: Child; port: number; adminPo
     join(REPO, "test/faults/crash-worker.preload.ts"),
   ]);
   const adminPort = await child.listening("admin");
-  const port = Number(
-    (await child.waitFor((l) => l.msg === "listening" && l.name === "web" && l.workers === 2, 15_000)).port,
-  );
+  const port = await workersListening(child);
   return { child, port, adminPort };
 }
 

@@ -14,7 +14,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { join } from "node:path";
 import { REPO, tempDir, writeConfig } from "../support/files.ts";
-import { type Child, spawnCli } from "../support/tether.ts";
+import { type Child, spawnCli, workersListening } from "../support/tether.ts";
 import {
   backendRuns,
   describe as describeSamples,
@@ -44,9 +44,7 @@ beforeAll(async () => {
     snapshot: false,
   });
   child = spawnCli(["--config", file], {}, ["--preload", join(REPO, "test/faults/crash-worker.preload.ts")]);
-  port = Number(
-    (await child.waitFor((l) => l.msg === "listening" && l.name === "web" && l.workers === 2, 15_000)).port,
-  );
+  port = await workersListening(child);
 });
 
 afterAll(async () => {

@@ -150,3 +150,17 @@ export function spawnCli(args: string[], env: Record<string, string> = {}, bunAr
     },
   };
 }
+
+/** The port of a listener once a CLI with worker threads says every worker serves it. */
+export async function workersListening(
+  child: Child,
+  workers = 2,
+  name = "web",
+  timeoutMs = 15_000,
+): Promise<number> {
+  const line = await child.waitFor(
+    (l) => l.msg === "listening" && l.name === name && l.workers === workers,
+    timeoutMs,
+  );
+  return Number(line.port);
+}
