@@ -4,7 +4,7 @@
  * number of requests. The load comes from another process
  * (bench/lib/fixed-load.ts), so only tether's own allocations are counted.
  *
- *   bun bench/alloc.ts [--base DIR] [--requests 40000] [--window 200] [--windows 9]
+ *   bun bench/alloc.ts [--base DIR] [--requests 40000] [--window 200] [--windows 9] [--types]
  *
  * Bytes: tether runs as the CLI with BUN_JSC_logGC=1, and the "bytes allocated
  * this cycle" of every collection in the measured run are summed (bun:jsc's
@@ -30,6 +30,7 @@ const { values } = parseArgs({
     window: { type: "string", default: "200" },
     windows: { type: "string", default: "9" },
     persistence: { type: "string", default: "on" },
+    types: { type: "boolean", default: false },
   },
 });
 const REQUESTS = Number(values.requests);
@@ -97,11 +98,18 @@ function writeConfig(port: number): string {
   return file;
 }
 
-async function bytesPerRequest(repo: string): Promise<number> {
+/** tether from `repo`, or (variant) one of bench/price-servers.ts's one-change servers. */
+function serverCommand(repo: string, port: number, variant?: string): string[] {
+  if (!variant) return [process.execPath, join(repo, "src/main.ts"), "--config", writeConfig(port)];
+  const upstream = String(backends[0]?.port);
+  const script = join(repo, "bench/price-servers.ts");
+  return [process.execPath, script, "--variant", variant, "--port", String(port), "--upstream", upstream];
+}
+
+async function bytesPerRequest(repo: string, variant?: string): Promise<number> {
   const port = freePort();
-  const config = writeConfig(port);
   const gcLog = join(dir, `gc-${port}.log`);
-  const proc = Bun.spawn([process.execPath, join(repo, "src/main.ts"), "--config", config], {
+  const proc = Bun.spawn(serverCommand(repo, port, variant), {
     env: { ...process.env, BUN_JSC_logGC: "1" },
     stdout: "ignore",
     stderr: Bun.file(gcLog),
@@ -147,15 +155,25 @@ async function objectsPerRequest(
     for (let w = 0; w < WINDOWS; w++) {
       await probe.ask("mark", "marked");
       await load.ask(String(WINDOW), "done");
-      const [, count, how] = (await probe.ask("count", "count")).split(" ");
+      const [, count, how, types] = (await probe.ask("count", "count")).split(" ");
       if (how === "collected") collected++;
       else perRequest.push(Number(count) / WINDOW);
+      if (values.types && how === "whole" && w === WINDOWS - 1) printTypes(types ?? "");
     }
     load.proc.kill();
     return { median: median(perRequest), collected };
   } finally {
     probe.proc.kill();
     await probe.proc.exited;
+  }
+}
+
+/** --types: objects per request by JSC type, for the last window (where the objects come from). */
+function printTypes(types: string): void {
+  for (const entry of types.split(",").filter(Boolean)) {
+    const [type, n] = entry.split("=");
+    const per = Number(n) / WINDOW;
+    if (per >= 0.5) console.log(`  ${type}: ${per.toFixed(1)}`);
   }
 }
 
@@ -166,9 +184,10 @@ console.log(
 );
 const rows: string[] = [];
 // The floor: bench/price-servers.ts's minimal proxy on tether's upstream client (objects only).
+const floorBytes = await bytesPerRequest(REPO, "proxy");
 const floor = await objectsPerRequest(REPO, "proxy");
-rows.push(`| floor (minimal proxy) | | ${floor.median.toFixed(1)} |`);
-console.log(`floor: ${floor.median.toFixed(1)} objects per request`);
+rows.push(`| floor (minimal proxy) | ${Math.round(floorBytes)} | ${floor.median.toFixed(1)} |`);
+console.log(`floor: ${Math.round(floorBytes)} bytes, ${floor.median.toFixed(1)} objects per request`);
 for (const [name, repo] of peers) {
   const bytes = await bytesPerRequest(repo);
   const objects = await objectsPerRequest(repo);

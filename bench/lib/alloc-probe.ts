@@ -40,9 +40,18 @@ const total = () => {
   const s = heapStats();
   let n = 0;
   for (const v of Object.values(s.objectTypeCounts)) n += v as number;
-  return { objects: n, heap: s.heapSize };
+  return { objects: n, heap: s.heapSize, types: s.objectTypeCounts as Record<string, number> };
 };
 let mark = total();
+/** The types that grew since the mark, most first: where the objects come from. */
+function typeDeltas(now: ReturnType<typeof total>): string {
+  return Object.entries(now.types)
+    .map(([t, c]) => [t, c - (mark.types[t] ?? 0)] as const)
+    .filter(([, d]) => d > 0)
+    .sort((a, b) => b[1] - a[1])
+    .map(([t, d]) => `${t}=${d}`)
+    .join(",");
+}
 let buffered = "";
 for await (const chunk of Bun.stdin.stream()) {
   buffered += new TextDecoder().decode(chunk);
@@ -58,7 +67,7 @@ for await (const chunk of Bun.stdin.stream()) {
       const now = total();
       // A heap that shrank means a collection ran inside the window: the count is not whole.
       process.stdout.write(
-        `count ${now.objects - mark.objects} ${now.heap < mark.heap ? "collected" : "whole"}\n`,
+        `count ${now.objects - mark.objects} ${now.heap < mark.heap ? "collected" : "whole"} ${typeDeltas(now)}\n`,
       );
     }
     nl = buffered.indexOf("\n");
