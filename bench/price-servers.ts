@@ -65,22 +65,22 @@ export function serveVariant(
           server.timeout(req, 120);
           break;
         case "proxy": {
-          const headers: [string, string][] = [["host", req.headers.get("host") ?? ""]];
+          const fields = ["host", req.headers.get("host") ?? ""];
           const r = await client.request(
             target,
-            { method: req.method, target: "/", headers, body: null, bodyLength: null },
+            { method: req.method, target: "/", fields, body: null, bodyLength: null },
             UPSTREAM_OPTIONS,
           );
           return new Response(r.body as Uint8Array, { headers: PLAIN });
         }
         case "proxy-full": {
           const ip = server.requestIP(req)?.address ?? "";
-          const headers: [string, string][] = [];
-          for (const [name, value] of req.headers) if (name !== "connection") headers.push([name, value]);
-          headers.push(["x-forwarded-for", ip], ["x-forwarded-proto", "http"], ["forwarded", `for=${ip}`]);
+          const fields: string[] = [];
+          for (const [name, value] of req.headers) if (name !== "connection") fields.push(name, value);
+          fields.push("x-forwarded-for", ip, "x-forwarded-proto", "http", "forwarded", `for=${ip}`);
           const r = await client.request(
             target,
-            { method: req.method, target: "/", headers, body: null, bodyLength: null },
+            { method: req.method, target: "/", fields, body: null, bodyLength: null },
             UPSTREAM_OPTIONS,
           );
           const out = new Headers();
@@ -180,18 +180,18 @@ function serveListenProxy(port: number, target: UpstreamTarget): { port: number;
   const listener = listenForHeads(port, async (c, head) => {
     const lines = head.slice(0, -4).split("\r\n");
     const [method, path] = (lines[0] ?? "").split(" ");
-    const headers: [string, string][] = [];
+    const fields: string[] = [];
     const ip = c.remoteAddress;
     for (let i = 1; i < lines.length; i++) {
       const l = lines[i] as string;
       const colon = l.indexOf(":");
       const name = l.slice(0, colon);
-      if (name.toLowerCase() !== "connection") headers.push([name, l.slice(colon + 1).trim()]);
+      if (name.toLowerCase() !== "connection") fields.push(name, l.slice(colon + 1).trim());
     }
-    headers.push(["x-forwarded-for", ip], ["x-forwarded-proto", "http"], ["forwarded", `for=${ip}`]);
+    fields.push("x-forwarded-for", ip, "x-forwarded-proto", "http", "forwarded", `for=${ip}`);
     const r = await client.request(
       target,
-      { method: method ?? "GET", target: path ?? "/", headers, body: null, bodyLength: null },
+      { method: method ?? "GET", target: path ?? "/", fields, body: null, bodyLength: null },
       UPSTREAM_OPTIONS,
     );
     const body = r.body as Uint8Array;

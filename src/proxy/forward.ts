@@ -23,15 +23,16 @@ import { ClientAbort } from "./client-abort.ts";
 import { responseFacts, toClientResponse } from "./client-response.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
 import {
+  appendBackendFields,
   asksToClose,
+  clientAddress,
   type ForwardFacts,
-  finishBackendHeaders,
   type ScannedHead,
-  scanRequestHeaders,
+  scanRequestFields,
 } from "./headers.ts";
 import { IDEMPOTENT } from "./methods.ts";
 import { accessLog, failedResponse, record, unexpected, upstreamFailed } from "./outcomes.ts";
-import { clientUsesTls, forwardFacts, poolFor, requestFacts } from "./request-facts.ts";
+import { clientUsesTls, poolFor } from "./request-facts.ts";
 import { requestTarget } from "./request-target.ts";
 import type { ExchangeSink } from "./upstream/exchange.ts";
 import type { AbortLike, RequestOptions, UpstreamRequest, UpstreamResponse } from "./upstream/types.ts";
@@ -96,7 +97,15 @@ function retryable(err: ProxyError, request: UpstreamRequest): boolean {
 
 export class ProxiedRequest
   extends ClientAbort
-  implements RequestInfo, Tracked, ScannedHead, UpstreamRequest, RequestOptions, ExchangeSink
+  implements
+    RequestInfo,
+    Tracked,
+    ScannedHead,
+    ForwardFacts,
+    RequestFacts,
+    UpstreamRequest,
+    RequestOptions,
+    ExchangeSink
 {
   // RequestInfo (and, inherited from ClientAbort, the client's cancellation)
   readonly listener: ResolvedListener;
@@ -111,10 +120,9 @@ export class ProxiedRequest
   clockGeneration: (Tracked | null)[] | null = null;
   clockIndex = -1;
 
-  // ScannedHead: what the one pass over the request's headers found
+  // ScannedHead: what the one pass over the request's fields found
   host: string | null = null;
   cookie: string | null = null;
-  cookieAt = -1;
   connection: string | null = null;
   upgrade: string | null = null;
   contentLength: string | null = null;
@@ -123,12 +131,21 @@ export class ProxiedRequest
   xForwardedHost: string | null = null;
   forwarded: string | null = null;
 
+  // ForwardFacts (peerIp is RequestInfo's)
+  readonly peerTrusted: boolean;
+  readonly proto: string;
+
+  // RequestFacts (cookie is ScannedHead's, target UpstreamRequest's): what the persistence rules read
+  readonly headers: Headers;
+  clientIp = "";
+  nowSec = 0;
+
   // UpstreamRequest
   readonly method: string;
   readonly target: string;
   private readonly bareTarget: boolean;
   /** The fields for the backend: the client's, then (once placed) its Cookie and the forwarding fields. */
-  readonly headers: [string, string][];
+  readonly fields: string[] = [];
   body: ReadableStream<Uint8Array> | null;
   bodyLength: number | null = null;
 
@@ -140,8 +157,6 @@ export class ProxiedRequest
   private readonly deps: ProxyDeps;
   private pool: Pool | null = null;
   private placing: Placing | null = null;
-  private facts: RequestFacts | null = null;
-  private fwd: ForwardFacts | null = null;
   private placement: Placement | null = null;
   private backend: Backend | null = null;
   private attempt = 0;
@@ -167,7 +182,10 @@ export class ProxiedRequest
     // A request with a body watches its client from the start: when Bun rejects a malformed
     // body or a pipelined request it closes the connection, and nothing may reach the backend.
     this.signal = this.body === null ? this : req.signal;
-    this.headers = scanRequestHeaders(req.headers, this);
+    this.headers = req.headers;
+    scanRequestFields(this.headers.toJSON(), this, this.fields);
+    this.peerTrusted = runtime.trusted.has(peerIp);
+    this.proto = this.listener.protocol;
   }
 
   /**
@@ -200,8 +218,9 @@ export class ProxiedRequest
       this.pool = pool;
       this.connectTimeoutMs = pool.settings.connectTimeoutMs;
       this.responseTimeoutMs = pool.settings.responseTimeoutMs;
-      this.facts = requestFacts(this, this.req.headers, this.target, this);
-      this.placing = new Placing(pool, this.facts, this.listener.name, this.deps);
+      this.clientIp = clientAddress(this.peerIp, this.xForwardedFor, this.runtime.trusted);
+      this.nowSec = Math.floor(Date.now() / 1000);
+      this.placing = new Placing(pool, this, this.listener.name, this.deps);
       if (this.deps.cluster) return this.afterPrefetch();
       return this.begin();
     } catch (e) {
@@ -222,8 +241,7 @@ export class ProxiedRequest
       this.placement = first;
       if (this.body !== null) this.bodyLength = declaredLength(this.contentLength);
       const cookie = this.cookie === null ? null : pool.chain.backendCookie(this.cookie);
-      this.fwd = forwardFacts(this, this);
-      finishBackendHeaders(this.headers, this, this.fwd, cookie);
+      appendBackendFields(this.fields, this, this, cookie);
       const { promise, resolve } = Promise.withResolvers<Response>();
       this.answer = resolve;
       this.tryBackend();
@@ -320,8 +338,7 @@ export class ProxiedRequest
     const response = releaseWhenDone(res, backend);
     (this.placing as Placing).settle(placement);
     record(deps, this, pool, backend, res.status);
-    const secure = clientUsesTls(this, this.fwd as ForwardFacts);
-    const effects = pool.chain.remember(this.facts as RequestFacts, placement, responseFacts(res, secure));
+    const effects = pool.chain.remember(this, placement, responseFacts(res, clientUsesTls(this, this)));
     accessLog(deps, this, this.req, this.target, pool.name, backend.id, res.status);
     return toClientResponse(
       response,

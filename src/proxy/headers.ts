@@ -43,6 +43,7 @@ export function asksToClose(connection: string | null): boolean {
   return connection !== null && (connectionListed(connection)?.has("close") ?? false);
 }
 
+/** Who sent the request and how it reached the listener: what the forwarding fields say. */
 export interface ForwardFacts {
   /** The TCP peer (the client, or a proxy in front of us). */
   peerIp: string;
@@ -50,8 +51,6 @@ export interface ForwardFacts {
   peerTrusted: boolean;
   /** "http" or "https": how the client reached this listener. */
   proto: string;
-  /** Host header as the client sent it. */
-  host: string;
 }
 
 /** RFC 7239 §6: IPv6 addresses are bracketed and quoted; other values quoted when needed. */
@@ -71,13 +70,19 @@ function forwardedValue(v: string): string {
   return quoted;
 }
 
-/** What one pass over a request's headers finds, besides the fields that go to the backend as they are. */
+/**
+ * A request's header fields as Bun hands them over in one native call
+ * (Headers.toJSON): lowercase names, repeated fields joined (Cookie lines with
+ * "; "), Set-Cookie as a list. One object for the whole head, where iterating
+ * the Headers makes a pair and an iterator result per field.
+ */
+export type FieldRecord = Record<string, string | string[]>;
+
+/** What the pass over a request's fields finds, besides the fields that go to the backend as they are. */
 export interface ScannedHead {
   host: string | null;
   /** The Cookie header as sent (several lines joined with "; "). */
   cookie: string | null;
-  /** Where the Cookie line sits among the backend's fields (-1: none), so a rewritten one keeps its place. */
-  cookieAt: number;
   connection: string | null;
   upgrade: string | null;
   contentLength: string | null;
@@ -91,7 +96,6 @@ export function emptyHead(): ScannedHead {
   return {
     host: null,
     cookie: null,
-    cookieAt: -1,
     connection: null,
     upgrade: null,
     contentLength: null,
@@ -103,27 +107,21 @@ export function emptyHead(): ScannedHead {
 }
 
 /**
- * One pass over the request's headers: the fields for the backend (hop-by-hop,
- * framing and forwarding fields left out, the Cookie line kept in its place
- * for rewriting), and into `head` what tether reads of the rest. Bun hands
- * the names over lowercased.
+ * One pass over the request's fields: into `out` (flat: name, value, name,
+ * value ...) the fields that go to the backend as they are (hop-by-hop,
+ * framing, forwarding fields and the Cookie left out), and into `head` what
+ * tether reads of the rest. The Cookie goes to the backend once the pool's
+ * rules have taken their own cookies out of it (appendBackendFields).
  */
-export function scanRequestHeaders(headers: Headers, head: ScannedHead): [string, string][] {
-  const out: [string, string][] = [];
-  // Each entry the iterator hands over is a fresh [name, value] pair: kept as it is, not copied.
-  for (const field of headers as unknown as Iterable<[string, string]>) {
-    const name = field[0];
-    const value = field[1];
+export function scanRequestFields(fields: FieldRecord, head: ScannedHead, out: string[]): void {
+  for (const name in fields) {
+    const value = fields[name] as string;
     switch (name) {
       case "host":
         head.host = value;
         break;
       case "cookie":
-        if (head.cookieAt === -1) {
-          head.cookieAt = out.length;
-          head.cookie = value;
-          out.push(["cookie", value]);
-        } else head.cookie = `${head.cookie}; ${value}`;
+        head.cookie = value;
         continue;
       case "connection":
         head.connection = value;
@@ -146,83 +144,83 @@ export function scanRequestHeaders(headers: Headers, head: ScannedHead): [string
       case "forwarded":
         head.forwarded = value;
         continue;
+      case "set-cookie":
+        // The one field Bun keeps as a list: each line goes on as it came.
+        for (const line of fields[name] as unknown as string[]) out.push(name, line);
+        continue;
     }
     if (HOP_BY_HOP.has(name)) continue;
     // CGI-style backends read "_" as "-": Transfer_Encoding or X_Forwarded_For would reach them as
     // framing or forwarding headers tether never checked (nginx drops every underscore name).
     if (name.includes("_") && isReserved(name.replaceAll("_", "-"))) continue;
-    out.push(field);
+    out.push(name, value);
   }
-  if (head.connection !== null) return withoutListed(out, head);
-  return out;
+  if (head.connection !== null) dropListed(out, head.connection);
 }
 
 /**
- * Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1). A client's
- * tokens never take Host from the backend (RFC 9112 §3.2 requires it); the
- * forwarding fields are tether's own and are added after this.
+ * Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1), removed
+ * in place. A client's tokens never take Host from the backend (RFC 9112
+ * §3.2 requires it); the forwarding fields and the Cookie are tether's own
+ * and are added after this.
  */
-function withoutListed(out: [string, string][], head: ScannedHead): [string, string][] {
-  const listed = connectionListed(head.connection);
-  if (listed === null) return out;
-  const kept: [string, string][] = [];
-  for (const field of out) {
-    if (field[0] !== "host" && listed.has(field[0])) {
-      if (field[0] === "cookie") head.cookieAt = -1;
-      continue;
-    }
-    if (field[0] === "cookie") head.cookieAt = kept.length;
-    kept.push(field);
+function dropListed(out: string[], connection: string): void {
+  const listed = connectionListed(connection);
+  if (listed === null) return;
+  let kept = 0;
+  for (let i = 0; i < out.length; i += 2) {
+    const name = out[i] as string;
+    if (name !== "host" && listed.has(name)) continue;
+    out[kept++] = name;
+    out[kept++] = out[i + 1] as string;
   }
-  return kept;
+  out.length = kept;
 }
 
 /**
- * Puts the backend's Cookie (persistence rules take their own cookies out; ""
- * drops it) in the place the client's was, and appends the forwarding fields.
- * Values a client sent are kept (and appended to) only when the peer is a
- * trusted proxy.
+ * Appends the backend's Cookie (persistence rules take their own cookies
+ * out; "" or null: none) and the forwarding fields. Values a client sent are
+ * kept (and appended to) only when the peer is a trusted proxy.
  */
-export function finishBackendHeaders(
-  out: [string, string][],
+export function appendBackendFields(
+  out: string[],
   head: ScannedHead,
   facts: ForwardFacts,
   cookie: string | null,
-): [string, string][] {
-  if (head.cookieAt !== -1) {
-    if (cookie) out[head.cookieAt] = ["cookie", cookie];
-    else out.splice(head.cookieAt, 1);
-  }
+): string[] {
+  if (cookie) out.push("cookie", cookie);
   const trusted = facts.peerTrusted;
+  const hostHeader = head.host ?? "";
   const priorXff = trusted ? head.xForwardedFor : null;
-  out.push(["x-forwarded-for", priorXff ? `${priorXff}, ${facts.peerIp}` : facts.peerIp]);
-  out.push(["x-forwarded-proto", (trusted ? head.xForwardedProto : null) ?? facts.proto]);
-  const host = (trusted ? head.xForwardedHost : null) ?? facts.host;
-  if (host) out.push(["x-forwarded-host", host]);
+  out.push("x-forwarded-for", priorXff ? `${priorXff}, ${facts.peerIp}` : facts.peerIp);
+  out.push("x-forwarded-proto", (trusted ? head.xForwardedProto : null) ?? facts.proto);
+  const host = (trusted ? head.xForwardedHost : null) ?? hostHeader;
+  if (host) out.push("x-forwarded-host", host);
   const priorForwarded = trusted ? head.forwarded : null;
   let element = `for=${forwardedNode(facts.peerIp)};proto=${facts.proto}`;
-  if (facts.host) element += `;host=${forwardedValue(facts.host)}`;
-  out.push(["forwarded", priorForwarded ? `${priorForwarded}, ${element}` : element]);
+  if (hostHeader) element += `;host=${forwardedValue(hostHeader)}`;
+  out.push("forwarded", priorForwarded ? `${priorForwarded}, ${element}` : element);
   return out;
 }
 
 /**
- * Headers for the backend: hop-by-hop removed, Content-Length removed (the
- * upstream client frames the body), forwarding headers set. Values a client
- * sent are kept (and appended to) only when the peer is a trusted proxy.
- * `keepUpgrade` keeps Upgrade/Connection for a WebSocket handshake.
+ * Fields for the backend (flat: name, value, ...): hop-by-hop removed,
+ * Content-Length removed (the upstream client frames the body), forwarding
+ * fields set. `keepUpgrade` keeps Upgrade/Connection for a WebSocket
+ * handshake.
  */
-export function backendRequestHeaders(
+export function backendRequestFields(
   headers: Headers,
   facts: ForwardFacts,
   keepUpgrade = false,
   /** Replaces the Cookie header (persistence rules remove their own cookies); "" drops it. */
   cookie?: string | null,
-): [string, string][] {
+): string[] {
   const head = emptyHead();
-  const out = scanRequestHeaders(headers, head);
-  if (keepUpgrade) out.push(["connection", "upgrade"], ["upgrade", head.upgrade ?? "websocket"]);
-  return finishBackendHeaders(out, head, facts, cookie === undefined ? head.cookie : cookie);
+  const out: string[] = [];
+  scanRequestFields(headers.toJSON(), head, out);
+  if (keepUpgrade) out.push("connection", "upgrade", "upgrade", head.upgrade ?? "websocket");
+  return appendBackendFields(out, head, facts, cookie === undefined ? head.cookie : cookie);
 }
 
 /**

@@ -1,7 +1,7 @@
 /**
  * What an HTTP request (or WebSocket upgrade) tells before any backend is
- * chosen, read from the one pass over its headers (headers.ts
- * scanRequestHeaders): its pool, the facts the persistence rules read, and
+ * chosen, read from the one pass over its fields (headers.ts
+ * scanRequestFields): its pool, the facts the persistence rules read, and
  * the facts the forwarding headers are built from.
  */
 import type { RequestInfo } from "../contracts.ts";
@@ -11,12 +11,11 @@ import { ProxyError } from "./errors.ts";
 import { clientAddress, type ForwardFacts, type ScannedHead } from "./headers.ts";
 import { targetPath } from "./request-target.ts";
 
-export function forwardFacts(head: ScannedHead, info: RequestInfo): ForwardFacts {
+export function forwardFacts(info: RequestInfo): ForwardFacts {
   return {
     peerIp: info.peerIp,
     peerTrusted: info.runtime.trusted.has(info.peerIp),
     proto: info.listener.protocol,
-    host: head.host ?? "",
   };
 }
 

@@ -18,7 +18,7 @@ import { Placing } from "../pool/placement.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
 import { responseFacts, toClientResponse } from "./client-response.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
-import { emptyHead, finishBackendHeaders, scanRequestHeaders } from "./headers.ts";
+import { appendBackendFields, emptyHead, scanRequestFields } from "./headers.ts";
 import { failedResponse, record, unexpected, upstreamFailed } from "./outcomes.ts";
 import { clientUsesTls, forwardFacts, poolFor, requestFacts } from "./request-facts.ts";
 import { requestTarget } from "./request-target.ts";
@@ -119,13 +119,19 @@ export async function upgradeWebSocket(
   let pool: Pool | null = null;
   try {
     const head = emptyHead();
-    const fields = scanRequestHeaders(req.headers, head);
+    const fields: string[] = [];
+    scanRequestFields(req.headers.toJSON(), head, fields);
     pool = poolFor(head.host, target, info);
     const facts = requestFacts(head, req.headers, target, info);
-    const fwd = forwardFacts(head, info);
+    const fwd = forwardFacts(info);
     const cookie = facts.cookie === null ? null : pool.chain.backendCookie(facts.cookie);
+    appendBackendFields(fields, head, fwd, cookie);
     // The handshake's own fields are left out: the backend handshake makes its own.
-    const headers = finishBackendHeaders(fields, head, fwd, cookie).filter(([name]) => !HANDSHAKE.has(name));
+    const headers: [string, string][] = [];
+    for (let i = 0; i < fields.length; i += 2) {
+      const name = fields[i] as string;
+      if (!HANDSHAKE.has(name)) headers.push([name, fields[i + 1] as string]);
+    }
     const placing = new Placing(pool, facts, info.listener.name, deps);
     if (deps.cluster) await placing.prefetch();
     const { placement, backend, upgrade } = await handshake(

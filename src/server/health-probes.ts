@@ -16,10 +16,7 @@ export function healthProbes(): HealthProbes & { close(): void } {
         {
           method: "GET",
           target: hc.path,
-          headers: [
-            ["host", `${target.hostname}:${target.port}`],
-            ["user-agent", "tether-health-check"],
-          ],
+          fields: ["host", `${target.hostname}:${target.port}`, "user-agent", "tether-health-check"],
           body: null,
           bodyLength: null,
         },

@@ -1,14 +1,32 @@
 import { describe, expect, test } from "bun:test";
-import { backendRequestHeaders, clientAddress, clientResponseHeaders } from "../../src/proxy/headers.ts";
+import {
+  backendRequestFields,
+  clientAddress,
+  clientResponseHeaders,
+  type ForwardFacts,
+} from "../../src/proxy/headers.ts";
 import { trustedProxies } from "../../src/proxy/trusted-proxies.ts";
 
-const facts = (over: Partial<Parameters<typeof backendRequestHeaders>[1]> = {}) => ({
+const facts = (over: Partial<ForwardFacts> & { host?: string } = {}) => ({
   peerIp: "203.0.113.7",
   peerTrusted: false,
   proto: "https",
   host: "shop.example",
   ...over,
 });
+
+/** The fields for the backend; the request's Host is the facts' unless it sends its own ("" none). */
+function backendRequestHeaders(
+  h: Headers,
+  f: ReturnType<typeof facts>,
+  keepUpgrade = false,
+): [string, string][] {
+  if (!h.has("host") && f.host) h.set("host", f.host);
+  const flat = backendRequestFields(h, f, keepUpgrade);
+  const pairs: [string, string][] = [];
+  for (let i = 0; i < flat.length; i += 2) pairs.push([flat[i] as string, flat[i + 1] as string]);
+  return pairs;
+}
 const asMap = (list: [string, string][]) => new Map(list);
 
 describe("request headers towards the backend", () => {

@@ -17,7 +17,7 @@ export function target(port: number | undefined, tls?: UpstreamTarget["tls"]): U
 }
 
 export function get(path = "/", headers: [string, string][] = [["Host", "backend"]]): UpstreamRequest {
-  return { method: "GET", target: path, headers, body: null, bodyLength: null };
+  return { method: "GET", target: path, fields: headers.flat(), body: null, bodyLength: null };
 }
 
 export async function readAll(body: ReadableStream<Uint8Array> | Uint8Array | null): Promise<Uint8Array> {

@@ -19,18 +19,17 @@ export const LAST_CHUNK: Uint8Array = Buffer.from("0\r\n\r\n");
  */
 export function serializeRequestHead(req: UpstreamRequest): string {
   // The pieces are joined once: appending line by line would make a string per piece.
-  const headers = req.headers;
-  const parts: string[] = new Array(headers.length * 4 + 6);
+  const fields = req.fields;
+  const parts: string[] = new Array(fields.length * 2 + 6);
   let n = 0;
   parts[n++] = req.method;
   parts[n++] = " ";
   parts[n++] = req.target;
   parts[n++] = " HTTP/1.1\r\n";
-  for (let i = 0; i < headers.length; i++) {
-    const field = headers[i] as [string, string];
-    parts[n++] = field[0];
+  for (let i = 0; i < fields.length; i += 2) {
+    parts[n++] = fields[i] as string;
     parts[n++] = ": ";
-    parts[n++] = field[1];
+    parts[n++] = fields[i + 1] as string;
     parts[n++] = "\r\n";
   }
   const framing = framingHeader(req);
@@ -39,7 +38,7 @@ export function serializeRequestHead(req: UpstreamRequest): string {
   const head = parts.join("");
   // A CR or LF smuggled into the method, target or a field would start a
   // new line the backend reads as another header or another request.
-  const lines = headers.length + (framing === "" ? 2 : 3);
+  const lines = fields.length / 2 + (framing === "" ? 2 : 3);
   if (count(head, "\n") !== lines || count(head, "\r") !== lines) {
     throw new ProxyError("BAD_REQUEST", "CR or LF in the request line or a header");
   }
@@ -69,11 +68,13 @@ function count(s: string, ch: string): number {
 
 /** False when the request itself asks the backend to close the connection (RFC 9112 9.6). */
 export function requestAllowsReuse(req: UpstreamRequest): boolean {
-  for (const [name, value] of req.headers) {
+  const fields = req.fields;
+  for (let i = 0; i < fields.length; i += 2) {
+    const name = fields[i] as string;
     if (
       name.length === 10 &&
       name.toLowerCase() === "connection" &&
-      /(^|[ \t,])close([ \t,]|$)/i.test(value)
+      /(^|[ \t,])close([ \t,]|$)/i.test(fields[i + 1] as string)
     ) {
       return false;
     }

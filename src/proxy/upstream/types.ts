@@ -25,8 +25,11 @@ export interface UpstreamRequest {
   method: string;
   /** Origin-form request target, exactly as the client sent it: "/path;p?q=1". */
   target: string;
-  /** Final header list, in order, names as sent. Must not contain Content-Length or Transfer-Encoding. */
-  headers: [string, string][];
+  /**
+   * Final header fields, flat: name, value, name, value ... (no pair per
+   * field). Must not contain Content-Length or Transfer-Encoding.
+   */
+  fields: readonly string[];
   /** null: no body. */
   body: ReadableStream<Uint8Array> | Uint8Array | null;
   /** Length of body when known (sent as Content-Length); null with a stream body: chunked. */

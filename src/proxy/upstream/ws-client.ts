@@ -124,7 +124,7 @@ export function openUpstreamWebSocket(
     head = serializeRequestHead({
       method: "GET",
       target: req.target,
-      headers: handshakeHeaders(target, req.headers, key),
+      fields: handshakeHeaders(target, req.headers, key).flat(),
       body: null,
       bodyLength: null,
     });
