@@ -111,6 +111,8 @@ export class PersistenceChain {
   private readonly bounded: BoundedLoad;
   private readonly byId = new Map<string, Member>();
   private readonly helloLearner: ServerHelloLearner | null;
+  /** Results of first-attempt hits by decision object (see placeByOnlyRule); they die with their decision. */
+  private readonly hits = new WeakMap<Decision, PlaceResult>();
 
   constructor(
     readonly members: readonly Member[],
@@ -168,7 +170,37 @@ export class PersistenceChain {
    * request (a retry), so the next choice in the same key's order is taken.
    */
   place(req: RequestFacts, exclude?: ReadonlySet<string>, previous?: Placement): PlaceResult | null {
-    const decisions = previous?.decisions ?? this.decideAll(req);
+    if (previous === undefined && this.rules.length === 1) return this.placeByOnlyRule(req, exclude);
+    return this.placeBy(previous?.decisions ?? this.decideAll(req), exclude, previous);
+  }
+
+  /**
+   * The common chain, one rule, placing a first attempt. A returning session
+   * on an eligible backend gets the result made for its decision before: a
+   * rule that caches its decisions (cookie insert keeps one per token) makes
+   * the whole hit allocation-free.
+   */
+  private placeByOnlyRule(req: RequestFacts, exclude?: ReadonlySet<string>): PlaceResult | null {
+    const d = (this.rules[0] as Rule).decide(req);
+    if (d.kind === "pinned" && !exclude?.size) {
+      const m = this.byId.get(d.backendId);
+      if (m !== undefined && eligibleForPinned(m)) {
+        let hit = this.hits.get(d);
+        if (hit === undefined) {
+          hit = { placement: this.placement(d, m.id, "hit", [d]), rejections: NO_REJECTIONS };
+          this.hits.set(d, hit);
+        }
+        return hit;
+      }
+    }
+    return this.placeBy([d], exclude);
+  }
+
+  private placeBy(
+    decisions: Decision[],
+    exclude?: ReadonlySet<string>,
+    previous?: Placement,
+  ): PlaceResult | null {
     // Shared and empty unless a rule rejected something: the common request allocates none.
     let rejections: Rejection[] = NO_REJECTIONS;
     for (const d of decisions) {

@@ -64,7 +64,7 @@ export class CookieInsertRule implements Rule {
   }
 
   /**
-   * Tokens opened recently, by their exact text. A returning client sends the
+   * Tokens opened recently, by their exact text ("NAME=token"). A returning client sends the
    * same token on every request until it is refreshed, and the same text is
    * the same ciphertext, already authenticated: looking it up costs a Map
    * get instead of an AES-GCM open, and its decision is built once and
@@ -75,10 +75,21 @@ export class CookieInsertRule implements Rule {
   /** The decision for a request without this rule's cookie: the same object every time. */
   private readonly absent: Decision = { kind: "none", rule: this.name };
 
-  private open(token: string): Opened | RejectReason {
-    const hit = this.opened.get(token);
+  /**
+   * This rule's cookie as "NAME=token", the opened cache's key. The common
+   * Cookie header, holding that cookie alone, is the key as it is: no slicing.
+   */
+  private cookiePair(header: string | null): string | null {
+    if (header === null) return null;
+    if (header.startsWith(this.cookiePrefix) && !header.includes(";") && !header.includes(" ")) return header;
+    const token = getCookie(header, this.opts.name);
+    return token === null ? null : this.cookiePrefix + token;
+  }
+
+  private open(pair: string): Opened | RejectReason {
+    const hit = this.opened.get(pair);
     if (hit) return hit;
-    const r = this.sealer.open(token);
+    const r = this.sealer.open(pair.slice(this.cookiePrefix.length));
     if (!r.ok) return r.reason;
     if (this.opened.size >= OPENED_CACHE_MAX) {
       const oldest = this.opened.keys().next();
@@ -103,14 +114,14 @@ export class CookieInsertRule implements Rule {
               session: r.claims,
             },
     };
-    this.opened.set(token, opened);
+    this.opened.set(pair, opened);
     return opened;
   }
 
   decide(req: RequestFacts): Decision {
-    const token = getCookie(req.cookie, this.opts.name);
-    if (token === null) return this.absent;
-    const opened = this.open(token);
+    const pair = this.cookiePair(req.cookie);
+    if (pair === null) return this.absent;
+    const opened = this.open(pair);
     if (typeof opened === "string") return { kind: "none", rule: this.name, rejected: opened };
     const { claims, decision } = opened;
     const { maxIdleMs, maxLifeMs } = this.opts;

@@ -12,11 +12,21 @@ export function getCookie(header: string | null, name: string): string | null {
     const end = header.indexOf(";", i);
     const stop = end === -1 ? header.length : end;
     const eq = header.indexOf("=", i);
-    if (eq !== -1 && eq < stop && header.slice(i, eq).trim() === name)
-      return header.slice(eq + 1, stop).trim();
+    if (eq !== -1 && eq < stop && namedAt(header, i, eq, name)) return header.slice(eq + 1, stop).trim();
     i = stop + 1;
   }
   return null;
+}
+
+const isBlank = (c: number) => c === 32 || c === 9;
+
+/** Whether header[from, eq) is `name`, give or take blanks around it, compared in place. */
+function namedAt(header: string, from: number, eq: number, name: string): boolean {
+  let start = from;
+  let end = eq;
+  while (start < end && isBlank(header.charCodeAt(start))) start++;
+  while (end > start && isBlank(header.charCodeAt(end - 1))) end--;
+  return end - start === name.length && header.startsWith(name, start);
 }
 
 /** The Cookie header with cookie `name` replaced by `map(value)` (null drops it). "" when nothing is left. */

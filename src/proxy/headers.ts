@@ -197,10 +197,21 @@ export function appendBackendFields(
   const host = (trusted ? head.xForwardedHost : null) ?? hostHeader;
   if (host) out.push("x-forwarded-host", host);
   const priorForwarded = trusted ? head.forwarded : null;
-  let element = `for=${forwardedNode(facts.peerIp)};proto=${facts.proto}`;
-  if (hostHeader) element += `;host=${forwardedValue(hostHeader)}`;
+  const element = forwardedElement(facts.peerIp, facts.proto, hostHeader);
   out.push("forwarded", priorForwarded ? `${priorForwarded}, ${element}` : element);
   return out;
+}
+
+/** The last Forwarded element built: a keep-alive client sends request after request with the same one. */
+let lastElement = { ip: "", proto: "", host: "", value: "" };
+
+function forwardedElement(ip: string, proto: string, host: string): string {
+  const last = lastElement;
+  if (last.ip === ip && last.host === host && last.proto === proto) return last.value;
+  let value = `for=${forwardedNode(ip)};proto=${proto}`;
+  if (host) value += `;host=${forwardedValue(host)}`;
+  lastElement = { ip, proto, host, value };
+  return value;
 }
 
 /**
