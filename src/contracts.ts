@@ -79,6 +79,11 @@ export interface ListenerContext {
   readonly tracker: RequestTracker;
   /** The Strict-Transport-Security value for an https listener, else null. */
   readonly hsts: string | null;
+  /**
+   * The HTTP versions this server may have served a request over ("h3", or the
+   * TCP side's list such as "http/1.1+h2"): Bun does not say per request.
+   */
+  readonly protocol: string;
   /** Requests whose response has not been handed to Bun yet. */
   inflight: number;
 }
