@@ -36,6 +36,8 @@ export interface RequestInfo {
   runtime: Runtime;
   peerIp: string;
   startedAt: number;
+  /** The HTTP versions the request may have come over (ListenerContext.protocol); absent for WebSocket upgrades. */
+  protocol?: string;
   /** Called once the response (its whole body, for a stream) has been handed to the client. */
   responded?: () => void;
   /** Aborts when the client goes away (default: the request's own signal). */

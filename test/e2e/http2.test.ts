@@ -60,6 +60,7 @@ describe("persistence over HTTP/2 and HTTP/3", () => {
         },
       },
       secrets: { cookieKeys: [Buffer.alloc(32, 5).toString("base64")] },
+      accessLog: true,
     } as ConfigInput);
     origin = proxy.url("secure");
   });
@@ -175,9 +176,92 @@ describe("persistence over HTTP/2 and HTTP/3", () => {
         }
         expect(protocols).toEqual([version, version, version]);
         expect(counts).toEqual([1, 2, 3]);
+        // Bun does not say which version a request came over: the access log names the server's.
+        const logged = proxy.log.lines
+          .filter((l) => l.msg === "request" && l.path === "/")
+          .map((l) => l.protocol);
+        expect(logged).toContain(version === "h3" ? "h3" : "http/1.1+h2");
       } finally {
         await browser.close();
       }
     }, 30_000);
   }
+});
+
+describe("an https listener with h2 and h3", () => {
+  let app: Server<undefined>;
+  let proxy: Running;
+
+  beforeAll(() => {
+    // A page that opens a WebSocket to its own origin, and the WebSocket it talks to.
+    app = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch(req, srv) {
+        if (req.headers.get("upgrade") === "websocket") {
+          if (srv.upgrade(req)) return;
+          return new Response("upgrade failed", { status: 500 });
+        }
+        return new Response(
+          `<!doctype html><p id="out">…</p><script>
+const ws = new WebSocket("wss://" + location.host + "/ws");
+ws.onopen = () => ws.send("ping");
+ws.onmessage = (e) => { document.getElementById("out").textContent = e.data; };
+ws.onerror = () => { document.getElementById("out").textContent = "error"; };
+</script>`,
+          { headers: { "content-type": "text/html" } },
+        );
+      },
+      websocket: {
+        message(ws, msg) {
+          ws.send(`pong:${msg}`);
+        },
+      },
+    }) as Server<undefined>;
+    proxy = startInProcess({
+      listeners: [
+        {
+          name: "secure",
+          protocol: "https",
+          address: "127.0.0.1:0",
+          pool: "app",
+          tls: { certificates: [{ cert: CERT, key: KEY }] },
+          protocols: ["http/1.1", "h2", "h3"],
+          altSvcPort: 443,
+        },
+      ],
+      pools: { app: { backends: [{ id: "app", url: `http://127.0.0.1:${app.port}` }] } },
+      accessLog: true,
+    } as ConfigInput);
+  });
+  afterAll(async () => {
+    await proxy.stop();
+    app.stop(true);
+  });
+
+  test("Alt-Svc names altSvcPort, once, over HTTP/1.1 and HTTP/2", async () => {
+    for (const flag of ["--http1.1", "--http2"]) {
+      const r = await run(["curl", "-sk", flag, "-D", "-", "-o", "/dev/null", `${proxy.url()}/`]);
+      const altSvc = r.out.split("\r\n").filter((l) => l.toLowerCase().startsWith("alt-svc:"));
+      expect({ flag, altSvc }).toEqual({ flag, altSvc: ['alt-svc: h3=":443"; ma=86400'] });
+    }
+  });
+
+  test("Chromium loads the page over h2 and opens a WebSocket to the same origin over HTTP/1.1", async () => {
+    const browser = await launchChromium(["--ignore-certificate-errors"]);
+    try {
+      const page = await (await browser.newContext({ ignoreHTTPSErrors: true })).newPage();
+      const wsUrls: string[] = [];
+      page.on("websocket", (ws) => wsUrls.push(ws.url()));
+      await page.goto(`${proxy.url()}/`);
+      expect(await page.evaluate(NEXT_HOP_PROTOCOL)).toBe("h2");
+      await page.waitForFunction('document.getElementById("out").textContent !== "…"', null, {
+        timeout: 10_000,
+      });
+      expect(await page.locator("#out").textContent()).toBe("pong:ping");
+      expect(wsUrls).toEqual([`wss://127.0.0.1:${proxy.port()}/ws`]);
+    } finally {
+      await browser.close();
+    }
+  }, 30_000);
 });
