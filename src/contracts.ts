@@ -36,6 +36,8 @@ export interface RequestInfo {
   runtime: Runtime;
   peerIp: string;
   startedAt: number;
+  /** The HTTP versions the request may have come over (ListenerContext.protocol); absent for WebSocket upgrades. */
+  protocol?: string;
   /** Called once the response (its whole body, for a stream) has been handed to the client. */
   responded?: () => void;
   /** Aborts when the client goes away (default: the request's own signal). */
@@ -79,6 +81,11 @@ export interface ListenerContext {
   readonly tracker: RequestTracker;
   /** The Strict-Transport-Security value for an https listener, else null. */
   readonly hsts: string | null;
+  /**
+   * The HTTP versions this server may have served a request over ("h3", or the
+   * TCP side's list such as "http/1.1+h2"): Bun does not say per request.
+   */
+  readonly protocol: string;
   /** Requests whose response has not been handed to Bun yet. */
   inflight: number;
 }

@@ -310,6 +310,9 @@ const hstsSchema = z.strictObject({
   preload: z.boolean().default(false),
 });
 
+/** HTTP versions a listener can serve, by their ALPN names (h2c: cleartext HTTP/2 by prior knowledge). */
+export const LISTENER_PROTOCOLS = ["http/1.1", "h2", "h2c", "h3"] as const;
+
 export const listenerSchema = z.strictObject({
   name,
   protocol: z
@@ -348,6 +351,22 @@ export const listenerSchema = z.strictObject({
     .union([z.boolean(), z.strictObject({ port: z.number().int().min(1).max(65535) })])
     .default(false)
     .describe("On an http listener, answer 308 to the https URL (optionally on another port)"),
+  protocols: z
+    .array(z.enum(LISTENER_PROTOCOLS))
+    .min(1, "needs at least one protocol")
+    .default(["http/1.1"])
+    .describe(
+      'HTTP versions served to clients: "http/1.1", "h2" (https, by ALPN), "h2c" (http, prior knowledge), "h3" (https, QUIC on the same UDP port). Bun marks HTTP/2 and HTTP/3 experimental (default ["http/1.1"])',
+    ),
+  altSvcPort: z
+    .number()
+    .int()
+    .min(1)
+    .max(65535)
+    .optional()
+    .describe(
+      "With h3: the UDP port named in the Alt-Svc field, when clients reach the listener through another port (default the bound port)",
+    ),
 });
 
 const adminSchema = z
@@ -509,6 +528,9 @@ export const configSchema = z
               : `pool "${poolName}" holds tcp:// backends, which only a tls-passthrough listener can use`,
           });
       }
+      protocolProblems(l).forEach(({ path, message }) => {
+        ctx.addIssue({ code: "custom", path: at(...path), message });
+      });
       if (l.protocol === "https" && l.redirectToHttps !== false)
         ctx.addIssue({
           code: "custom",
@@ -552,6 +574,35 @@ export const configSchema = z
       });
     }
   });
+
+/**
+ * What a listener's protocols may be: h2 and h3 need TLS (browsers speak
+ * HTTP/2 only over TLS, QUIC always is), h2c is cleartext only, and a
+ * tls-passthrough listener never reads HTTP.
+ */
+function protocolProblems(
+  l: z.output<typeof listenerSchema>,
+): { path: (string | number)[]; message: string }[] {
+  const out: { path: (string | number)[]; message: string }[] = [];
+  const seen = new Set<string>();
+  l.protocols.forEach((p, i) => {
+    const path = ["protocols", i];
+    if (seen.has(p)) out.push({ path, message: `"${p}" is listed twice` });
+    seen.add(p);
+    if (l.protocol === "tls-passthrough") {
+      if (p !== "http/1.1")
+        out.push({ path, message: "a tls-passthrough listener relays bytes and never reads HTTP" });
+    } else if (p === "h3" && l.protocol !== "https")
+      out.push({ path, message: 'h3 needs TLS: use it on a "protocol": "https" listener' });
+    else if (p === "h2" && l.protocol !== "https")
+      out.push({ path, message: 'h2 needs TLS: use "h2c" for cleartext HTTP/2 with prior knowledge' });
+    else if (p === "h2c" && l.protocol !== "http")
+      out.push({ path, message: 'h2c is cleartext HTTP/2: use "h2" on an https listener' });
+  });
+  if (l.altSvcPort !== undefined && !seen.has("h3"))
+    out.push({ path: ["altSvcPort"], message: 'names the HTTP/3 port: only with "h3" in protocols' });
+  return out;
+}
 
 /** The config file as a user writes it. */
 export type ConfigInput = z.input<typeof configSchema>;

@@ -112,6 +112,9 @@ export class ProxiedRequest
   readonly startedAt = performance.now();
   /** Aborts when the client goes away: this object for a bodyless request, else the request's own signal. */
   readonly signal: AbortLike;
+  get protocol(): string {
+    return this.ctx.protocol;
+  }
 
   // Tracked (the listener's request clock)
   promoted = false;

@@ -253,6 +253,7 @@ export function clientResponseHeaders(headers: readonly [string, string][]): [st
   for (const field of headers) {
     const lower = field[0].toLowerCase();
     if (HOP_BY_HOP.has(lower) || lower === "content-length" || listed?.has(lower)) continue;
+    if (lower === "alt-svc") continue; // names the backend's origin, not tether's (RFC 7838 §2)
     out.push(field);
   }
   return out;

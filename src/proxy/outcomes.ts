@@ -77,6 +77,7 @@ export function accessLog(
   deps.log.info("request", {
     listener: info.listener.name,
     client: info.peerIp,
+    ...(info.protocol ? { protocol: info.protocol } : {}),
     method: req.method,
     // The query string can carry session IDs and tokens: it is never logged.
     path: targetPath(target),

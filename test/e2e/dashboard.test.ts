@@ -3,36 +3,21 @@
  * against tether started through the real CLI. Nothing here downloads a browser.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { type Browser, chromium, type Locator, type Page } from "playwright-core";
+import type { Browser, Locator, Page } from "playwright-core";
 import { dashboardHtml } from "../../src/admin/dashboard.ts";
 import { backend, type TestBackend } from "../support/backends.ts";
+import { launchChromium } from "../support/chromium.ts";
 import { REPO, tempDir, writeConfig } from "../support/files.ts";
 import { type Child, spawnCli } from "../support/tether.ts";
 
-const CHROMIUM = "/usr/bin/chromium";
 const TOKEN = "some-test-token";
 const SCREENSHOT = join(REPO, "test/.tmp/dashboard.png");
 
 let browser: Promise<Browser> | undefined;
 function launch(): Promise<Browser> {
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(
-      `${CHROMIUM} is missing: the dashboard tests drive Debian's chromium (apt-get install chromium) and never download a browser`,
-    );
-  }
-  browser ??= chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--no-first-run",
-      "--disable-dev-shm-usage",
-    ],
-  });
+  browser ??= launchChromium();
   return browser;
 }
 

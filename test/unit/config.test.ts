@@ -39,6 +39,22 @@ describe("config validation", () => {
     expect(cfg.listeners[0]?.maxBodyBytes).toBe(1024 ** 3);
     expect(cfg.maxHeaderBytes).toBe(16384);
     expect(cfg.listeners[0]?.port).toBe(8080);
+    expect(cfg.listeners[0]?.protocols).toEqual(["http/1.1"]);
+  });
+
+  test("h2, h3 and altSvcPort on an https listener, h2c on an http one, are valid", () => {
+    const raw: any = base();
+    raw.listeners[0].protocols = ["http/1.1", "h2c"];
+    raw.listeners.push({
+      name: "secure",
+      protocol: "https",
+      address: "127.0.0.1:8443",
+      pool: "app",
+      tls: { certificates: [{ cert: "certs/dev.pem", key: "certs/dev-key.pem" }] },
+      protocols: ["http/1.1", "h2", "h3"],
+      altSvcPort: 443,
+    });
+    expect(problemsOf(raw)).toEqual([]);
   });
 
   const cases: { why: string; edit: (c: any) => void; expected: string }[] = [
@@ -104,6 +120,53 @@ describe("config validation", () => {
         c.listeners[0].tls = { certificates: [{ cert: "no/such.pem", key: "certs/dev-key.pem" }] };
       },
       expected: "listeners[0].tls.certificates[0].cert: cannot read",
+    },
+    {
+      why: "a listener serving no protocol at all is an error",
+      edit: (c) => (c.listeners[0].protocols = []),
+      expected: "listeners[0].protocols: needs at least one protocol",
+    },
+    {
+      why: "h3 without TLS names the list entry",
+      edit: (c) => (c.listeners[0].protocols = ["http/1.1", "h3"]),
+      expected: 'listeners[0].protocols[1]: h3 needs TLS: use it on a "protocol": "https" listener',
+    },
+    {
+      why: "h2 on an http listener points to h2c",
+      edit: (c) => (c.listeners[0].protocols = ["h2"]),
+      expected: 'listeners[0].protocols[0]: h2 needs TLS: use "h2c"',
+    },
+    {
+      why: "h2c is only for cleartext listeners",
+      edit: (c) => {
+        c.listeners[0].protocol = "https";
+        c.listeners[0].tls = { certificates: [{ cert: "certs/dev.pem", key: "certs/dev-key.pem" }] };
+        c.listeners[0].protocols = ["http/1.1", "h2c"];
+      },
+      expected: 'listeners[0].protocols[1]: h2c is cleartext HTTP/2: use "h2" on an https listener',
+    },
+    {
+      why: "an unknown protocol is refused",
+      edit: (c) => (c.listeners[0].protocols = ["http/2"]),
+      expected: "listeners[0].protocols[0]",
+    },
+    {
+      why: "a protocol listed twice is an error",
+      edit: (c) => (c.listeners[0].protocols = ["http/1.1", "http/1.1"]),
+      expected: 'listeners[0].protocols[1]: "http/1.1" is listed twice',
+    },
+    {
+      why: "a tls-passthrough listener takes no HTTP version",
+      edit: (c) => {
+        c.listeners[0].protocol = "tls-passthrough";
+        c.listeners[0].protocols = ["h2"];
+      },
+      expected: "listeners[0].protocols[0]: a tls-passthrough listener relays bytes",
+    },
+    {
+      why: "altSvcPort without h3 is an error",
+      edit: (c) => (c.listeners[0].altSvcPort = 443),
+      expected: 'listeners[0].altSvcPort: names the HTTP/3 port: only with "h3" in protocols',
     },
     {
       why: "trusted proxies must be addresses or CIDR ranges",
