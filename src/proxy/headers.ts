@@ -3,6 +3,7 @@
  * Pure functions: they take headers and facts and return the header list to send.
  */
 import { normalizeIp, type TrustedProxies } from "./trusted-proxies.ts";
+import { equalsLower } from "./upstream/parser.ts";
 
 /** Hop-by-hop headers (RFC 9110 §7.6.1), plus framing that we re-do ourselves. */
 const HOP_BY_HOP = new Set([
@@ -106,6 +107,57 @@ export function emptyHead(): ScannedHead {
   };
 }
 
+/** What the pass over a request's fields does with one field, by its name. */
+enum Field {
+  /** Goes to the backend as it is. */
+  Pass,
+  /** Never goes to the backend: hop-by-hop, or a reserved name spelled with "_". */
+  Drop,
+  Host,
+  Cookie,
+  Connection,
+  Upgrade,
+  ContentLength,
+  XForwardedFor,
+  XForwardedProto,
+  XForwardedHost,
+  Forwarded,
+  SetCookie,
+}
+
+const KNOWN_FIELDS: [string, Field][] = [
+  ["host", Field.Host],
+  ["cookie", Field.Cookie],
+  ["connection", Field.Connection],
+  ["upgrade", Field.Upgrade],
+  ["content-length", Field.ContentLength],
+  ["x-forwarded-for", Field.XForwardedFor],
+  ["x-forwarded-proto", Field.XForwardedProto],
+  ["x-forwarded-host", Field.XForwardedHost],
+  ["forwarded", Field.Forwarded],
+  ["set-cookie", Field.SetCookie],
+];
+
+/**
+ * Field names already classified. A client sends the same few names request
+ * after request, so a Map lookup replaces the string tests; names beyond the
+ * bound (a client making names up) are classified each time, not stored.
+ */
+const fieldKinds = new Map<string, Field>();
+const FIELD_KINDS_MAX = 4096;
+for (const name of HOP_BY_HOP) fieldKinds.set(name, Field.Drop);
+for (const [name, kind] of KNOWN_FIELDS) fieldKinds.set(name, kind);
+
+function fieldKind(name: string): Field {
+  const known = fieldKinds.get(name);
+  if (known !== undefined) return known;
+  // CGI-style backends read "_" as "-": Transfer_Encoding or X_Forwarded_For would reach them as
+  // framing or forwarding headers tether never checked (nginx drops every underscore name).
+  const kind = name.includes("_") && isReserved(name.replaceAll("_", "-")) ? Field.Drop : Field.Pass;
+  if (fieldKinds.size < FIELD_KINDS_MAX) fieldKinds.set(name, kind);
+  return kind;
+}
+
 /**
  * One pass over the request's fields: into `out` (flat: name, value, name,
  * value ...) the fields that go to the backend as they are (hop-by-hop,
@@ -116,44 +168,43 @@ export function emptyHead(): ScannedHead {
 export function scanRequestFields(fields: FieldRecord, head: ScannedHead, out: string[]): void {
   for (const name in fields) {
     const value = fields[name] as string;
-    switch (name) {
-      case "host":
-        head.host = value;
+    switch (fieldKind(name)) {
+      case Field.Pass:
+        out.push(name, value);
         break;
-      case "cookie":
+      case Field.Host:
+        head.host = value;
+        out.push(name, value);
+        break;
+      case Field.Cookie:
         head.cookie = value;
-        continue;
-      case "connection":
+        break;
+      case Field.Connection:
         head.connection = value;
-        continue;
-      case "upgrade":
+        break;
+      case Field.Upgrade:
         head.upgrade = value;
-        continue;
-      case "content-length":
+        break;
+      case Field.ContentLength:
         head.contentLength = value;
-        continue;
-      case "x-forwarded-for":
+        break;
+      case Field.XForwardedFor:
         head.xForwardedFor = value;
-        continue;
-      case "x-forwarded-proto":
+        break;
+      case Field.XForwardedProto:
         head.xForwardedProto = value;
-        continue;
-      case "x-forwarded-host":
+        break;
+      case Field.XForwardedHost:
         head.xForwardedHost = value;
-        continue;
-      case "forwarded":
+        break;
+      case Field.Forwarded:
         head.forwarded = value;
-        continue;
-      case "set-cookie":
+        break;
+      case Field.SetCookie:
         // The one field Bun keeps as a list: each line goes on as it came.
         for (const line of fields[name] as unknown as string[]) out.push(name, line);
-        continue;
+        break;
     }
-    if (HOP_BY_HOP.has(name)) continue;
-    // CGI-style backends read "_" as "-": Transfer_Encoding or X_Forwarded_For would reach them as
-    // framing or forwarding headers tether never checked (nginx drops every underscore name).
-    if (name.includes("_") && isReserved(name.replaceAll("_", "-"))) continue;
-    out.push(name, value);
   }
   if (head.connection !== null) dropListed(out, head.connection);
 }
@@ -244,19 +295,38 @@ export function backendRequestFields(
 export function clientResponseHeaders(headers: readonly [string, string][]): [string, string][] {
   let listed: ReadonlySet<string> | null = null;
   for (const [name, value] of headers) {
-    if (name.length === 10 && name.toLowerCase() === "connection") {
+    if (name.length === 10 && equalsLower(name, 0, "connection")) {
       listed = connectionListed(value);
       break;
     }
   }
   const out: [string, string][] = [];
   for (const field of headers) {
-    const lower = field[0].toLowerCase();
-    if (HOP_BY_HOP.has(lower) || lower === "content-length" || listed?.has(lower)) continue;
-    if (lower === "alt-svc") continue; // names the backend's origin, not tether's (RFC 7838 §2)
+    const name = field[0];
+    if (droppedTowardsClient(name) || listed?.has(name.toLowerCase())) continue;
     out.push(field);
   }
   return out;
+}
+
+/**
+ * Response fields never passed to the client, by name length: hop-by-hop,
+ * Content-Length (Bun frames the response itself) and Alt-Svc (it names the
+ * backend's origin, not tether's: RFC 7838 §2). Looked up by length and
+ * compared ignoring case in place, so no field name is lowercased.
+ */
+const DROPPED_BY_LENGTH: string[][] = [];
+for (const name of [...HOP_BY_HOP, "content-length", "alt-svc"]) {
+  const same = DROPPED_BY_LENGTH[name.length] ?? [];
+  same.push(name);
+  DROPPED_BY_LENGTH[name.length] = same;
+}
+
+function droppedTowardsClient(name: string): boolean {
+  const candidates = DROPPED_BY_LENGTH[name.length];
+  if (candidates === undefined) return false;
+  for (const c of candidates) if (equalsLower(name, 0, c)) return true;
+  return false;
 }
 
 /**

@@ -258,7 +258,7 @@ function countChunked(value: string): number {
  * ASCII case. OR-ing 0x20 lowercases a letter; the only other byte it maps
  * onto one of these is CR (onto "-"), which never occurs in a field.
  */
-function equalsLower(s: string, offset: number, lower: string): boolean {
+export function equalsLower(s: string, offset: number, lower: string): boolean {
   for (let i = 0; i < lower.length; i++) {
     if ((s.charCodeAt(offset + i) | 0x20) !== lower.charCodeAt(i)) return false;
   }
