@@ -35,10 +35,11 @@ export function toClientResponse(
   const bodyless = method === "HEAD" || res.status === 204 || res.status === 304;
   if (res.contentLength !== null && res.status !== 204 && (bodyless || !(res.body instanceof Uint8Array))) {
     // Bun keeps an explicit Content-Length on a streamed or HEAD response instead of chunking.
-    headers.push(["content-length", String(res.contentLength)]);
+    headers.set("content-length", String(res.contentLength));
   }
-  if (hsts !== null && !headers.some(isHsts)) headers.push(["strict-transport-security", hsts]);
-  if (close) headers.push(["connection", "close"]);
+  if (hsts !== null && !headers.has("strict-transport-security"))
+    headers.set("strict-transport-security", hsts);
+  if (close) headers.set("connection", "close");
   let body = bodyless ? null : res.body;
   // Only a stream gets the wrapper (and its timer): a body that arrived whole is handed over at once.
   if (body instanceof ReadableStream) {
@@ -57,35 +58,31 @@ function guarded(
   return guardStream(body, clientIdleMs, done);
 }
 
-const isHsts = (field: [string, string]) =>
-  field[0].length === 25 && field[0].toLowerCase() === "strict-transport-security";
-
 /**
- * The persistence rules' effects on the client's header pairs: a Set-Cookie
+ * The persistence rules' effects on the client's headers: a Set-Cookie
  * rewritten (by its position among the response's Set-Cookies, as the rules
  * saw them in responseFacts) or added, and Cache-Control made private.
  */
-function applyEffects(headers: [string, string][], effects: readonly Effect[]): void {
-  const cookieAt: number[] = [];
-  headers.forEach(([name], i) => {
-    if (name.toLowerCase() === "set-cookie") cookieAt.push(i);
-  });
+function applyEffects(headers: Headers, effects: readonly Effect[]): void {
+  let cookies: string[] | null = null;
   let cachePrivate = false;
   for (const e of effects) {
     if (e.kind === "rewrite-set-cookie") {
-      const at = cookieAt[e.index];
-      if (at !== undefined) headers[at] = ["set-cookie", e.header];
-    } else if (e.kind === "set-cookie") headers.push(["set-cookie", e.header]);
-    else if (e.kind === "cache-private") cachePrivate = true;
+      cookies ??= headers.getSetCookie();
+      if (e.index < cookies.length) cookies[e.index] = e.header;
+    } else if (e.kind === "set-cookie") {
+      cookies ??= headers.getSetCookie();
+      cookies.push(e.header);
+    } else if (e.kind === "cache-private") cachePrivate = true;
+  }
+  if (cookies !== null) {
+    headers.delete("set-cookie");
+    for (const line of cookies) headers.append("set-cookie", line);
   }
   if (!cachePrivate) return;
-  // Several Cache-Control lines are one list (RFC 9110 §5.3): judged together, replaced by one.
-  const current = headers.filter(([name]) => name.toLowerCase() === "cache-control").map(([, v]) => v);
-  const cc = privateCacheControl(current.length ? current.join(", ") : null);
-  if (cc === null) return;
-  const kept = headers.filter(([name]) => name.toLowerCase() !== "cache-control");
-  headers.length = 0;
-  headers.push(...kept, ["cache-control", cc]);
+  // Several Cache-Control lines are one list (RFC 9110 §5.3): Headers joins them, and one replaces them.
+  const cc = privateCacheControl(headers.get("cache-control"));
+  if (cc !== null) headers.set("cache-control", cc);
 }
 
 /**
