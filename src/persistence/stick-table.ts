@@ -6,11 +6,14 @@
  * hijack a session. Fixed-size number keys and number values also keep an
  * entry small: Map<number, number> costs ~70 bytes an entry.
  *
- * The value packs expiry (seconds) and an index into the interned backend
- * ids: expirySec * 4096 + index. Map order is insertion order, so touching an
- * entry (delete + set) keeps the least recently used first for eviction.
+ * The value packs expiry (seconds) and a slot of the interned backend ids:
+ * expirySec * 2^20 + slot (exact below 2^53 until the year 2106). A slot is
+ * counted by the entries naming it and freed for another backend when the
+ * last one goes, so backends that come and go (pod IPs, DNS) never run out
+ * of slots or share one. Map order is insertion order, so touching an entry
+ * (delete + set) keeps the least recently used first for eviction.
  */
-const MAX_BACKENDS = 4096;
+const MAX_BACKENDS = 2 ** 20;
 /**
  * Keys just looked up elsewhere (Redis) and not found are not asked for again
  * for this long, and at most this many are remembered: a session ID a client
@@ -30,7 +33,11 @@ export type LearnHook = (key: number, backendId: string, expiresAtSec: number) =
 
 export class StickTable {
   private readonly map = new Map<number, number>();
+  /** Slot → backend id ("" when free). */
   private readonly ids: string[] = [];
+  /** Slot → entries naming it. */
+  private readonly refs: number[] = [];
+  private readonly freeSlots: number[] = [];
   private readonly index = new Map<string, number>();
   /** Recent misses elsewhere: key → the second it may be looked up again. Oldest first. */
   private readonly misses = new Map<number, number>();
@@ -71,7 +78,7 @@ export class StickTable {
     if (v === undefined) return null;
     const expiresAtSec = Math.floor(v / MAX_BACKENDS);
     if (expiresAtSec <= nowSec) {
-      this.map.delete(key);
+      this.remove(key, v);
       return null;
     }
     const backendId = this.ids[v % MAX_BACKENDS] as string;
@@ -140,19 +147,43 @@ export class StickTable {
 
   /** Stores an entry as most recently used; returns its expiry. */
   private put(key: number, backendId: string, expiresAtSec: number): number {
-    let i = this.index.get(backendId);
-    if (i === undefined) {
-      i = this.ids.length % MAX_BACKENDS;
-      this.ids[i] = backendId;
-      this.index.set(backendId, i);
-    }
-    this.map.delete(key);
-    this.map.set(key, expiresAtSec * MAX_BACKENDS + i);
+    const slot = this.slotFor(backendId);
+    // Every slot in use: a million backends named at once. The entry is not kept rather than misnamed.
+    if (slot === -1) return expiresAtSec;
+    const old = this.map.get(key);
+    if (old !== undefined) this.remove(key, old);
+    this.map.set(key, expiresAtSec * MAX_BACKENDS + slot);
     if (this.misses.size > 0) this.misses.delete(key);
     if (this.map.size > this.maxEntries) {
-      const oldest = this.map.keys().next();
-      if (!oldest.done) this.map.delete(oldest.value);
+      const oldest = this.map.entries().next();
+      if (!oldest.done) this.remove(oldest.value[0], oldest.value[1]);
     }
     return expiresAtSec;
+  }
+
+  /** The slot naming `backendId`, counted for one more entry; -1 when none is free. */
+  private slotFor(backendId: string): number {
+    let slot = this.index.get(backendId);
+    if (slot === undefined) {
+      slot = this.freeSlots.pop() ?? this.ids.length;
+      if (slot >= MAX_BACKENDS) return -1;
+      this.ids[slot] = backendId;
+      this.refs[slot] = 0;
+      this.index.set(backendId, slot);
+    }
+    this.refs[slot] = (this.refs[slot] as number) + 1;
+    return slot;
+  }
+
+  /** Deletes an entry, freeing its backend's slot when no other entry names it. */
+  private remove(key: number, value: number): void {
+    this.map.delete(key);
+    const slot = value % MAX_BACKENDS;
+    const left = (this.refs[slot] as number) - 1;
+    this.refs[slot] = left;
+    if (left > 0) return;
+    this.index.delete(this.ids[slot] as string);
+    this.ids[slot] = "";
+    this.freeSlots.push(slot);
   }
 }

@@ -91,3 +91,35 @@ describe("misses elsewhere", () => {
     expect(t.get("learned", NOW)?.backendId).toBe("b1");
   });
 });
+
+describe("backends that come and go", () => {
+  test("after 10,000 distinct backend ids every live entry still names its own backend", () => {
+    // Pod-IP churn: each backend lives a while, learns sessions, and is replaced by a new id.
+    const t = table(2_000);
+    for (let b = 0; b < 10_000; b++) {
+      for (let s = 0; s < 3; s++) t.set(`session-${b}-${s}`, `10.0.${b}:8080`, NOW);
+    }
+    let live = 0;
+    for (const [key, backendId] of t.entries(NOW)) {
+      live++;
+      const expected = [...Array(3).keys()]
+        .map((s) => t.keyOf(`session-${backendId.slice(5, -5)}-${s}`))
+        .includes(key);
+      expect(expected).toBe(true);
+    }
+    expect(live).toBe(2_000);
+    expect(t.get("session-9999-2", NOW)?.backendId).toBe("10.0.9999:8080");
+    expect(t.get("session-9400-0", NOW)?.backendId).toBe("10.0.9400:8080");
+  });
+
+  test("an entry moved to another backend or evicted frees its backend's slot for reuse", () => {
+    const t = table(10);
+    // 5,000 backends, one session each, in a table of 10: only the last 10 backends are referenced.
+    for (let b = 0; b < 5_000; b++) t.set(`s${b}`, `pod-${b}`, NOW);
+    for (let b = 4_990; b < 5_000; b++)
+      expect(t.peekHashed(t.keyOf(`s${b}`), NOW)?.backendId).toBe(`pod-${b}`);
+    t.set("s4999", "pod-new", NOW);
+    expect(t.get("s4999", NOW)?.backendId).toBe("pod-new");
+    expect(t.get("s4998", NOW)?.backendId).toBe("pod-4998");
+  });
+});
