@@ -143,6 +143,11 @@ export class PersistenceChain {
     this.helloLearner = hello?.learnServerHello ? { learn: hello.learnServerHello.bind(hello) } : null;
   }
 
+  /** Backends the ring left out (a seed equal to another's): they take no new sessions. */
+  get refusedByRing(): readonly { id: string; reason: string }[] {
+    return this.ring.refused;
+  }
+
   /** What a passthrough tunnel tells about the backend's ServerHello, or null when no rule learns from it. */
   serverHelloLearner(): ServerHelloLearner | null {
     return this.helloLearner;

@@ -42,9 +42,17 @@ export class HashRing {
   private readonly groupInvWeight: Float64Array;
 
   /**
-   * @throws RangeError on a duplicate id, a weight that is negative, NaN or
-   *   infinite, or two ids whose 32-bit seeds collide (about 3 in 10 million
-   *   for 50 ids; renaming one fixes it).
+   * Members left out of the ring: an id whose 32-bit seed equals an earlier
+   * member's (canonical order) would tie with it on every key and never win
+   * one. About 3 in 10 million for 50 ids, but backends that come and go
+   * (DNS, the admin API) must never turn it into a crash: the later one is
+   * refused, with its reason, and takes no keys.
+   */
+  readonly refused: readonly { id: string; reason: string }[];
+
+  /**
+   * @throws RangeError on a duplicate id, or a weight that is negative, NaN
+   *   or infinite.
    */
   constructor(members: readonly RingMember[]) {
     const seen = new Set<string>();
@@ -57,10 +65,23 @@ export class HashRing {
         );
       }
     }
-    const live = members
+    const sorted = members
       .filter((m) => m.weight > 0)
       .map((m) => ({ id: m.id, weight: m.weight }))
       .sort((a, b) => b.weight - a.weight || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const bySeed = new Map<number, string>();
+    const refused: { id: string; reason: string }[] = [];
+    const live = sorted.filter((m) => {
+      const seed = memberSeed(m.id);
+      const other = bySeed.get(seed);
+      if (other === undefined) {
+        bySeed.set(seed, m.id);
+        return true;
+      }
+      refused.push({ id: m.id, reason: `its ring seed equals backend "${other}"'s; rename one` });
+      return false;
+    });
+    this.refused = refused;
     this.members = live;
     this.ids = live.map((m) => m.id);
     this.seeds = Int32Array.from(live, (m) => memberSeed(m.id));
@@ -77,18 +98,6 @@ export class HashRing {
     this.groupStart = Int32Array.from(starts);
     this.groupWeight = Float64Array.from(weights);
     this.groupInvWeight = Float64Array.from(weights, (w) => 1 / w);
-
-    // Equal seeds would tie on every key and one backend would never win.
-    const bySeed = new Map<number, string>();
-    this.seeds.forEach((seed, i) => {
-      const other = bySeed.get(seed);
-      if (other !== undefined) {
-        throw new RangeError(
-          `ring: backend ids "${other}" and "${this.ids[i]}" have the same ring seed; rename one`,
-        );
-      }
-      bySeed.set(seed, this.ids[i] as string);
-    });
   }
 
   /** Number of members that take keys. */

@@ -108,6 +108,9 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
   const build = (c: Config, previous?: Runtime) => {
     const r = buildRuntime(c, previous, fallbackKeys);
     for (const pool of r.pools.values()) {
+      if (role !== "worker")
+        for (const { id, reason } of pool.chain.refusedByRing)
+          log.warn("backend takes no new sessions", { pool: pool.name, backend: id, reason });
       for (const b of pool.backends) {
         const s = operatorStates.get(`${pool.name}\0${b.id}`);
         if (s) b.state = s;

@@ -494,3 +494,38 @@ describe("maxConn and the queue", () => {
     expect(statuses.filter((s) => s === 503).length).toBe(2);
   });
 });
+
+describe("backend ids whose ring seeds collide", () => {
+  test("tether starts and serves; the later id is refused new sessions, with a logged reason", async () => {
+    // "app-3426" and "app-13129" share a 32-bit ring seed (test/ring/hash-ring.test.ts).
+    const bs = [backend("first"), backend("second"), backend("third")];
+    const t = using(
+      bs,
+      startInProcess({
+        listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+        pools: {
+          app: {
+            backends: [
+              { id: "app-13129", url: bs[0]?.url },
+              { id: "app-3426", url: bs[1]?.url },
+              { id: "app-2", url: bs[2]?.url },
+            ],
+            persistence: [{ type: "cookie", mode: "insert", name: "S" }],
+          },
+        },
+        secrets: { cookieKeys: [KEY] },
+      } as ConfigInput),
+    );
+    const refused = t.log.lines.filter((l) => l.msg === "backend takes no new sessions");
+    expect(refused).toEqual([
+      expect.objectContaining({
+        pool: "app",
+        backend: "app-3426",
+        reason: expect.stringContaining("app-13129"),
+      }),
+    ]);
+    const seen = new Set<string | null>();
+    for (let i = 0; i < 60; i++) seen.add(served(await fetch(t.url())));
+    expect([...seen].sort()).toEqual(["first", "third"]);
+  });
+});

@@ -69,17 +69,25 @@ describe("construction", () => {
     ["a negative weight", [{ id: "a", weight: -1 }], /weight -1/],
     ["a NaN weight", [{ id: "a", weight: Number.NaN }], /weight NaN/],
     ["an infinite weight", [{ id: "a", weight: Number.POSITIVE_INFINITY }], /weight Infinity/],
-    // Found by search: these two ids have the same 32-bit seed, so one could never win a key.
-    [
-      "two ids with the same seed",
-      [
-        { id: "app-3426", weight: 1 },
-        { id: "app-13129", weight: 1 },
-      ],
-      /same ring seed/,
-    ],
   ])("throws on %s", (_what, ms, message) => {
     expect(() => new HashRing(ms)).toThrow(message);
+  });
+
+  test("two ids with the same seed: the later one is refused with its reason, not a crash", () => {
+    // Found by search: these two ids have the same 32-bit seed, so one could never win a key.
+    expect(memberSeed("app-3426")).toBe(memberSeed("app-13129"));
+    const ring = new HashRing([
+      { id: "app-3426", weight: 1 },
+      { id: "app-13129", weight: 1 },
+      { id: "app-2", weight: 1 },
+    ]);
+    expect(ring.refused).toEqual([
+      { id: "app-3426", reason: `its ring seed equals backend "app-13129"'s; rename one` },
+    ]);
+    expect(ring.members.map((m) => m.id)).toEqual(["app-13129", "app-2"]);
+    const owners = new Set<string | null>();
+    for (let k = 0; k < 2000; k++) owners.add(ring.lookup((k * 2654435761) >>> 0));
+    expect([...owners].sort()).toEqual(["app-13129", "app-2"]);
   });
 
   test("a colliding pair is accepted when one of them weighs 0 (it never competes)", () => {
