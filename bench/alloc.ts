@@ -4,7 +4,7 @@
  * number of requests. The load comes from another process
  * (bench/lib/fixed-load.ts), so only tether's own allocations are counted.
  *
- *   bun bench/alloc.ts [--base DIR] [--requests 40000] [--window 200] [--windows 9] [--types]
+ *   bun bench/alloc.ts [--base DIR] [--requests 40000] [--window 200] [--windows 9] [--byte-runs 3] [--types]
  *
  * Bytes: tether runs as the CLI with BUN_JSC_logGC=1, and the "bytes allocated
  * this cycle" of every collection in the measured run are summed (bun:jsc's
@@ -31,11 +31,13 @@ const { values } = parseArgs({
     windows: { type: "string", default: "9" },
     persistence: { type: "string", default: "on" },
     types: { type: "boolean", default: false },
+    "byte-runs": { type: "string", default: "3" },
   },
 });
 const REQUESTS = Number(values.requests);
 const WINDOW = Number(values.window);
 const WINDOWS = Number(values.windows);
+const BYTE_RUNS = Number(values["byte-runs"]);
 const WARMUP = 5000;
 const REPO = join(import.meta.dir, "..");
 
@@ -133,6 +135,13 @@ async function bytesPerRequest(repo: string, variant?: string): Promise<number> 
   }
 }
 
+/** The byte figure moves ±20% from run to run (where collections fall): the median of --byte-runs runs. */
+async function medianBytes(repo: string, variant?: string): Promise<number> {
+  const runs: number[] = [];
+  for (let i = 0; i < BYTE_RUNS; i++) runs.push(await bytesPerRequest(repo, variant));
+  return median(runs);
+}
+
 async function objectsPerRequest(
   repo: string,
   variant?: string,
@@ -184,12 +193,12 @@ console.log(
 );
 const rows: string[] = [];
 // The floor: bench/price-servers.ts's minimal proxy on tether's upstream client (objects only).
-const floorBytes = await bytesPerRequest(REPO, "proxy");
+const floorBytes = await medianBytes(REPO, "proxy");
 const floor = await objectsPerRequest(REPO, "proxy");
 rows.push(`| floor (minimal proxy) | ${Math.round(floorBytes)} | ${floor.median.toFixed(1)} |`);
 console.log(`floor: ${Math.round(floorBytes)} bytes, ${floor.median.toFixed(1)} objects per request`);
 for (const [name, repo] of peers) {
-  const bytes = await bytesPerRequest(repo);
+  const bytes = await medianBytes(repo);
   const objects = await objectsPerRequest(repo);
   const note = objects.collected ? ` (${objects.collected} window(s) with a collection left out)` : "";
   rows.push(`| ${name} | ${Math.round(bytes)} | ${objects.median.toFixed(1)} |${note}`);

@@ -148,7 +148,7 @@ export class ProxiedRequest
   readonly target: string;
   private readonly bareTarget: boolean;
   /** The fields for the backend: the client's, then (once placed) its Cookie and the forwarding fields. */
-  readonly fields: string[] = [];
+  readonly fields: string[] = fieldList();
   body: ReadableStream<Uint8Array> | null;
   bodyLength: number | null = null;
 
@@ -382,6 +382,16 @@ export class ProxiedRequest
   clientGone(reason: unknown): void {
     this.abort(reason);
   }
+}
+
+/**
+ * An empty list with room for a usual request's fields and tether's own (about
+ * 12 fields, flat): grown from nothing, it would be copied three or four times.
+ */
+function fieldList(): string[] {
+  const list: string[] = new Array(32);
+  list.length = 0;
+  return list;
 }
 
 /** A Content-Length the client declared for its body, or null (a chunked body). */
