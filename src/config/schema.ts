@@ -181,9 +181,27 @@ const clientIpRule = z
 const tlsSessionRule = z
   .strictObject({ type: z.literal("tls-session"), ...tableOptions })
   .describe("TLS passthrough: a resumed TLS 1.2 session ID goes back to the backend that issued it");
-const headerRule = z
-  .strictObject({ type: z.literal("header"), name: z.string().min(1).describe("Request header to hash") })
+const headerName = z
+  .string()
+  .regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "must be a header field name (RFC 9110 token characters)")
+  .describe("Request header naming the session, e.g. X-Session-Id or Mcp-Session-Id");
+const headerHashRule = z
+  .strictObject({
+    type: z.literal("header"),
+    name: headerName,
+    mode: z.literal("hash").default("hash").describe('"hash" (default), "learn" or "prefix"'),
+  })
   .describe("A hash of a request header's value");
+const headerLearnRule = z
+  .strictObject({ type: z.literal("header"), name: headerName, mode: z.literal("learn"), ...tableOptions })
+  .describe(
+    "tether remembers which backend issued the value in its response header of that name (Mcp-Session-Id)",
+  );
+const headerPrefixRule = z
+  .strictObject({ type: z.literal("header"), name: headerName, mode: z.literal("prefix") })
+  .describe(
+    "The backend's response header value gets an opaque route prefix on the way out, removed on the way in",
+  );
 
 export const persistenceRuleSchema = z.union([
   cookieInsertRule,
@@ -191,7 +209,9 @@ export const persistenceRuleSchema = z.union([
   cookieLearnRule,
   urlRule,
   clientIpRule,
-  headerRule,
+  headerHashRule,
+  headerLearnRule,
+  headerPrefixRule,
   tlsSessionRule,
 ]);
 

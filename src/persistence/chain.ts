@@ -19,7 +19,7 @@ import { ClientIpRule } from "./client-ip.ts";
 import { CookieInsertRule, newSessionKey, sessionKeyText } from "./cookie-insert.ts";
 import { CookieLearnRule } from "./cookie-learn.ts";
 import { CookiePrefixRule } from "./cookie-prefix.ts";
-import { HeaderRule } from "./header.ts";
+import { HeaderLearnRule, HeaderPrefixRule, HeaderRule } from "./header.ts";
 import { StickTable } from "./stick-table.ts";
 import { TlsSessionRule } from "./tls-session.ts";
 import type {
@@ -97,6 +97,8 @@ function buildRule(
     case "client-ip":
       return new ClientIpRule(r.ipv4Prefix, r.ipv6Prefix);
     case "header":
+      if (r.mode === "learn") return new HeaderLearnRule(r.name, tableFor(r.expireMs, r.maxEntries));
+      if (r.mode === "prefix") return new HeaderPrefixRule(r.name, opts.pool, opts.keys, ids);
       return new HeaderRule(r.name);
     case "tls-session":
       return new TlsSessionRule(tableFor(r.expireMs, r.maxEntries));
@@ -106,6 +108,8 @@ function buildRule(
 export class PersistenceChain {
   readonly rules: Rule[];
   readonly tables = new Map<string, StickTable>();
+  /** Some rule rewrites the request's fields (backendFields): false keeps the common path from asking. */
+  readonly rewritesFields: boolean;
   private readonly ruleTypes: string[];
   private readonly ring: HashRing;
   private readonly bounded: BoundedLoad;
@@ -139,6 +143,7 @@ export class PersistenceChain {
       };
       return buildRule(r, opts, ids, tableFor);
     });
+    this.rewritesFields = this.rules.some((r) => r.backendFields);
     const hello = this.rules.find((r) => r.learnServerHello);
     this.helloLearner = hello?.learnServerHello ? { learn: hello.learnServerHello.bind(hello) } : null;
   }
@@ -304,6 +309,11 @@ export class PersistenceChain {
     let out = cookie;
     for (const r of this.rules) if (r.backendCookie) out = r.backendCookie(out);
     return out;
+  }
+
+  /** Rewrites the request's fields for the backend, in place (only when rewritesFields). */
+  backendFields(fields: string[]): void {
+    for (const r of this.rules) r.backendFields?.(fields);
   }
 
   /** Effects of every rule once the backend answered; "learn" effects are applied here. */

@@ -224,7 +224,7 @@ export class ProxiedRequest
       this.clientIp = clientAddress(this.peerIp, this.xForwardedFor, this.runtime.trusted);
       this.nowSec = Math.floor(Date.now() / 1000);
       this.placing = new Placing(pool, this, this.listener.name, this.deps);
-      if (this.deps.cluster) return this.afterPrefetch();
+      if (this.deps.cluster && pool.chain.tables.size !== 0) return this.afterPrefetch();
       return this.begin();
     } catch (e) {
       return this.failed(e);
@@ -245,6 +245,7 @@ export class ProxiedRequest
       if (this.body !== null) this.bodyLength = declaredLength(this.contentLength);
       const cookie = this.cookie === null ? null : pool.chain.backendCookie(this.cookie);
       appendBackendFields(this.fields, this, this, cookie);
+      if (pool.chain.rewritesFields) pool.chain.backendFields(this.fields);
       const { promise, resolve } = Promise.withResolvers<Response>();
       this.answer = resolve;
       this.tryBackend();
