@@ -67,6 +67,10 @@ describe("header rule and MCP servers", () => {
     expect(notFound()).toBe(0);
     // Sessions were spread, not all on one server.
     expect(backends.filter((b) => b.sessions > 0).length).toBeGreaterThan(1);
+    // Each client's session was created once (its initialize) and never moved.
+    const events = running.audit.map((e) => e.event);
+    expect(events.filter((e) => e === "session.created")).toHaveLength(CLIENTS);
+    expect(events).not.toContain("session.repinned");
   });
 
   test('"mode": "prefix": 8 SDK clients, 5 tool calls each, 0 "Session not found"; the client sees a route prefix, the server its own id', async () => {
