@@ -48,6 +48,8 @@ function explain(p: Placement, rejected: string[]): string {
       const from = pinned?.kind === "pinned" ? pinned.backendId : "its backend";
       return `${prefix}${p.rule} names ${from}, which is not eligible; moved to the ring's next choice ${p.backendId}`;
     }
+    case "held":
+      return `${prefix}${p.rule} names ${p.backendId}, which is not eligible; failover is strict, so the request gets 503 with Retry-After`;
     case "new":
       return `${prefix}no rule placed the request: a new session, placed by the ring on ${p.backendId}`;
   }
@@ -59,7 +61,7 @@ export function route(config: Config, q: RouteQuery): RouteAnswer {
   const poolConfig = Object.hasOwn(config.pools, q.pool) ? config.pools[q.pool] : undefined;
   if (!pool || !poolConfig)
     return { pool: q.pool, backend: null, rule: null, reason: `no pool named "${q.pool}"` };
-  const settings = describePersistence(poolConfig);
+  const settings = [...describePersistence(poolConfig), `failover: ${poolConfig.failover}`];
   const headers = new Headers();
   for (const h of q.headers) {
     const colon = h.indexOf(":");

@@ -268,6 +268,12 @@ export const poolSchema = z.strictObject({
     .array(persistenceRuleSchema)
     .default([])
     .describe("Session persistence rules, asked in order; the first that names an eligible backend wins"),
+  failover: z
+    .enum(["move", "strict"])
+    .default("move")
+    .describe(
+      'When a pinned backend is down or in maintenance: "move" (default) re-pins the session on its next choice; "strict" answers 503 with Retry-After until it is back',
+    ),
   hashBalanceFactor: z
     .number()
     .min(0)

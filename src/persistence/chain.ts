@@ -5,7 +5,8 @@
  * Precedence: every rule is asked (so each can refresh or re-issue what it
  * owns); the first decision that names an eligible backend wins. A pinned
  * session whose backend is down or in maintenance moves to the ring's next
- * eligible choice for its session key, the same on every instance. A request
+ * eligible choice for its session key, the same on every instance, unless the
+ * pool's failover is "strict": then it is held (503, see Placing). A request
  * that no rule places starts a new session with a random 128-bit key, placed
  * by the ring with bounded loads.
  */
@@ -71,6 +72,8 @@ export interface ChainOptions {
   /** Cookie keys: the first seals. */
   keys: readonly Buffer[];
   hashBalanceFactor: number;
+  /** "strict": a pinned session whose backend cannot serve it is held (outcome "held"), never moved. Default "move". */
+  failover?: "move" | "strict";
   /** Stick tables from the previous generation, reused by rule position and type so a reload keeps learned sessions. */
   previousTables?: ReadonlyMap<string, StickTable>;
 }
@@ -115,6 +118,7 @@ export class PersistenceChain {
   private readonly bounded: BoundedLoad;
   private readonly byId = new Map<string, Member>();
   private readonly helloLearner: ServerHelloLearner | null;
+  private readonly strict: boolean;
   /** Results of first-attempt hits by decision object (see placeByOnlyRule); they die with their decision. */
   private readonly hits = new WeakMap<Decision, PlaceResult>();
 
@@ -123,6 +127,7 @@ export class PersistenceChain {
     opts: ChainOptions,
   ) {
     for (const m of members) this.byId.set(m.id, m);
+    this.strict = opts.failover === "strict";
     this.ruleTypes = opts.rules.map((r) => r.type);
     const ids = members.map((m) => m.id);
     this.ring = new HashRing(members.map((m) => ({ id: m.id, weight: m.weight })));
@@ -226,6 +231,7 @@ export class PersistenceChain {
         if (eligibleForPinned(m) && !exclude?.has(m.id)) {
           return { placement: this.placement(d, m.id, "hit", decisions, previous), rejections };
         }
+        if (this.strict) return { placement: this.placement(d, m.id, "held", decisions), rejections };
         const moved = this.ringChoice(d.key, exclude);
         if (moved)
           return { placement: this.placement(d, moved, "repinned", decisions, previous), rejections };

@@ -47,12 +47,16 @@ export type Decision =
   | { kind: "none"; rule: RuleName; rejected?: RejectReason };
 
 /** How the chosen backend was found. */
-export type Outcome = "hit" | "hash" | "repinned" | "new";
+export type Outcome = "hit" | "hash" | "repinned" | "new" | "held";
 
 /** What the forwarder tells the rules once it knows the backend. */
 export interface Placement {
   backendId: string;
-  /** The rule whose decision placed the request, or "new". */
+  /**
+   * The rule whose decision placed the request, or "new". Outcome "held": the
+   * session's backend (backendId) cannot serve it and the pool's failover is
+   * strict, so the request is answered 503 instead of moving it.
+   */
   rule: RuleName | "new";
   outcome: Outcome;
   /** The session key of a cookie session (new, or from a valid token). */

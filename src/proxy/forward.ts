@@ -240,7 +240,7 @@ export class ProxiedRequest
     try {
       const pool = this.pool as Pool;
       const first = (this.placing as Placing).start();
-      if (!first) throw new ProxyError("NO_BACKEND", `pool ${pool.name}`);
+      if (!first) throw (this.placing as Placing).noPlacement();
       this.placement = first;
       if (this.body !== null) this.bodyLength = declaredLength(this.contentLength);
       const cookie = this.cookie === null ? null : pool.chain.backendCookie(this.cookie);
@@ -320,7 +320,8 @@ export class ProxiedRequest
         ? (this.placing as Placing).next(this.placement as Placement)
         : null;
     if (next === null) {
-      this.reply(this.failed(reason));
+      const placing = this.placing as Placing;
+      this.reply(this.failed(placing.isHeld ? placing.noPlacement() : reason));
       return;
     }
     this.attempt++;

@@ -106,7 +106,7 @@ async function handshake(
       placement = placing.next(placement);
     }
   }
-  throw lastError ?? new ProxyError("NO_BACKEND", `pool ${pool.name}`);
+  throw placing.isHeld || !lastError ? placing.noPlacement() : lastError;
 }
 
 export async function upgradeWebSocket(
