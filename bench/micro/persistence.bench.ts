@@ -48,6 +48,8 @@ const insert = chainFor({
   mode: "insert",
   name: "TETHER",
   sameSite: "Lax",
+  path: "/",
+  partitioned: false,
   refreshAfterMs: 60_000,
 });
 const first = insert.place(base);

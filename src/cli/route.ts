@@ -23,7 +23,9 @@ export function describePersistence(pool: ResolvedPool): string[] {
     const at = `persistence[${i}]`;
     switch (r.type) {
       case "cookie":
-        return `${at}: cookie ${r.name} (${r.mode})`;
+        return r.mode === "insert"
+          ? `${at}: cookie ${r.name} (insert) Path=${r.path} SameSite=${r.sameSite}${r.partitioned ? " Partitioned" : ""}`
+          : `${at}: cookie ${r.name} (${r.mode})`;
       case "header":
         return `${at}: header ${r.name} (${r.mode})`;
       case "url":

@@ -129,6 +129,15 @@ const cookieInsertRule = z
       .default("Lax")
       .describe("SameSite attribute; None forces Secure"),
     domain: z.string().min(1).optional().describe("Domain attribute (default: none, host-only cookie)"),
+    path: z
+      .string()
+      .regex(/^\/[^;\s]*$/, "must start with '/' and hold no ';' or whitespace")
+      .default("/")
+      .describe('Path attribute (default "/")'),
+    partitioned: z
+      .boolean()
+      .default(false)
+      .describe('Adds Partitioned (CHIPS) for apps embedded in other sites; needs "sameSite": "None"'),
     maxAgeMs: optionalMs("Max-Age for the browser; default: a browser-session cookie"),
     maxIdleMs: optionalMs("tether forgets a session unused this long, whatever the browser keeps"),
     maxLifeMs: optionalMs("tether forgets a session this long after it began"),
@@ -585,6 +594,14 @@ export const configSchema = z
           path: ["pools", poolName, "sendProxyProtocol"],
           message: "the PROXY protocol is sent only to tcp:// backends",
         });
+      pool.persistence.forEach((r, i) => {
+        if (r.type === "cookie" && r.mode === "insert" && r.partitioned && r.sameSite !== "None")
+          ctx.addIssue({
+            code: "custom",
+            path: ["pools", poolName, "persistence", i, "partitioned"],
+            message: 'a Partitioned cookie is sent only in third-party contexts: it needs "sameSite": "None"',
+          });
+      });
       const ids = new Set<string>();
       pool.backends.forEach((b, i) => {
         const at = ["pools", poolName, "backends", i];

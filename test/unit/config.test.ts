@@ -95,6 +95,17 @@ describe("config validation", () => {
       expected: "pools.app.persistence[0]",
     },
     {
+      why: "a Partitioned (CHIPS) cookie needs SameSite=None, named at the rule's path",
+      edit: (c) => (c.pools.app.persistence = [{ type: "cookie", mode: "insert", partitioned: true }]),
+      expected:
+        'pools.app.persistence[0].partitioned: a Partitioned cookie is sent only in third-party contexts: it needs "sameSite": "None"',
+    },
+    {
+      why: "a cookie Path starts with '/'",
+      edit: (c) => (c.pools.app.persistence = [{ type: "cookie", mode: "insert", path: "app; Secure" }]),
+      expected: "pools.app.persistence[0].path: must start with '/'",
+    },
+    {
       why: "backend ids are unique within a pool",
       edit: (c) => (c.pools.app.backends[1].id = "a"),
       expected: 'pools.app.backends[1].id: duplicate backend id "a"',
