@@ -11,6 +11,8 @@ export type AuditEvent =
   | "session.created"
   | "session.repinned"
   | "session.expired"
+  /** failover "strict": a session was answered 503 rather than moved off its unavailable backend. */
+  | "session.held"
   | "persistence.rejected"
   | "backend.state";
 

@@ -48,6 +48,8 @@ const insert = chainFor({
   mode: "insert",
   name: "TETHER",
   sameSite: "Lax",
+  path: "/",
+  partitioned: false,
   refreshAfterMs: 60_000,
 });
 const first = insert.place(base);
@@ -73,8 +75,8 @@ const learn = chainFor({
 learn.tables.get("0:cookie")?.set("abc123", "app-3", base.nowSec);
 const url = chainFor({ type: "url", param: "sid", expireMs: 600_000, maxEntries: 100_000 });
 const ip = chainFor({ type: "client-ip", ipv4Prefix: 24, ipv6Prefix: 64 });
-const header = chainFor({ type: "header", name: "x-session-id" });
-const none = chainFor({ type: "header", name: "x-absent" });
+const header = chainFor({ type: "header", name: "x-session-id", mode: "hash" });
+const none = chainFor({ type: "header", name: "x-absent", mode: "hash" });
 
 group("whole decision (chain.place)", () => {
   bench("cookie insert, returning client", () =>

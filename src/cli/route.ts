@@ -2,7 +2,7 @@
  * `tether route`: where a request with these cookies, address, path and
  * headers would go, and why, computed by the same chain that serves traffic.
  */
-import type { Config } from "../config/load.ts";
+import type { Config, ResolvedPool } from "../config/load.ts";
 import { generateKey } from "../persistence/token.ts";
 import type { Placement, RequestFacts } from "../persistence/types.ts";
 import { buildRuntime } from "../server/runtime.ts";
@@ -13,6 +13,29 @@ export interface RouteAnswer {
   backend: string | null;
   rule: string | null;
   reason: string;
+  /** The pool's persistence settings, as the chain applies them. */
+  settings?: string[];
+}
+
+/** One line per persistence setting of a pool: its rules in order, with their modes. */
+export function describePersistence(pool: ResolvedPool): string[] {
+  return pool.persistence.map((r, i) => {
+    const at = `persistence[${i}]`;
+    switch (r.type) {
+      case "cookie":
+        return r.mode === "insert"
+          ? `${at}: cookie ${r.name} (insert) Path=${r.path} SameSite=${r.sameSite}${r.partitioned ? " Partitioned" : ""}`
+          : `${at}: cookie ${r.name} (${r.mode})`;
+      case "header":
+        return `${at}: header ${r.name} (${r.mode})`;
+      case "url":
+        return `${at}: url ${[r.param && `?${r.param}=`, r.pathParam && `;${r.pathParam}=`].filter(Boolean).join(" ")}`;
+      case "client-ip":
+        return `${at}: client-ip /${r.ipv4Prefix} /${r.ipv6Prefix}`;
+      default:
+        return `${at}: tls-session`;
+    }
+  });
 }
 
 function explain(p: Placement, rejected: string[]): string {
@@ -27,6 +50,8 @@ function explain(p: Placement, rejected: string[]): string {
       const from = pinned?.kind === "pinned" ? pinned.backendId : "its backend";
       return `${prefix}${p.rule} names ${from}, which is not eligible; moved to the ring's next choice ${p.backendId}`;
     }
+    case "held":
+      return `${prefix}${p.rule} names ${p.backendId}, which is not eligible; failover is strict, so the request gets 503 with Retry-After`;
     case "new":
       return `${prefix}no rule placed the request: a new session, placed by the ring on ${p.backendId}`;
   }
@@ -35,7 +60,10 @@ function explain(p: Placement, rejected: string[]): string {
 export function route(config: Config, q: RouteQuery): RouteAnswer {
   const runtime = buildRuntime(config, undefined, [Buffer.from(generateKey(), "base64")]);
   const pool = runtime.pools.get(q.pool);
-  if (!pool) return { pool: q.pool, backend: null, rule: null, reason: `no pool named "${q.pool}"` };
+  const poolConfig = Object.hasOwn(config.pools, q.pool) ? config.pools[q.pool] : undefined;
+  if (!pool || !poolConfig)
+    return { pool: q.pool, backend: null, rule: null, reason: `no pool named "${q.pool}"` };
+  const settings = [...describePersistence(poolConfig), `failover: ${poolConfig.failover}`];
   const headers = new Headers();
   for (const h of q.headers) {
     const colon = h.indexOf(":");
@@ -50,12 +78,14 @@ export function route(config: Config, q: RouteQuery): RouteAnswer {
   };
   const placed = pool.chain.place(facts);
   const rejected = (placed?.rejections ?? []).map((r) => `${r.rule} rejected the cookie (${r.reason})`);
-  if (!placed) return { pool: q.pool, backend: null, rule: null, reason: "no eligible backend in the pool" };
+  if (!placed)
+    return { pool: q.pool, backend: null, rule: null, reason: "no eligible backend in the pool", settings };
   const { placement } = placed;
   return {
     pool: q.pool,
     backend: placement.backendId,
     rule: placement.rule,
     reason: explain(placement, rejected),
+    settings,
   };
 }

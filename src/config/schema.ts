@@ -129,6 +129,15 @@ const cookieInsertRule = z
       .default("Lax")
       .describe("SameSite attribute; None forces Secure"),
     domain: z.string().min(1).optional().describe("Domain attribute (default: none, host-only cookie)"),
+    path: z
+      .string()
+      .regex(/^\/[^;\s]*$/, "must start with '/' and hold no ';' or whitespace")
+      .default("/")
+      .describe('Path attribute (default "/")'),
+    partitioned: z
+      .boolean()
+      .default(false)
+      .describe('Adds Partitioned (CHIPS) for apps embedded in other sites; needs "sameSite": "None"'),
     maxAgeMs: optionalMs("Max-Age for the browser; default: a browser-session cookie"),
     maxIdleMs: optionalMs("tether forgets a session unused this long, whatever the browser keeps"),
     maxLifeMs: optionalMs("tether forgets a session this long after it began"),
@@ -181,9 +190,27 @@ const clientIpRule = z
 const tlsSessionRule = z
   .strictObject({ type: z.literal("tls-session"), ...tableOptions })
   .describe("TLS passthrough: a resumed TLS 1.2 session ID goes back to the backend that issued it");
-const headerRule = z
-  .strictObject({ type: z.literal("header"), name: z.string().min(1).describe("Request header to hash") })
+const headerName = z
+  .string()
+  .regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "must be a header field name (RFC 9110 token characters)")
+  .describe("Request header naming the session, e.g. X-Session-Id or Mcp-Session-Id");
+const headerHashRule = z
+  .strictObject({
+    type: z.literal("header"),
+    name: headerName,
+    mode: z.literal("hash").default("hash").describe('"hash" (default), "learn" or "prefix"'),
+  })
   .describe("A hash of a request header's value");
+const headerLearnRule = z
+  .strictObject({ type: z.literal("header"), name: headerName, mode: z.literal("learn"), ...tableOptions })
+  .describe(
+    "tether remembers which backend issued the value in its response header of that name (Mcp-Session-Id)",
+  );
+const headerPrefixRule = z
+  .strictObject({ type: z.literal("header"), name: headerName, mode: z.literal("prefix") })
+  .describe(
+    "The backend's response header value gets an opaque route prefix on the way out, removed on the way in",
+  );
 
 export const persistenceRuleSchema = z.union([
   cookieInsertRule,
@@ -191,7 +218,9 @@ export const persistenceRuleSchema = z.union([
   cookieLearnRule,
   urlRule,
   clientIpRule,
-  headerRule,
+  headerHashRule,
+  headerLearnRule,
+  headerPrefixRule,
   tlsSessionRule,
 ]);
 
@@ -248,6 +277,12 @@ export const poolSchema = z.strictObject({
     .array(persistenceRuleSchema)
     .default([])
     .describe("Session persistence rules, asked in order; the first that names an eligible backend wins"),
+  failover: z
+    .enum(["move", "strict"])
+    .default("move")
+    .describe(
+      'When a pinned backend is down or in maintenance: "move" (default) re-pins the session on its next choice; "strict" answers 503 with Retry-After until it is back',
+    ),
   hashBalanceFactor: z
     .number()
     .min(0)
@@ -559,6 +594,14 @@ export const configSchema = z
           path: ["pools", poolName, "sendProxyProtocol"],
           message: "the PROXY protocol is sent only to tcp:// backends",
         });
+      pool.persistence.forEach((r, i) => {
+        if (r.type === "cookie" && r.mode === "insert" && r.partitioned && r.sameSite !== "None")
+          ctx.addIssue({
+            code: "custom",
+            path: ["pools", poolName, "persistence", i, "partitioned"],
+            message: 'a Partitioned cookie is sent only in third-party contexts: it needs "sameSite": "None"',
+          });
+      });
       const ids = new Set<string>();
       pool.backends.forEach((b, i) => {
         const at = ["pools", poolName, "backends", i];

@@ -397,7 +397,7 @@ export class Tunnel {
     if (this.phase !== "connecting") return;
     const first = placing.start();
     if (!first) {
-      this.giveUp("no eligible backend");
+      this.giveUp(placing.isHeld ? "session held: its backend is unavailable" : "no eligible backend");
       return;
     }
     this.connect(first);

@@ -5,7 +5,8 @@
  * Precedence: every rule is asked (so each can refresh or re-issue what it
  * owns); the first decision that names an eligible backend wins. A pinned
  * session whose backend is down or in maintenance moves to the ring's next
- * eligible choice for its session key, the same on every instance. A request
+ * eligible choice for its session key, the same on every instance, unless the
+ * pool's failover is "strict": then it is held (503, see Placing). A request
  * that no rule places starts a new session with a random 128-bit key, placed
  * by the ring with bounded loads.
  */
@@ -19,7 +20,7 @@ import { ClientIpRule } from "./client-ip.ts";
 import { CookieInsertRule, newSessionKey, sessionKeyText } from "./cookie-insert.ts";
 import { CookieLearnRule } from "./cookie-learn.ts";
 import { CookiePrefixRule } from "./cookie-prefix.ts";
-import { HeaderRule } from "./header.ts";
+import { HeaderLearnRule, HeaderPrefixRule, HeaderRule } from "./header.ts";
 import { StickTable } from "./stick-table.ts";
 import { TlsSessionRule } from "./tls-session.ts";
 import type {
@@ -71,6 +72,8 @@ export interface ChainOptions {
   /** Cookie keys: the first seals. */
   keys: readonly Buffer[];
   hashBalanceFactor: number;
+  /** "strict": a pinned session whose backend cannot serve it is held (outcome "held"), never moved. Default "move". */
+  failover?: "move" | "strict";
   /** Stick tables from the previous generation, reused by rule position and type so a reload keeps learned sessions. */
   previousTables?: ReadonlyMap<string, StickTable>;
 }
@@ -97,6 +100,8 @@ function buildRule(
     case "client-ip":
       return new ClientIpRule(r.ipv4Prefix, r.ipv6Prefix);
     case "header":
+      if (r.mode === "learn") return new HeaderLearnRule(r.name, tableFor(r.expireMs, r.maxEntries));
+      if (r.mode === "prefix") return new HeaderPrefixRule(r.name, opts.pool, opts.keys, ids);
       return new HeaderRule(r.name);
     case "tls-session":
       return new TlsSessionRule(tableFor(r.expireMs, r.maxEntries));
@@ -106,11 +111,14 @@ function buildRule(
 export class PersistenceChain {
   readonly rules: Rule[];
   readonly tables = new Map<string, StickTable>();
+  /** Some rule rewrites the request's fields (backendFields): false keeps the common path from asking. */
+  readonly rewritesFields: boolean;
   private readonly ruleTypes: string[];
   private readonly ring: HashRing;
   private readonly bounded: BoundedLoad;
   private readonly byId = new Map<string, Member>();
   private readonly helloLearner: ServerHelloLearner | null;
+  private readonly strict: boolean;
   /** Results of first-attempt hits by decision object (see placeByOnlyRule); they die with their decision. */
   private readonly hits = new WeakMap<Decision, PlaceResult>();
 
@@ -119,6 +127,7 @@ export class PersistenceChain {
     opts: ChainOptions,
   ) {
     for (const m of members) this.byId.set(m.id, m);
+    this.strict = opts.failover === "strict";
     this.ruleTypes = opts.rules.map((r) => r.type);
     const ids = members.map((m) => m.id);
     this.ring = new HashRing(members.map((m) => ({ id: m.id, weight: m.weight })));
@@ -139,6 +148,7 @@ export class PersistenceChain {
       };
       return buildRule(r, opts, ids, tableFor);
     });
+    this.rewritesFields = this.rules.some((r) => r.backendFields);
     const hello = this.rules.find((r) => r.learnServerHello);
     this.helloLearner = hello?.learnServerHello ? { learn: hello.learnServerHello.bind(hello) } : null;
   }
@@ -226,6 +236,7 @@ export class PersistenceChain {
         if (eligibleForPinned(m) && !exclude?.has(m.id)) {
           return { placement: this.placement(d, m.id, "hit", decisions, previous), rejections };
         }
+        if (this.strict) return { placement: this.placement(d, m.id, "held", decisions), rejections };
         const moved = this.ringChoice(d.key, exclude);
         if (moved)
           return { placement: this.placement(d, moved, "repinned", decisions, previous), rejections };
@@ -309,6 +320,11 @@ export class PersistenceChain {
     let out = cookie;
     for (const r of this.rules) if (r.backendCookie) out = r.backendCookie(out);
     return out;
+  }
+
+  /** Rewrites the request's fields for the backend, in place (only when rewritesFields). */
+  backendFields(fields: string[]): void {
+    for (const r of this.rules) r.backendFields?.(fields);
   }
 
   /** Effects of every rule once the backend answered; "learn" effects are applied here. */

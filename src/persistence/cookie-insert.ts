@@ -33,6 +33,10 @@ export interface CookieInsertOptions {
   name: string;
   sameSite: "Lax" | "Strict" | "None";
   domain?: string | undefined;
+  /** Path attribute (default "/"). */
+  path?: string;
+  /** Partitioned (CHIPS); the config requires SameSite=None with it. */
+  partitioned?: boolean;
   maxAgeMs?: number | undefined;
   maxIdleMs?: number | undefined;
   maxLifeMs?: number | undefined;
@@ -161,11 +165,13 @@ export class CookieInsertRule implements Rule {
 
   private setCookie(token: string, secureListener: boolean): string {
     const o = this.opts;
-    let h = `${o.name}=${token}; Path=/; HttpOnly; SameSite=${o.sameSite}`;
+    let h = `${o.name}=${token}; Path=${o.path ?? "/"}; HttpOnly; SameSite=${o.sameSite}`;
     // SameSite=None is only honoured with Secure (RFC 6265bis §5.4.7).
     if (secureListener || o.sameSite === "None") h += "; Secure";
     if (o.domain) h += `; Domain=${o.domain}`;
     if (o.maxAgeMs !== undefined) h += `; Max-Age=${Math.floor(o.maxAgeMs / 1000)}`;
+    // CHIPS: a cookie keyed by the top-level site too, for an app embedded in other sites.
+    if (o.partitioned) h += "; Partitioned";
     return h;
   }
 }

@@ -47,12 +47,16 @@ export type Decision =
   | { kind: "none"; rule: RuleName; rejected?: RejectReason };
 
 /** How the chosen backend was found. */
-export type Outcome = "hit" | "hash" | "repinned" | "new";
+export type Outcome = "hit" | "hash" | "repinned" | "new" | "held";
 
 /** What the forwarder tells the rules once it knows the backend. */
 export interface Placement {
   backendId: string;
-  /** The rule whose decision placed the request, or "new". */
+  /**
+   * The rule whose decision placed the request, or "new". Outcome "held": the
+   * session's backend (backendId) cannot serve it and the pool's failover is
+   * strict, so the request is answered 503 instead of moving it.
+   */
   rule: RuleName | "new";
   outcome: Outcome;
   /** The session key of a cookie session (new, or from a valid token). */
@@ -70,12 +74,16 @@ export interface ResponseFacts {
   cacheControl: string | null;
   /** Listener is https (cookies get Secure). */
   secure: boolean;
+  /** A response field by its lowercase name (the first line), read only by the rules that ask. */
+  header?(name: string): string | null;
 }
 
 export type Effect =
   | { kind: "set-cookie"; header: string }
   /** Replace the backend's Set-Cookie at `index` with `header`. */
   | { kind: "rewrite-set-cookie"; index: number; header: string }
+  /** Set (replace) a response field towards the client. */
+  | { kind: "set-header"; name: string; value: string }
   | { kind: "learn"; rule: RuleName; key: string; backendId: string }
   | { kind: "cache-private" };
 
@@ -90,6 +98,8 @@ export interface Rule {
   decide(req: RequestFacts): Decision;
   /** The Cookie header the backend should see (this rule's own cookie removed or un-prefixed). */
   backendCookie?(cookie: string): string;
+  /** Rewrites, in place, the request's fields for the backend (flat: name, value, ...; lowercase names). */
+  backendFields?(fields: string[]): void;
   /** Effects once the backend answered. */
   remember?(req: RequestFacts, placement: Placement, own: Decision, res: ResponseFacts): Effect[];
   /**

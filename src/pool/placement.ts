@@ -10,6 +10,7 @@ import type { Audit } from "../audit.ts";
 import type { ClusterLookup, ProxyMetrics } from "../contracts.ts";
 import type { PlaceResult } from "../persistence/chain.ts";
 import type { Decision, Placement, RequestFacts } from "../persistence/types.ts";
+import { ProxyError } from "../proxy/errors.ts";
 import { hashKey } from "../ring/hash.ts";
 import type { Backend, Pool } from "./pool.ts";
 
@@ -56,6 +57,8 @@ export async function prefetchLearned(
 export class Placing {
   private first: Placement | null = null;
   private tried: Set<string> | null = null;
+  /** A session held by strict failover: the backend it waits for. */
+  private held: Placement | null = null;
 
   constructor(
     readonly pool: Pool,
@@ -75,7 +78,42 @@ export class Placing {
     const placed = this.pool.chain.place(this.facts);
     if (placed) this.reportRejections(placed);
     this.first = placed?.placement ?? null;
+    if (this.first?.outcome === "held") return this.hold(this.first, "backend-unavailable");
     return this.first;
+  }
+
+  /** True once strict failover held the session (start or next gave null for it). */
+  get isHeld(): boolean {
+    return this.held !== null;
+  }
+
+  /**
+   * Why there is no placement, as the client's error: a session held by
+   * strict failover (503 with Retry-After), else no eligible backend.
+   */
+  noPlacement(): ProxyError {
+    if (this.held !== null)
+      return new ProxyError(
+        "SESSION_HELD",
+        `${this.held.backendId} unavailable`,
+        false,
+        this.pool.settings.retryAfterSec,
+      );
+    return new ProxyError("NO_BACKEND", `pool ${this.pool.name}`);
+  }
+
+  /** Strict failover keeps the session off every other backend: audited, and no placement. */
+  private hold(p: Placement, why: string): null {
+    this.held = p;
+    this.deps.audit.emit("session.held", {
+      listener: this.listener,
+      pool: this.pool.name,
+      client: this.facts.clientIp,
+      backend: p.backendId,
+      rule: p.rule,
+      why,
+    });
+    return null;
   }
 
   /**
@@ -86,7 +124,9 @@ export class Placing {
   next(failed: Placement): Placement | null {
     this.tried ??= new Set();
     this.tried.add(failed.backendId);
-    return this.pool.chain.place(this.facts, this.tried, failed)?.placement ?? null;
+    const p = this.pool.chain.place(this.facts, this.tried, failed)?.placement ?? null;
+    if (p?.outcome === "held") return this.hold(p, "connect-failed");
+    return p;
   }
 
   /** The backend a placement names (the chain only names members of its pool). */

@@ -124,6 +124,8 @@ export interface PoolSettings {
   failOn5xx: boolean;
   /** tcp:// backends (a tls-passthrough pool): health checks connect instead of asking over HTTP. */
   tcp: boolean;
+  /** failover "strict": what Retry-After says to a session held while its backend is down (seconds). */
+  retryAfterSec: number;
   /** tls-passthrough pools: the PROXY protocol version sent to backends, if any. */
   sendProxyProtocol?: "v1" | "v2";
 }
@@ -165,6 +167,15 @@ export class Pool {
       failTimeoutMs: config.failTimeoutMs,
       failOn5xx: config.failOn5xx,
       tcp: config.backends.some((b) => b.tcp),
+      // About when a down backend can be seen up again: active checks need `rise` passes, passive ones expire.
+      retryAfterSec: Math.max(
+        1,
+        Math.ceil(
+          (config.healthCheck
+            ? config.healthCheck.intervalMs * config.healthCheck.rise
+            : config.failTimeoutMs) / 1000,
+        ),
+      ),
       ...(config.sendProxyProtocol ? { sendProxyProtocol: config.sendProxyProtocol } : {}),
     };
     this.healthCheck = config.healthCheck;
@@ -190,6 +201,7 @@ export class Pool {
       rules: config.persistence,
       keys: cookieKeys,
       hashBalanceFactor: config.hashBalanceFactor,
+      failover: config.failover,
       ...(previous ? { previousTables: previous.chain.tables } : {}),
     });
     for (const b of this.backends) this.byId.set(b.id, b);

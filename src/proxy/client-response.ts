@@ -74,6 +74,7 @@ function applyEffects(headers: Headers, effects: readonly Effect[]): void {
       cookies ??= headers.getSetCookie();
       cookies.push(e.header);
     } else if (e.kind === "cache-private") cachePrivate = true;
+    else if (e.kind === "set-header") headers.set(e.name, e.value);
   }
   if (cookies !== null) {
     headers.delete("set-cookie");
@@ -114,6 +115,13 @@ class BackendAnswer implements ResponseFacts {
   get cacheControl(): string | null {
     if (!this.read) this.scan();
     return this.cache;
+  }
+
+  /** A field by its lowercase name: walked on each call, and only the header rules call it. */
+  header(name: string): string | null {
+    for (const [n, value] of this.headers)
+      if (n.length === name.length && n.toLowerCase() === name) return value;
+    return null;
   }
 
   private scan(): void {

@@ -6,6 +6,7 @@
  */
 export type ProxyErrorCode =
   | "NO_BACKEND" // nothing eligible in the pool
+  | "SESSION_HELD" // failover "strict": the session's backend is down, and the session waits for it
   | "CONNECT_FAILED" // refused, unreachable, TLS handshake failure
   | "CONNECT_TIMEOUT" // connectTimeoutMs passed before the connection opened
   | "RESET_BEFORE_RESPONSE" // connection closed or reset before a response byte arrived
@@ -18,6 +19,7 @@ export type ProxyErrorCode =
 
 const catalog: Record<ProxyErrorCode, { status: number; text: string }> = {
   NO_BACKEND: { status: 503, text: "No backend is available to serve this request." },
+  SESSION_HELD: { status: 503, text: "The server holding this session is unavailable; try again shortly." },
   CONNECT_FAILED: { status: 502, text: "The backend could not be reached." },
   CONNECT_TIMEOUT: { status: 504, text: "The backend did not accept the connection in time." },
   RESET_BEFORE_RESPONSE: { status: 502, text: "The backend closed the connection without answering." },
@@ -37,6 +39,8 @@ export class ProxyError extends Error {
     readonly detail?: string,
     /** True when no request byte can have reached the backend, so any request may be retried. */
     readonly safeToRetry = code === "CONNECT_FAILED" || code === "CONNECT_TIMEOUT",
+    /** Sent as Retry-After (seconds) when set. */
+    readonly retryAfterSec?: number,
   ) {
     super(`${code}${detail ? `: ${detail}` : ""}`);
     this.name = "ProxyError";
@@ -53,5 +57,7 @@ export function errorResponse(status: number, text: string, extraHeaders?: Recor
 }
 
 export function proxyErrorResponse(err: ProxyError): Response {
+  if (err.retryAfterSec !== undefined)
+    return errorResponse(err.status, catalog[err.code].text, { "retry-after": String(err.retryAfterSec) });
   return errorResponse(err.status, catalog[err.code].text);
 }

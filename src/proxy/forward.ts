@@ -224,7 +224,7 @@ export class ProxiedRequest
       this.clientIp = clientAddress(this.peerIp, this.xForwardedFor, this.runtime.trusted);
       this.nowSec = Math.floor(Date.now() / 1000);
       this.placing = new Placing(pool, this, this.listener.name, this.deps);
-      if (this.deps.cluster) return this.afterPrefetch();
+      if (this.deps.cluster && pool.chain.tables.size !== 0) return this.afterPrefetch();
       return this.begin();
     } catch (e) {
       return this.failed(e);
@@ -240,11 +240,12 @@ export class ProxiedRequest
     try {
       const pool = this.pool as Pool;
       const first = (this.placing as Placing).start();
-      if (!first) throw new ProxyError("NO_BACKEND", `pool ${pool.name}`);
+      if (!first) throw (this.placing as Placing).noPlacement();
       this.placement = first;
       if (this.body !== null) this.bodyLength = declaredLength(this.contentLength);
       const cookie = this.cookie === null ? null : pool.chain.backendCookie(this.cookie);
       appendBackendFields(this.fields, this, this, cookie);
+      if (pool.chain.rewritesFields) pool.chain.backendFields(this.fields);
       const { promise, resolve } = Promise.withResolvers<Response>();
       this.answer = resolve;
       this.tryBackend();
@@ -319,7 +320,8 @@ export class ProxiedRequest
         ? (this.placing as Placing).next(this.placement as Placement)
         : null;
     if (next === null) {
-      this.reply(this.failed(reason));
+      const placing = this.placing as Placing;
+      this.reply(this.failed(placing.isHeld ? placing.noPlacement() : reason));
       return;
     }
     this.attempt++;

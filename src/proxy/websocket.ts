@@ -106,7 +106,7 @@ async function handshake(
       placement = placing.next(placement);
     }
   }
-  throw lastError ?? new ProxyError("NO_BACKEND", `pool ${pool.name}`);
+  throw placing.isHeld || !lastError ? placing.noPlacement() : lastError;
 }
 
 export async function upgradeWebSocket(
@@ -126,6 +126,7 @@ export async function upgradeWebSocket(
     const fwd = forwardFacts(info);
     const cookie = facts.cookie === null ? null : pool.chain.backendCookie(facts.cookie);
     appendBackendFields(fields, head, fwd, cookie);
+    if (pool.chain.rewritesFields) pool.chain.backendFields(fields);
     // The handshake's own fields are left out: the backend handshake makes its own.
     const headers: [string, string][] = [];
     for (let i = 0; i < fields.length; i += 2) {
@@ -156,6 +157,7 @@ export async function upgradeWebSocket(
     );
     for (const e of pool.chain.remember(facts, placement, noResponse)) {
       if (e.kind === "set-cookie") upgradeHeaders.append("set-cookie", e.header);
+      else if (e.kind === "set-header") upgradeHeaders.set(e.name, e.value);
     }
     const data: WsData = { kind: "proxy", upstream: upgrade.connection, backend, closed: false };
     if (!server.upgrade(req, { data, headers: upgradeHeaders })) {

@@ -8,9 +8,10 @@ import { Metrics } from "../admin/metrics.ts";
 import { type Audit, createAudit, noAudit } from "../audit.ts";
 import type { Config } from "../config/load.ts";
 import type { BackendState } from "../config/schema.ts";
-import type { ListenerHandle, ProxyDeps, Runtime } from "../contracts.ts";
+import type { ClusterLookup, ListenerHandle, ProxyDeps, Runtime } from "../contracts.ts";
 import type { Logger } from "../log.ts";
 import { UpstreamClient } from "../proxy/upstream/client.ts";
+import { chainLookups } from "../state/sibling-lookup.ts";
 import { type ControlPlane, type Role, startControlPlane } from "./control-plane.ts";
 import { type DataPlane, type PreparedReload, startDataPlane } from "./data-plane.ts";
 import { ensureMigrateReq } from "./reuseport-migration.ts";
@@ -60,7 +61,13 @@ function forgetRemoved(before: Runtime, after: Runtime, metrics: Metrics): void 
 /** True when some pool has a rule that needs cookie keys (sealing, route prefixes, table hashing). */
 function needsKeys(config: Config): boolean {
   return Object.values(config.pools).some((p) =>
-    p.persistence.some((r) => r.type === "cookie" || r.type === "url" || r.type === "tls-session"),
+    p.persistence.some(
+      (r) =>
+        r.type === "cookie" ||
+        r.type === "url" ||
+        r.type === "tls-session" ||
+        (r.type === "header" && r.mode !== "hash"),
+    ),
   );
 }
 
@@ -79,6 +86,8 @@ export interface StartOptions {
   fallbackKeys?: Buffer[];
   /** Entries learned here leave through this (to other threads, Redis). */
   onLearned?: (pool: string, table: string, key: number, backendId: string, expiresAtSec: number) => void;
+  /** Workers: entries learned by the other workers of this process, asked on a local miss. */
+  siblings?: ClusterLookup;
   /** Operator state changes made here leave through this. */
   onStateChange?: (pool: string, backend: string, state: BackendState) => void;
   /** Active health check changes seen here leave through this. */
@@ -149,7 +158,8 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
   }
   const { health, admin } = plane;
   const upstream = new UpstreamClient();
-  const deps: ProxyDeps = { upstream, log, audit, metrics, health, cluster: plane.lookups };
+  const lookups = opts.siblings ? chainLookups(opts.siblings, plane.lookups) : plane.lookups;
+  const deps: ProxyDeps = { upstream, log, audit, metrics, health, cluster: lookups };
 
   let data: DataPlane;
   try {

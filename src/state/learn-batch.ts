@@ -13,7 +13,12 @@ export type LearnedBatch = (string | number)[];
 export const LEARNED_FIELDS = 5;
 
 export interface LearnBatcherOptions {
-  /** The longest an entry waits before its batch is sent, in ms. Must be above 0; default 2. */
+  /**
+   * The longest an entry waits before its batch is sent, in ms; default 2. 0:
+   * sent once the current task's synchronous work is done (a microtask), so
+   * the entries learned while answering a response leave before that
+   * response reaches the client.
+   */
   maxDelayMs?: number;
   /** A batch is sent as soon as it holds this many entries. Must be >= 1; default 512. */
   maxEntries?: number;
@@ -27,6 +32,7 @@ export interface LearnBatcherOptions {
 export class LearnBatcher<R = void> {
   private batch: LearnedBatch = [];
   private timer: ReturnType<typeof setTimeout> | null = null;
+  private queued = false;
   private readonly maxDelayMs: number;
   private readonly maxFields: number;
 
@@ -35,7 +41,7 @@ export class LearnBatcher<R = void> {
     opts: LearnBatcherOptions = {},
   ) {
     const { maxDelayMs = 2, maxEntries = 512 } = opts;
-    if (!(maxDelayMs > 0)) throw new Error("LearnBatcher maxDelayMs: must be above 0");
+    if (!(maxDelayMs >= 0)) throw new Error("LearnBatcher maxDelayMs: must be 0 or more");
     if (!(Number.isInteger(maxEntries) && maxEntries >= 1))
       throw new Error("LearnBatcher maxEntries: must be a whole number >= 1");
     this.maxDelayMs = maxDelayMs;
@@ -45,8 +51,18 @@ export class LearnBatcher<R = void> {
   add(pool: string, table: string, key: number, backendId: string, expiresAtSec: number): void {
     this.batch.push(pool, table, key, backendId, expiresAtSec);
     if (this.batch.length >= this.maxFields) this.flush();
-    else if (!this.timer) this.timer = setTimeout(() => this.flush(), this.maxDelayMs);
+    else if (this.maxDelayMs === 0) {
+      if (!this.queued) {
+        this.queued = true;
+        queueMicrotask(this.flushQueued);
+      }
+    } else if (!this.timer) this.timer = setTimeout(() => this.flush(), this.maxDelayMs);
   }
+
+  private readonly flushQueued = () => {
+    this.queued = false;
+    this.flush();
+  };
 
   /** Sends what is queued now; call it on stop, or the last entries wait for a timer that may not fire. */
   flush(): R | undefined {

@@ -39,6 +39,10 @@ export type Message =
     }
   | { v: number; t: "ready"; ports: Record<string, number> }
   | { v: number; t: "learn"; e: LearnedBatch }
+  /** A worker's local miss, asked of the primary, which holds what every worker learned. */
+  | { v: number; t: "lookup"; id: number; pool: string; table: string; key: number }
+  /** The primary's answer to a lookup (backendId "" : none). */
+  | { v: number; t: "found"; id: number; backendId: string; exp: number }
   | { v: number; t: "state"; pool: string; backend: string; state: BackendState }
   /** An active health check change, from the primary. */
   | { v: number; t: "health"; pool: string; backend: string; down: boolean }

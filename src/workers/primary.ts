@@ -142,6 +142,20 @@ export async function startPrimary(
         tether.applyLearned(pool, table, key, backendId, exp);
       // The same bytes go to every other worker: no re-encoding.
       broadcast(data as Uint8Array, slot);
+    } else if (m.t === "lookup") {
+      // A worker's learns leave before its response does (see worker.ts), so an entry another
+      // worker learned for a session its client now names is here already.
+      const nowSec = Math.floor(Date.now() / 1000);
+      const hit = tether.runtime.pools.get(m.pool)?.chain.tables.get(m.table)?.peekHashed(m.key, nowSec);
+      slot.worker?.postMessage(
+        encode({
+          v: PROTOCOL_VERSION,
+          t: "found",
+          id: m.id,
+          backendId: hit?.backendId ?? "",
+          exp: hit?.expiresAtSec ?? 0,
+        }),
+      );
     } else if (m.t === "passive") {
       // Announced here once; the others apply it silently. A second verdict on the same backend is dropped.
       if (tether.applyPassive(m.pool, m.backend, m.untilMs, m.reason)) broadcast(data as Uint8Array, slot);

@@ -7,6 +7,7 @@ import { type Config, decodeConfig } from "../config/load.ts";
 import { createLogger } from "../log.ts";
 import { type PreparedReload, startTether, type Tether } from "../server/app.ts";
 import { LearnBatcher, learnedEntries } from "../state/learn-batch.ts";
+import { SiblingLookup } from "../state/sibling-lookup.ts";
 import { decode, encode, type Message, type MetricDeltas, PROTOCOL_VERSION } from "./messages.ts";
 
 declare const self: Worker;
@@ -19,7 +20,15 @@ let prepared: PreparedReload | null = null;
 let workerId = "?";
 const pending: Message[] = [];
 const post = (m: Message) => self.postMessage(encode(m));
-const batcher = new LearnBatcher((e) => post({ v: PROTOCOL_VERSION, t: "learn", e }));
+/**
+ * Learned entries leave at the end of the task that learned them, before the
+ * response that names the session reaches its client: the client's next
+ * request may arrive on another worker, which asks the primary (siblings).
+ */
+const batcher = new LearnBatcher((e) => post({ v: PROTOCOL_VERSION, t: "learn", e }), { maxDelayMs: 0 });
+const siblings = new SiblingLookup((pool, table, key, id) =>
+  post({ v: PROTOCOL_VERSION, t: "lookup", id, pool, table, key }),
+);
 
 // Set before any await: Bun drops messages that arrive before a handler exists.
 self.onmessage = (ev: MessageEvent) => {
@@ -78,6 +87,7 @@ async function handle(m: Message): Promise<void> {
         },
         fallbackKeys: m.keys.map((k) => Buffer.from(k)),
         onLearned: (pool, table, key, backendId, exp) => batcher.add(pool, table, key, backendId, exp),
+        siblings,
         onPassiveVerdict: (pool, backend, untilMs, reason) =>
           post({ v: PROTOCOL_VERSION, t: "passive", pool, backend, untilMs, reason }),
       });
@@ -111,6 +121,9 @@ async function handle(m: Message): Promise<void> {
     case "learn":
       for (const [pool, table, key, backendId, exp] of learnedEntries(m.e))
         tether?.applyLearned(pool, table, key, backendId, exp);
+      return;
+    case "found":
+      siblings.answer(m.id, m.backendId, m.exp);
       return;
     case "state":
       tether?.applyState(m.pool, m.backend, m.state);

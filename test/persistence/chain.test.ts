@@ -22,6 +22,8 @@ const insert: PersistenceRuleConfig = {
   mode: "insert",
   name: "T",
   sameSite: "Lax",
+  path: "/",
+  partitioned: false,
   refreshAfterMs: 60_000,
 };
 const ip: PersistenceRuleConfig = { type: "client-ip", ipv4Prefix: 32, ipv6Prefix: 64 };

@@ -7,7 +7,7 @@ import { CookieInsertRule } from "../../src/persistence/cookie-insert.ts";
 import { CookieLearnRule } from "../../src/persistence/cookie-learn.ts";
 import { CookiePrefixRule } from "../../src/persistence/cookie-prefix.ts";
 import { getCookie, mapCookie } from "../../src/persistence/cookies.ts";
-import { HeaderRule } from "../../src/persistence/header.ts";
+import { HeaderLearnRule, HeaderPrefixRule, HeaderRule } from "../../src/persistence/header.ts";
 import { StickTable } from "../../src/persistence/stick-table.ts";
 import { TlsSessionRule } from "../../src/persistence/tls-session.ts";
 import type { Decision, Placement, RequestFacts, ResponseFacts, Rule } from "../../src/persistence/types.ts";
@@ -58,6 +58,23 @@ function prefixedCookie(rule: Rule): string {
 }
 
 const learnTable = () => new StickTable(KEY, 60_000, 1000);
+
+/** A response carrying a header field (what BackendAnswer.header reads). */
+const withHeader = (name: string, value: string): ResponseFacts => ({
+  ...noResponse,
+  header: (n) => (n === name ? value : null),
+});
+
+function prefixedHeader(rule: Rule): string {
+  const e = rule.remember?.(
+    facts(),
+    placed("b2"),
+    { kind: "none", rule: rule.name },
+    withHeader("mcp-session-id", "abc"),
+  )[0];
+  if (e?.kind !== "set-header") throw new Error("no prefix");
+  return e.value;
+}
 
 const subjects: Subject[] = [
   {
@@ -114,6 +131,27 @@ const subjects: Subject[] = [
     tampered: null,
   },
   {
+    name: "header (learn)",
+    make: () => {
+      const rule = new HeaderLearnRule("Mcp-Session-Id", learnTable());
+      rule.table.set("m-1", "b2", NOW);
+      return rule;
+    },
+    valid: () => facts({ headers: new Headers({ "mcp-session-id": "m-1" }) }),
+    tampered: () => facts({ headers: new Headers({ "mcp-session-id": "m-2" }) }),
+  },
+  {
+    name: "header (prefix)",
+    make: () => new HeaderPrefixRule("Mcp-Session-Id", "app", [KEY], IDS),
+    valid: (r) => facts({ headers: new Headers({ "mcp-session-id": prefixedHeader(r) }) }),
+    tampered: (r) =>
+      facts({
+        headers: new Headers({
+          "mcp-session-id": prefixedHeader(r).replace(/^(.)/, (_m, ch) => (ch === "Q" ? "R" : "Q")),
+        }),
+      }),
+  },
+  {
     name: "header",
     make: () => new HeaderRule("x-session-id"),
     valid: () => facts({ headers: new Headers({ "x-session-id": "abc" }) }),
@@ -136,7 +174,13 @@ describe("the contract every rule passes", () => {
         const input = s.valid(a);
         const first = a.decide(input);
         expect(a.decide(input)).toEqual(first);
-        if (s.name.startsWith("cookie") || s.name.startsWith("url") || s.name.startsWith("tls")) return; // state or keys live in the instance
+        if (
+          s.name.startsWith("cookie") ||
+          s.name.startsWith("url") ||
+          s.name.startsWith("tls") ||
+          s.name.startsWith("header (")
+        )
+          return; // state or keys live in the instance
         expect(s.make().decide(input)).toEqual(first);
       });
       if (s.tampered) {
@@ -331,5 +375,75 @@ describe("cookie helpers", () => {
   test("mapCookie rewrites or drops one cookie", () => {
     expect(mapCookie("a=1; T=x; b=2", "T", (v) => v.toUpperCase())).toBe("a=1; T=X; b=2");
     expect(mapCookie("T=x", "T", () => null)).toBe("");
+  });
+});
+
+describe("header, learn and prefix modes", () => {
+  const sid = (v: string) => facts({ headers: new Headers({ "mcp-session-id": v }) });
+  const none = { kind: "none", rule: "header" } as const;
+
+  test("learn: the value a backend issued is learned on the backend that served it", () => {
+    const rule = new HeaderLearnRule("Mcp-Session-Id", learnTable());
+    const effects = rule.remember(facts(), placed("b3"), none, withHeader("mcp-session-id", "s-9"));
+    expect(effects).toEqual([{ kind: "learn", rule: "header", key: "s-9", backendId: "b3" }]);
+  });
+
+  test("learn: a value the client sent and the backend echoes is not learned (no backend issued it)", () => {
+    const rule = new HeaderLearnRule("Mcp-Session-Id", learnTable());
+    expect(rule.decide(sid("made-up")).kind).toBe("none");
+    expect(
+      rule.remember(sid("made-up"), placed("b1"), none, withHeader("mcp-session-id", "made-up")),
+    ).toEqual([]);
+  });
+
+  test("learn: a returning session whose backend echoes its id costs no write", () => {
+    const rule = new HeaderLearnRule("Mcp-Session-Id", learnTable());
+    rule.table.set("s-1", "b2", NOW);
+    const d = rule.decide(sid("s-1"));
+    expect(d).toMatchObject({ kind: "pinned", backendId: "b2" });
+    expect(rule.remember(sid("s-1"), placed("b2", [d]), d, withHeader("mcp-session-id", "s-1"))).toEqual([]);
+  });
+
+  test("learn: a session re-placed elsewhere is learned where it now lives", () => {
+    const rule = new HeaderLearnRule("Mcp-Session-Id", learnTable());
+    rule.table.set("s-1", "b2", NOW);
+    const d = rule.decide(sid("s-1"));
+    expect(rule.remember(sid("s-1"), placed("b1", [d]), d, noResponse)).toEqual([
+      { kind: "learn", rule: "header", key: "s-1", backendId: "b1" },
+    ]);
+  });
+
+  test("prefix: the backend gets its own value back, other fields untouched", () => {
+    const rule = new HeaderPrefixRule("Mcp-Session-Id", "app", [KEY], IDS);
+    const wrapped = prefixedHeader(rule);
+    expect(rule.decide(sid(wrapped))).toMatchObject({ kind: "pinned", backendId: "b2", key: "abc" });
+    const fields = ["accept", "x", "mcp-session-id", wrapped];
+    rule.backendFields(fields);
+    expect(fields).toEqual(["accept", "x", "mcp-session-id", "abc"]);
+  });
+
+  test("prefix: a value without a route is rejected as malformed and reaches the backend as sent", () => {
+    const rule = new HeaderPrefixRule("Mcp-Session-Id", "app", [KEY], IDS);
+    expect(rule.decide(sid("plain-uuid"))).toEqual({ kind: "none", rule: "header", rejected: "malformed" });
+    const fields = ["mcp-session-id", "plain-uuid"];
+    rule.backendFields(fields);
+    expect(fields).toEqual(["mcp-session-id", "plain-uuid"]);
+  });
+
+  test("prefix: a cookie prefix route is not accepted as a header route (routes are per purpose)", () => {
+    const cookieRule = new CookiePrefixRule("JSESSIONID", "app", [KEY], IDS);
+    const cookieValue = (prefixedCookie(cookieRule).split("=")[1] as string).replace("abc", "x");
+    const rule = new HeaderPrefixRule("Mcp-Session-Id", "app", [KEY], IDS);
+    expect(rule.decide(sid(cookieValue))).toMatchObject({ kind: "none", rejected: "bad-mac" });
+  });
+
+  test("prefix: a session moved to another backend is re-routed even when the backend names none", () => {
+    const rule = new HeaderPrefixRule("Mcp-Session-Id", "app", [KEY], IDS);
+    const d = rule.decide(sid(prefixedHeader(rule)));
+    const [e] = rule.remember(sid("x"), placed("b1", [d]), d, noResponse);
+    expect(e?.kind === "set-header" && rule.decide(sid(e.value))).toMatchObject({
+      backendId: "b1",
+      key: "abc",
+    });
   });
 });

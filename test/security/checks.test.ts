@@ -23,6 +23,8 @@ const INSERT: PersistenceRuleConfig = {
   mode: "insert",
   name: "TETHER",
   sameSite: "Lax",
+  path: "/",
+  partitioned: false,
   refreshAfterMs: 60_000,
 };
 const IDS = ["b1", "b2", "b3", "b4"];

@@ -45,6 +45,16 @@ describe("LearnBatcher", () => {
     expect(r.sent).toHaveLength(1);
   });
 
+  test("maxDelayMs 0: entries added in one task leave together before the next task, in one batch", async () => {
+    const r = recorder();
+    const b = new LearnBatcher(r.send, { maxDelayMs: 0 });
+    b.add("app", "t", 1, "b1", 100);
+    b.add("app", "t", 2, "b2", 100);
+    expect(r.sent).toHaveLength(0);
+    await Promise.resolve();
+    expect(r.sent).toEqual([["app", "t", 1, "b1", 100, "app", "t", 2, "b2", 100]]);
+  });
+
   test("flush() with nothing queued sends nothing and returns undefined", () => {
     const r = recorder("written");
     const b = new LearnBatcher(r.send);
@@ -53,7 +63,7 @@ describe("LearnBatcher", () => {
   });
 
   test.each([
-    ["maxDelayMs of 0", { maxDelayMs: 0 }, /maxDelayMs/],
+    ["negative maxDelayMs", { maxDelayMs: -1 }, /maxDelayMs/],
     ["maxEntries of 0", { maxEntries: 0 }, /maxEntries/],
     ["fractional maxEntries", { maxEntries: 1.5 }, /maxEntries/],
   ])("rejects %s, naming the option", (_, opts, message) => {

@@ -79,6 +79,33 @@ describe("config validation", () => {
       expected: 'listeners[0].routes[0].pool: no pool named "api"',
     },
     {
+      why: "a header rule's mode is hash, learn or prefix",
+      edit: (c) => (c.pools.app.persistence = [{ type: "header", name: "Mcp-Session-Id", mode: "sticky" }]),
+      expected: "pools.app.persistence[0]",
+    },
+    {
+      why: "a header rule names a field, not a phrase",
+      edit: (c) => (c.pools.app.persistence = [{ type: "header", name: "Mcp Session", mode: "learn" }]),
+      expected: "pools.app.persistence[0].name: must be a header field name",
+    },
+    {
+      why: "table options belong to a learning header rule only",
+      edit: (c) =>
+        (c.pools.app.persistence = [{ type: "header", name: "X-Id", mode: "prefix", maxEntries: 9 }]),
+      expected: "pools.app.persistence[0]",
+    },
+    {
+      why: "a Partitioned (CHIPS) cookie needs SameSite=None, named at the rule's path",
+      edit: (c) => (c.pools.app.persistence = [{ type: "cookie", mode: "insert", partitioned: true }]),
+      expected:
+        'pools.app.persistence[0].partitioned: a Partitioned cookie is sent only in third-party contexts: it needs "sameSite": "None"',
+    },
+    {
+      why: "a cookie Path starts with '/'",
+      edit: (c) => (c.pools.app.persistence = [{ type: "cookie", mode: "insert", path: "app; Secure" }]),
+      expected: "pools.app.persistence[0].path: must start with '/'",
+    },
+    {
       why: "backend ids are unique within a pool",
       edit: (c) => (c.pools.app.backends[1].id = "a"),
       expected: 'pools.app.backends[1].id: duplicate backend id "a"',

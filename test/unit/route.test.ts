@@ -1,0 +1,70 @@
+import { describe, expect, test } from "bun:test";
+import { route } from "../../src/cli/route.ts";
+import { HeaderPrefixRule } from "../../src/persistence/header.ts";
+import { config } from "../support/tether.ts";
+
+const KEY = Buffer.alloc(32, 3).toString("base64");
+
+function cfg(pool: Record<string, unknown>) {
+  return config({
+    listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+    pools: {
+      app: {
+        backends: [
+          { id: "a", url: "http://127.0.0.1:9001" },
+          { id: "b", url: "http://127.0.0.1:9002", state: "maint" },
+        ],
+        ...pool,
+      },
+    },
+    secrets: { cookieKeys: [KEY] },
+  });
+}
+
+const query = (over: object = {}) => ({ pool: "app", cookies: [], headers: [], ...over });
+
+describe("tether route", () => {
+  test("reports the pool's persistence settings: rules with their modes, and failover", () => {
+    const answer = route(
+      cfg({
+        persistence: [
+          { type: "header", name: "Mcp-Session-Id", mode: "learn" },
+          { type: "header", name: "X-Api-Session", mode: "prefix" },
+          { type: "header", name: "X-User" },
+        ],
+        failover: "strict",
+      }),
+      query(),
+    );
+    expect(answer.settings).toEqual([
+      "persistence[0]: header Mcp-Session-Id (learn)",
+      "persistence[1]: header X-Api-Session (prefix)",
+      "persistence[2]: header X-User (hash)",
+      "failover: strict",
+    ]);
+  });
+
+  test("a prefixed header naming a backend in maintenance is held under strict failover, moved otherwise", () => {
+    const rule = { type: "header", name: "X-Api-Session", mode: "prefix" };
+    // The route for backend b, as a running tether with the same key would have issued it.
+    const rule_ = new HeaderPrefixRule("X-Api-Session", "app", [Buffer.from(KEY, "base64")], ["a", "b"]);
+    const placed = { backendId: "b", rule: "new", outcome: "new", sessionKey: null, decisions: [] } as const;
+    const res = { setCookies: [], location: null, cacheControl: null, secure: false, header: () => "v1" };
+    const [effect] = rule_.remember(
+      query() as never,
+      { ...placed, decisions: [] },
+      { kind: "none", rule: "header" },
+      res,
+    );
+    const issued = effect?.kind === "set-header" ? effect.value : "";
+    const strict = route(
+      cfg({ persistence: [rule], failover: "strict" }),
+      query({ headers: [`X-Api-Session: ${issued}`] }),
+    );
+    expect(strict.reason).toContain("failover is strict");
+    expect(strict.backend).toBe("b");
+    const move = route(cfg({ persistence: [rule] }), query({ headers: [`X-Api-Session: ${issued}`] }));
+    expect(move.backend).toBe("a");
+    expect(move.reason).toContain("moved to the ring's next choice a");
+  });
+});
