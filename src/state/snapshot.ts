@@ -26,6 +26,15 @@ export interface Snapshot {
   savedAt: number;
   tables: SnapshotTable[];
   states: { pool: string; backend: string; state: BackendState }[];
+  /** Backends added through the admin API (absent in snapshots written before they existed). */
+  backends?: SnapshotBackend[];
+}
+
+export interface SnapshotBackend {
+  pool: string;
+  id: string;
+  url: string;
+  weight: number;
 }
 
 export function collectSnapshot(
@@ -47,7 +56,13 @@ export function collectSnapshot(
     const [pool = "", backend = ""] = k.split("\0");
     return { pool, backend, state };
   });
-  return { v: SNAPSHOT_VERSION, savedAt: nowMs, tables, states };
+  // API backends outlive restarts; DNS ones are found again, and one being removed is not kept.
+  const backends: SnapshotBackend[] = [];
+  for (const pool of runtime.pools.values())
+    for (const b of pool.backends)
+      if (b.source === "api" && !b.removing)
+        backends.push({ pool: pool.name, id: b.id, url: b.url, weight: b.weight });
+  return { v: SNAPSHOT_VERSION, savedAt: nowMs, tables, states, backends };
 }
 
 export function writeSnapshot(file: string, snapshot: Snapshot): void {
