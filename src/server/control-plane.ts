@@ -16,6 +16,7 @@ import type { Config } from "../config/load.ts";
 import type { Member } from "../config/members.ts";
 import type { BackendState } from "../config/schema.ts";
 import type { ClusterLookup, Runtime } from "../contracts.ts";
+import { DnsDiscovery } from "../discovery/dns-watcher.ts";
 import type { Logger } from "../log.ts";
 import { HealthMonitor } from "../pool/health.ts";
 import { ClusterSync } from "../state/cluster.ts";
@@ -87,6 +88,24 @@ export function startControlPlane(ctx: ControlPlaneContext): ControlPlane {
   if (role !== "worker") health.start();
 
   const cluster = config.redisUrl && config.cluster ? startCluster(config, log, links) : null;
+  const membership = ctx.membership;
+  const discovery = membership
+    ? new DnsDiscovery(
+        {
+          discovered: (pool) =>
+            membership
+              .list()
+              .filter((m) => m.pool === pool && m.source === "dns" && !m.removing)
+              .map((m) => ({ id: m.id, url: m.url, weight: m.weight, priority: 0 })),
+          apply: (pool, upsert, remove) => membership.batch(pool, "dns", upsert, remove),
+          isDown: (pool, id) => current().pools.get(pool)?.get(id)?.down ?? false,
+          stopped: (pool) => membership.forgetSource(pool, "dns"),
+          counted: (pool, outcome) => metrics.discoveryLookup(pool, outcome),
+        },
+        log,
+      )
+    : null;
+  discovery?.follow(current().config);
   const admin = config.admin && role !== "worker" ? startAdminListener(ctx, cluster) : null;
 
   return {
@@ -98,8 +117,11 @@ export function startControlPlane(ctx: ControlPlaneContext): ControlPlane {
     loadedStates: snapshots.loadedStates,
     restarted() {
       if (role !== "worker") health.start();
+      // A reload may have changed a pool's discover block.
+      discovery?.follow(current().config);
     },
     async stop() {
+      discovery?.stop();
       await snapshots.stop();
       await cluster?.stop();
       health.stop();

@@ -120,6 +120,62 @@ export class Membership {
     return { ok: true };
   }
 
+  /**
+   * Several changes from one source in one apply (a DNS answer): members
+   * added or updated, others starting their removal. A member that cannot
+   * join (an id of another source, a bad URL) is logged and left out.
+   */
+  async batch(
+    pool: string,
+    source: Member["source"],
+    upsert: { id: string; url: string; weight: number }[],
+    remove: string[],
+  ): Promise<void> {
+    let changed = false;
+    for (const u of upsert) {
+      const m = { pool, source, ...u };
+      const key = memberKey(pool, u.id);
+      const old = this.members.get(key);
+      const problem =
+        memberProblem(this.base, m) ?? (old && old.source !== source ? `added by ${old.source}` : null);
+      if (problem) {
+        this.opts.log.warn("backend left out", { pool, backend: u.id, source, reason: problem });
+        continue;
+      }
+      if (old && !old.removing && old.url === u.url && old.weight === u.weight) continue;
+      this.members.set(key, { ...m, removing: false });
+      this.draining.delete(key);
+      changed = true;
+      const fields = { pool, backend: u.id, url: u.url, weight: u.weight, source, by: source };
+      this.opts.log.info(old ? "backend updated" : "backend added", fields);
+      this.opts.audit.emit(old ? "backend.updated" : "backend.added", fields);
+    }
+    for (const id of remove) {
+      const m = this.members.get(memberKey(pool, id));
+      if (!m || m.source !== source || m.removing) continue;
+      m.removing = true;
+      this.draining.set(memberKey(pool, id), Date.now());
+      changed = true;
+      const fields = { pool, backend: id, source, by: source };
+      this.opts.log.info("backend removing", fields);
+      this.opts.audit.emit("backend.removing", fields);
+    }
+    if (this.draining.size) this.startSweeper();
+    if (changed) await this.applyLogged();
+  }
+
+  /** Drops every member of a source from a pool at once (its discovery was turned off). */
+  async forgetSource(pool: string, source: Member["source"]): Promise<void> {
+    let changed = false;
+    for (const [key, m] of this.members)
+      if (m.pool === pool && m.source === source) {
+        this.members.delete(key);
+        this.draining.delete(key);
+        changed = true;
+      }
+    if (changed) await this.applyLogged();
+  }
+
   /** Starts removing a member: it drains, then leaves (see removal.ts). False when it is no member. */
   async remove(pool: string, id: string, by: string): Promise<boolean> {
     const key = memberKey(pool, id);

@@ -35,7 +35,7 @@ export function startSnapshots(
   if (problem) log.warn("snapshot ignored", { file, problem });
   if (snapshot) {
     const backends = restoreBackends(
-      (snapshot.backends ?? []).map((b) => ({ ...b, source: "api" as const })),
+      (snapshot.backends ?? []).map((b) => ({ ...b, source: b.source === "dns" ? "dns" : "api" })),
     );
     if (backends) log.info("backends restored from the snapshot", { file, backends });
     for (const s of snapshot.states) {

@@ -35,6 +35,8 @@ export interface SnapshotBackend {
   id: string;
   url: string;
   weight: number;
+  /** "api" when absent (snapshots written before DNS discovery). */
+  source?: "api" | "dns";
 }
 
 export function collectSnapshot(
@@ -56,12 +58,14 @@ export function collectSnapshot(
     const [pool = "", backend = ""] = k.split("\0");
     return { pool, backend, state };
   });
-  // API backends outlive restarts; DNS ones are found again, and one being removed is not kept.
+  // Backends added while running outlive restarts: API ones until deleted, DNS ones as the last
+  // known set until the first answer (so learned sessions naming them load, and DNS trouble at
+  // start empties nothing). One being removed is not kept.
   const backends: SnapshotBackend[] = [];
   for (const pool of runtime.pools.values())
     for (const b of pool.backends)
-      if (b.source === "api" && !b.removing)
-        backends.push({ pool: pool.name, id: b.id, url: b.url, weight: b.weight });
+      if (b.source !== "config" && !b.removing)
+        backends.push({ pool: pool.name, id: b.id, url: b.url, weight: b.weight, source: b.source });
   return { v: SNAPSHOT_VERSION, savedAt: nowMs, tables, states, backends };
 }
 
