@@ -1,7 +1,8 @@
 /**
  * The audit log: one JSON object per session event, with an "event" field
  * (session.created, session.repinned, session.expired, persistence.rejected,
- * backend.state). Written to the file named by "audit", or stdout. Callers
+ * backend.state, and membership: backend.added, backend.updated,
+ * backend.removing, backend.removed). Written to the file named by "audit", or stdout. Callers
  * pass ids, addresses and reasons only: never a cookie value, a key or a full
  * query string.
  */
@@ -14,7 +15,11 @@ export type AuditEvent =
   /** failover "strict": a session was answered 503 rather than moved off its unavailable backend. */
   | "session.held"
   | "persistence.rejected"
-  | "backend.state";
+  | "backend.state"
+  | "backend.added"
+  | "backend.updated"
+  | "backend.removing"
+  | "backend.removed";
 
 export interface Audit {
   emit(event: AuditEvent, fields: Record<string, unknown>): void;

@@ -4,7 +4,8 @@
  * /healthz and the dashboard page do not (the page asks for the token).
  */
 import { createHash, timingSafeEqual } from "node:crypto";
-import type { BackendState } from "../config/schema.ts";
+import { formatPath } from "../config/load.ts";
+import { apiBackendSchema, type BackendState } from "../config/schema.ts";
 import type { Runtime } from "../contracts.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
 import type { Metrics } from "./metrics.ts";
@@ -16,6 +17,19 @@ export interface AdminContext {
   dashboardHtml: string;
   /** Applies an operator's state change; it outlives reloads. */
   setState(pool: Pool, backend: Backend, state: BackendState): void;
+  /** Adds a backend to a pool; resolves once every thread serves it. */
+  addBackend(
+    pool: Pool,
+    body: NewBackend,
+  ): Promise<{ ok: true } | { ok: false; conflict: boolean; reason: string }>;
+  /** Starts removing an API-added backend (it drains, then leaves). */
+  removeBackend(pool: Pool, backend: Backend): Promise<{ ok: true } | { ok: false; reason: string }>;
+}
+
+export interface NewBackend {
+  id: string;
+  url: string;
+  weight: number;
 }
 
 const STATES: readonly BackendState[] = ["ready", "drain", "maint"];
@@ -43,6 +57,8 @@ export function backendView(pool: Pool, b: Backend, now = Date.now()) {
     id: b.id,
     url: `${t.tls ? "https" : "http"}://${host}:${t.port}`,
     state: b.state,
+    source: b.source,
+    removing: b.removing,
     health: b.down ? "down" : "up",
     weight: b.weight,
     inflight: b.inflight,
@@ -71,6 +87,31 @@ export function parseStateBody(text: string): { state: BackendState } | { error:
     return { error: 'state must be "ready", "drain" or "maint"' };
   }
   return { state: state as BackendState };
+}
+
+/** Validates a POST body: {"id", "url", "weight"?}, as the config file would; every reason is given. */
+export function parseNewBackendBody(text: string): NewBackend | { errors: string[] } {
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    return { errors: ['body must be JSON, for example {"id": "app-4", "url": "http://10.0.0.14:8080"}'] };
+  }
+  const parsed = apiBackendSchema.safeParse(body);
+  if (!parsed.success)
+    return {
+      errors: parsed.error.issues.map((i) => {
+        const at = formatPath(i.path);
+        const message =
+          i.code === "unrecognized_keys"
+            ? `unknown key${i.keys.length > 1 ? "s" : ""} ${i.keys.map((k) => `"${k}"`).join(", ")}`
+            : i.code === "invalid_type" && i.message.includes("received undefined")
+              ? "is required"
+              : i.message;
+        return at ? `${at}: ${message}` : message;
+      }),
+    };
+  return parsed.data;
 }
 
 /**
@@ -176,15 +217,44 @@ export async function handleAdmin(req: Request, ctx: AdminContext): Promise<Resp
       learnedEntries: learned,
     });
   }
+  const add = /^\/api\/backends\/([^/]+)$/.exec(path);
+  if (add) {
+    if (req.method !== "POST") return problem(405, 'use POST with {"id", "url", "weight"}');
+    const poolName = decodePathSegment(add[1] as string);
+    if (poolName === null) return problem(400, "malformed percent-encoding in the path");
+    const pool = runtime.pools.get(poolName);
+    if (!pool) return problem(404, `no pool named "${poolName}"`);
+    const parsed = parseNewBackendBody(await req.text());
+    if ("errors" in parsed) return json({ error: parsed.errors.join("; "), errors: parsed.errors }, 400);
+    if (pool.get(parsed.id)) return problem(409, `pool "${pool.name}" already has a backend "${parsed.id}"`);
+    const added = await ctx.addBackend(pool, parsed);
+    if (!added.ok) return problem(added.conflict ? 409 : 400, added.reason);
+    const now2 = Date.now();
+    const p2 = ctx.current().pools.get(pool.name);
+    const b2 = p2?.get(parsed.id);
+    return json({ backend: p2 && b2 ? backendView(p2, b2, now2) : { pool: pool.name, ...parsed } }, 201);
+  }
   const m = /^\/api\/backends\/([^/]+)\/([^/]+)$/.exec(path);
   if (m) {
-    if (req.method !== "PUT") return problem(405, 'use PUT with {"state": ...}');
+    if (req.method !== "PUT" && req.method !== "DELETE")
+      return problem(405, 'use PUT with {"state": ...}, or DELETE');
     const [poolName, backendId] = [decodePathSegment(m[1] as string), decodePathSegment(m[2] as string)];
     if (poolName === null || backendId === null)
       return problem(400, "malformed percent-encoding in the path");
     const pool = runtime.pools.get(poolName);
     const backend = pool?.get(backendId);
     if (!pool || !backend) return problem(404, "no such pool or backend");
+    if (req.method === "DELETE") {
+      const removed = await ctx.removeBackend(pool, backend);
+      if (!removed.ok) return problem(409, removed.reason);
+      const p2 = ctx.current().pools.get(pool.name);
+      const b2 = p2?.get(backend.id);
+      // 202: it drains now and leaves once nothing is in flight to it (or removeAfterMs).
+      return json(
+        { backend: p2 && b2 ? backendView(p2, b2) : null, removeAfterMs: pool.settings.removeAfterMs },
+        202,
+      );
+    }
     const parsed = parseStateBody(await req.text());
     if ("error" in parsed) return problem(400, parsed.error);
     ctx.setState(pool, backend, parsed.state);

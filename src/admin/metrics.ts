@@ -216,6 +216,11 @@ export class Metrics {
     "Persistence tokens or cookies rejected, by reason",
   );
 
+  private readonly discovery = new CounterFamily(
+    "tether_discovery_lookups_total",
+    "DNS discovery lookups by pool and outcome (ok, failed, empty: the last set is kept; capped: records ignored over maxBackends)",
+  );
+
   constructor(private readonly current: () => Runtime) {}
 
   /**
@@ -231,6 +236,7 @@ export class Metrics {
         this.connectErrors,
         this.decisions,
         this.cookieRejected,
+        this.discovery,
       ]) {
         // The registry only calls get() and reads name/help/type: a plain family object is enough.
         registry.registerMetric(family as never);
@@ -258,6 +264,20 @@ export class Metrics {
       perBackend("tether_sessions_active", "Distinct sessions seen in the active window (estimate)", (b) =>
         b.sessions.count(Date.now()),
       );
+      new Gauge({
+        name: "tether_pool_backends",
+        help: "Backends in each pool, by where they came from (config, dns, api)",
+        labelNames: ["pool", "source"],
+        registers,
+        collect() {
+          this.reset();
+          for (const pool of current().pools.values()) {
+            const counts: Record<string, number> = { config: 0, dns: 0, api: 0 };
+            for (const b of pool.backends) counts[b.source] = (counts[b.source] ?? 0) + 1;
+            for (const [source, n] of Object.entries(counts)) this.set({ pool: pool.name, source }, n);
+          }
+        },
+      });
       collectDefaultMetrics({ register: registry });
       return registry;
     });
@@ -334,6 +354,11 @@ export class Metrics {
 
   decision(pool: string, rule: string, outcome: "hit" | "miss" | "rejected" | "repinned"): void {
     this.decisions.inc(`${pool}\0${rule}\0${outcome}`, () => ({ pool, rule, outcome }));
+  }
+
+  /** A DNS discovery lookup's outcome (counted in the thread that looks up: the primary). */
+  discoveryLookup(pool: string, outcome: string): void {
+    this.discovery.inc(`${pool}\0${outcome}`, () => ({ pool, outcome }));
   }
 
   rejected(reason: string): void {

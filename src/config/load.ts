@@ -11,6 +11,7 @@ import { type ParseError, parse as parseJsonc, printParseErrorCode } from "jsonc
 import type { z } from "zod";
 import {
   type BackendConfig,
+  type BackendSource,
   type ConfigShape,
   configSchema,
   type ListenerConfig,
@@ -46,6 +47,10 @@ export interface ResolvedBackend extends BackendConfig {
   /** Origin with a trailing slash removed, e.g. "http://127.0.0.1:9001". */
   origin: string;
   caPem?: string;
+  /** Absent for backends of the config file; "dns" or "api" for those added while running. */
+  source?: Exclude<BackendSource, "config">;
+  /** A dynamic backend being removed: it drains until it leaves. */
+  removing?: boolean;
 }
 
 export interface ResolvedCertificate {
@@ -197,16 +202,7 @@ export function resolveConfig(raw: unknown, opts: LoadOptions): Config {
     pools[poolName] = {
       ...pool,
       backends: pool.backends.map((b, i) => {
-        const u = new URL(b.url);
-        const secure = u.protocol === "https:";
-        const resolved: ResolvedBackend = {
-          ...b,
-          hostname: u.hostname.replace(/^\[|\]$/g, ""),
-          port: u.port ? Number(u.port) : secure ? 443 : 80,
-          tcp: u.protocol === "tcp:",
-          secure,
-          origin: u.origin,
-        };
+        const resolved = resolveBackend(b);
         if (b.tls?.ca)
           resolved.caPem = readText(abs(b.tls.ca), `pools.${poolName}.backends[${i}].tls.ca`, problems);
         return resolved;
@@ -259,6 +255,20 @@ export function resolveConfig(raw: unknown, opts: LoadOptions): Config {
     ...(redisUrl ? { redisUrl } : {}),
     file: opts.source && isAbsolute(opts.source) ? opts.source : "",
     ...(shape.audit && shape.audit !== "stdout" ? { auditFile: abs(shape.audit) } : {}),
+  };
+}
+
+/** A validated backend with its URL parsed once (the hot path never parses one). */
+export function resolveBackend(b: BackendConfig): ResolvedBackend {
+  const u = new URL(b.url);
+  const secure = u.protocol === "https:";
+  return {
+    ...b,
+    hostname: u.hostname.replace(/^\[|\]$/g, ""),
+    port: u.port ? Number(u.port) : secure ? 443 : 80,
+    tcp: u.protocol === "tcp:",
+    secure,
+    origin: u.origin,
   };
 }
 

@@ -259,8 +259,81 @@ const healthCheckSchema = z
   })
   .describe("Active health checks");
 
+/** A DNS name: labels of letters, digits, '-' and '_' (SRV names start with _service._proto). */
+const dnsName = z
+  .string()
+  .max(253)
+  .regex(
+    /^(?=[^.])[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$/,
+    "must be a DNS name, for example app.internal or _http._tcp.app.internal",
+  );
+
+export const discoverSchema = z
+  .strictObject({
+    dns: dnsName.describe("The name looked up"),
+    type: z
+      .enum(["A", "AAAA", "SRV"])
+      .default("A")
+      .describe("A or AAAA: one backend per address on port; SRV: one per target and port (default A)"),
+    port: z
+      .number()
+      .int()
+      .min(1)
+      .max(65535)
+      .optional()
+      .describe("Backend port for A and AAAA answers (SRV answers carry their own)"),
+    scheme: z
+      .enum(["http", "https", "tcp"])
+      .default("http")
+      .describe(
+        "How discovered backends are reached: http, https, or tcp in a tls-passthrough pool (default http)",
+      ),
+    intervalMs: durationMs(
+      5_000,
+      "Time between lookups; an A/AAAA TTL longer than this is honoured (default 5000)",
+    ).refine((v) => v >= 100, "must be at least 100"),
+    timeoutMs: durationMs(
+      2_000,
+      "A lookup slower than this fails and keeps the last set (default 2000)",
+    ).refine((v) => v >= 1, "must be at least 1"),
+    resolver: address
+      .optional()
+      .describe("DNS server as host:port, e.g. 127.0.0.1:53 (default the system's resolvers)"),
+    holdCount: z
+      .number()
+      .int()
+      .min(1)
+      .max(100)
+      .default(3)
+      .describe(
+        "Consecutive answers a record must be missing from before its backend drains and is removed (default 3)",
+      ),
+    maxBackends: z
+      .number()
+      .int()
+      .min(1)
+      .max(1000)
+      .default(64)
+      .describe("Most backends discovered for the pool; records beyond it are ignored (default 64)"),
+  })
+  .superRefine((d, ctx) => {
+    if (d.type === "SRV" && d.port !== undefined)
+      ctx.addIssue({ code: "custom", path: ["port"], message: "SRV answers carry the port: remove it" });
+    if (d.type !== "SRV" && d.port === undefined)
+      ctx.addIssue({ code: "custom", path: ["port"], message: `is required for ${d.type} lookups` });
+  })
+  .describe("Backends discovered through DNS, beside the listed ones");
+
 export const poolSchema = z.strictObject({
-  backends: z.array(backendSchema).min(1, "needs at least one backend"),
+  backends: z
+    .array(backendSchema)
+    .default([])
+    .describe("Backends of the pool; at least one unless discover is set"),
+  discover: discoverSchema.optional(),
+  removeAfterMs: durationMs(
+    30_000,
+    "A backend being removed (by DNS or the admin API) drains until nothing is in flight to it, or at most this long (default 30000)",
+  ),
   connectTimeoutMs: durationMs(5_000, "Time allowed to open a backend connection (default 5000)"),
   responseTimeoutMs: durationMs(
     300_000,
@@ -553,7 +626,7 @@ export const configSchema = z
       for (const [j, poolName] of [[-1, l.pool] as const, ...l.routes.map((r, j) => [j, r.pool] as const)]) {
         const pool = Object.hasOwn(cfg.pools, poolName) ? cfg.pools[poolName] : undefined;
         if (!pool) continue;
-        const isTcp = pool.backends.every((b) => b.url.startsWith("tcp:"));
+        const isTcp = isTcpPool(pool);
         if (isTcp !== wantTcp)
           ctx.addIssue({
             code: "custom",
@@ -581,6 +654,18 @@ export const configSchema = z
       });
     }
     for (const [poolName, pool] of Object.entries(cfg.pools)) {
+      if (pool.backends.length === 0 && !pool.discover)
+        ctx.addIssue({
+          code: "custom",
+          path: ["pools", poolName, "backends"],
+          message: "needs at least one backend (or discover)",
+        });
+      if (pool.discover && pool.backends.length > 0 && isTcpPool(pool) !== (pool.discover.scheme === "tcp"))
+        ctx.addIssue({
+          code: "custom",
+          path: ["pools", poolName, "discover", "scheme"],
+          message: "must match the listed backends: tcp with tcp:// backends, http or https otherwise",
+        });
       const tcp = pool.backends.filter((b) => b.url.startsWith("tcp:")).length;
       if (tcp !== 0 && tcp !== pool.backends.length)
         ctx.addIssue({
@@ -617,6 +702,18 @@ export const configSchema = z
       });
     }
   });
+
+/** A pool of tcp:// backends (for tls-passthrough listeners), by its listed backends or its discovery. */
+export function isTcpPool(pool: {
+  backends: readonly { url: string }[];
+  discover?: { scheme: string } | undefined;
+}): boolean {
+  if (pool.backends.length > 0) return pool.backends.every((b) => b.url.startsWith("tcp:"));
+  return pool.discover?.scheme === "tcp";
+}
+
+/** A backend added through the admin API: POST /api/backends/{pool}. */
+export const apiBackendSchema = backendSchema.pick({ id: true, url: true, weight: true });
 
 /**
  * What a listener's protocols may be: h2 and h3 need TLS (browsers speak
@@ -656,4 +753,7 @@ export type PoolConfig = ConfigShape["pools"][string];
 export type BackendConfig = PoolConfig["backends"][number];
 export type RouteConfig = ListenerConfig["routes"][number];
 export type BackendState = BackendConfig["state"];
+/** Where a backend came from: the config file, DNS discovery, or the admin API. */
+export type BackendSource = "config" | "dns" | "api";
+export type DiscoverConfig = z.output<typeof discoverSchema>;
 export type PersistenceRuleConfig = PoolConfig["persistence"][number];

@@ -2,7 +2,7 @@
  * A pool of backends and its persistence chain, which chooses among them.
  */
 import type { ResolvedBackend, ResolvedPool } from "../config/load.ts";
-import type { BackendState } from "../config/schema.ts";
+import { type BackendSource, type BackendState, isTcpPool } from "../config/schema.ts";
 import type { DecisionCounter, RequestCounter } from "../contracts.ts";
 import { PersistenceChain } from "../persistence/chain.ts";
 import type { AbortLike, UpstreamTarget } from "../proxy/upstream/types.ts";
@@ -33,6 +33,12 @@ export class Backend {
   sessions: ActiveSessions;
   /** Its request metrics, resolved once per listener that reaches it. */
   readonly requestSeries = new Map<string, RequestCounter>();
+  /** Where it came from: the config file, DNS discovery or the admin API. */
+  source: BackendSource = "config";
+  /** A dynamic backend being removed: it drains until it leaves the pool. */
+  removing = false;
+  /** The URL it was given. */
+  url = "";
 
   constructor(
     readonly id: string,
@@ -126,6 +132,8 @@ export interface PoolSettings {
   tcp: boolean;
   /** failover "strict": what Retry-After says to a session held while its backend is down (seconds). */
   retryAfterSec: number;
+  /** A backend being removed drains at most this long before it leaves. */
+  removeAfterMs: number;
   /** tls-passthrough pools: the PROXY protocol version sent to backends, if any. */
   sendProxyProtocol?: "v1" | "v2";
 }
@@ -166,7 +174,8 @@ export class Pool {
       maxFails: config.maxFails,
       failTimeoutMs: config.failTimeoutMs,
       failOn5xx: config.failOn5xx,
-      tcp: config.backends.some((b) => b.tcp),
+      tcp: isTcpPool(config),
+      removeAfterMs: config.removeAfterMs,
       // About when a down backend can be seen up again: active checks need `rise` passes, passive ones expire.
       retryAfterSec: Math.max(
         1,
@@ -189,12 +198,22 @@ export class Pool {
         old.state = b.state;
         old.maxConn = b.maxConn ?? Number.POSITIVE_INFINITY;
         old.maxWebSockets = b.maxWebSockets ?? Number.POSITIVE_INFINITY;
+        old.source = b.source ?? "config";
+        old.removing = b.removing === true;
         if (old.sessions.windowMs !== activeWindowMs) old.sessions = new ActiveSessions(activeWindowMs);
         return old;
       }
       const maxConn = b.maxConn ?? Number.POSITIVE_INFINITY;
       const maxWs = b.maxWebSockets ?? Number.POSITIVE_INFINITY;
-      return new Backend(b.id, b.weight, b.state, target, maxConn, activeWindowMs, maxWs);
+      const fresh = new Backend(b.id, b.weight, b.state, target, maxConn, activeWindowMs, maxWs);
+      fresh.source = b.source ?? "config";
+      fresh.removing = b.removing === true;
+      fresh.url = b.url;
+      // A backend that joins a running pool with active checks takes no new sessions before its
+      // first checks pass (the listed ones start up, as they always have). Every thread builds it
+      // the same way; the primary's checks announce it up.
+      if (b.source && config.healthCheck) fresh.activeDown = true;
+      return fresh;
     });
     this.chain = new PersistenceChain(this.backends, {
       pool: name,

@@ -14,6 +14,7 @@ import { UpstreamClient } from "../proxy/upstream/client.ts";
 import { chainLookups } from "../state/sibling-lookup.ts";
 import { type ControlPlane, type Role, startControlPlane } from "./control-plane.ts";
 import { type DataPlane, type PreparedReload, startDataPlane } from "./data-plane.ts";
+import { Membership } from "./membership.ts";
 import { ensureMigrateReq } from "./reuseport-migration.ts";
 import { buildRuntime } from "./runtime.ts";
 
@@ -35,6 +36,11 @@ export interface Tether {
    * already (false then); a worker applies it silently.
    */
   applyPassive(pool: string, backend: string, untilMs: number, reason: string): boolean;
+  /**
+   * Backends added while running (DNS, admin API) and how their changes are
+   * applied; null in a worker thread, which only serves what its primary sends.
+   */
+  readonly membership: Membership | null;
   /** The admin listener, when configured: its port and token (generated when the config has none). */
   readonly admin: { port: number; token: string; generated: boolean } | null;
   /**
@@ -44,7 +50,11 @@ export interface Tether {
    * commit(); abort() closes what was opened.
    */
   prepare(config: Config): Promise<PreparedReload>;
-  /** prepare() then commit(). */
+  /**
+   * A new config file: prepare() then commit(), with the backends added while
+   * running merged in (through the membership queue, so it never crosses a
+   * membership change).
+   */
   reload(config: Config): Promise<void>;
   /** Stops accepting, lets in-flight requests finish for up to graceMs, then closes everything. */
   stop(graceMs?: number): Promise<void>;
@@ -94,6 +104,11 @@ export interface StartOptions {
   onHealthChange?: (pool: string, backend: string, down: boolean) => void;
   /** Passive verdicts reached here leave through this, unannounced (workers: to the primary). */
   onPassiveVerdict?: (pool: string, backend: string, untilMs: number, reason: string) => void;
+  /**
+   * How a membership change reaches every thread (the primary: a reload of
+   * its workers and itself). Default: a reload of this thread.
+   */
+  applyMembership?: (config: Config) => Promise<void>;
 }
 
 export function startTether(config: Config, log: Logger, opts: StartOptions = {}): Tether {
@@ -114,15 +129,27 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     control?.cluster?.publishLearned(pool, table, key, backendId, exp);
   };
   const shareLearned = Boolean(opts.onLearned || config.redisUrl);
+  /** Refusals already logged: a membership change rebuilds every pool, and says only what is new. */
+  let refusedBefore = new Set<string>();
   const build = (c: Config, previous?: Runtime) => {
     const r = buildRuntime(c, previous, fallbackKeys);
+    const refusedNow = new Set<string>();
     for (const pool of r.pools.values()) {
-      if (role !== "worker")
-        for (const { id, reason } of pool.chain.refusedByRing)
-          log.warn("backend takes no new sessions", { pool: pool.name, backend: id, reason });
+      for (const { id, reason } of pool.chain.refusedByRing) {
+        const k = `${pool.name}\0${id}\0${reason}`;
+        refusedNow.add(k);
+        if (role !== "worker" && !refusedBefore.has(k))
+          log.warn("backend takes no new sessions", {
+            pool: pool.name,
+            backend: id,
+            source: pool.get(id)?.source,
+            reason,
+          });
+      }
       for (const b of pool.backends) {
         const s = operatorStates.get(`${pool.name}\0${b.id}`);
-        if (s) b.state = s;
+        // A backend being removed drains whatever an operator set before.
+        if (s && !b.removing) b.state = s;
       }
       for (const [name, table] of pool.chain.tables) {
         table.onLearn = shareLearned
@@ -130,12 +157,25 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
           : null;
       }
     }
+    refusedBefore = refusedNow;
     return r;
   };
   let runtime = build(config);
   const current = () => runtime;
   const audit = opts.audit ?? (role === "worker" ? noAudit : createAudit(config.auditFile ?? config.audit));
   const metrics = new Metrics(current);
+  const membership =
+    role === "worker"
+      ? null
+      : new Membership(config, {
+          log,
+          audit,
+          current,
+          apply: (c) => (opts.applyMembership ? opts.applyMembership(c) : commitHere(c)),
+          // A primary learns its workers' load once a second (workers/worker.ts).
+          settleMs: role === "primary" ? 1_500 : 0,
+        });
+  const commitHere = async (c: Config) => (await tether.prepare(c)).commit();
   const plane = startControlPlane({
     config,
     role,
@@ -144,6 +184,13 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     metrics,
     current,
     operatorStates,
+    membership,
+    restoreBackends(members) {
+      if (!membership) return 0;
+      const n = membership.restore(members);
+      if (n) runtime = build(membership.compose(), runtime);
+      return n;
+    },
     links: {
       ...opts,
       applyLearned: (pool, table, key, backendId, exp) =>
@@ -153,7 +200,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
   });
   control = plane;
   if (plane.loadedStates) {
-    runtime = build(config, runtime);
+    runtime = build(membership?.compose() ?? config, runtime);
     plane.restarted();
   }
   const { health, admin } = plane;
@@ -182,6 +229,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     metrics,
     audit,
     operatorStates,
+    membership,
     applyLearned(pool, table, key, backendId, expiresAtSec) {
       const p = runtime.pools.get(pool);
       if (p?.get(backendId))
@@ -231,9 +279,11 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       };
     },
     async reload(next: Config) {
-      (await tether.prepare(next)).commit();
+      if (membership) await membership.reload(next);
+      else await commitHere(next);
     },
     async stop(graceMs = runtime.config.shutdownGraceMs) {
+      membership?.stop();
       await data.stop(graceMs);
       await plane.stop();
       upstream.close();

@@ -13,13 +13,16 @@ import type { Metrics } from "../admin/metrics.ts";
 import { startAdmin } from "../admin/server.ts";
 import type { Audit } from "../audit.ts";
 import type { Config } from "../config/load.ts";
+import type { Member } from "../config/members.ts";
 import type { BackendState } from "../config/schema.ts";
 import type { ClusterLookup, Runtime } from "../contracts.ts";
+import { DnsDiscovery } from "../discovery/dns-watcher.ts";
 import type { Logger } from "../log.ts";
 import { HealthMonitor } from "../pool/health.ts";
 import { ClusterSync } from "../state/cluster.ts";
 import { startSnapshots } from "../state/persist.ts";
 import { healthProbes } from "./health-probes.ts";
+import type { Membership } from "./membership.ts";
 
 export type Role = "single" | "primary" | "worker";
 
@@ -55,6 +58,10 @@ export interface ControlPlaneContext {
   current: () => Runtime;
   /** Backend states set by an operator, "pool\0id" → state; outlive reloads. */
   operatorStates: Map<string, BackendState>;
+  /** Backends added while running; null in a worker. */
+  membership: Membership | null;
+  /** Members saved in the snapshot, restored before its learned entries are (they may name them). */
+  restoreBackends(members: Member[]): number;
   links: ControlPlaneLinks;
 }
 
@@ -63,7 +70,7 @@ export function startControlPlane(ctx: ControlPlaneContext): ControlPlane {
   const snapshots =
     role === "worker"
       ? { loadedStates: false, async stop() {} }
-      : startSnapshots(config, current, operatorStates, log);
+      : startSnapshots(config, current, operatorStates, log, ctx.restoreBackends);
 
   const probes = healthProbes();
   const onPassiveVerdict = links.onPassiveVerdict;
@@ -81,6 +88,24 @@ export function startControlPlane(ctx: ControlPlaneContext): ControlPlane {
   if (role !== "worker") health.start();
 
   const cluster = config.redisUrl && config.cluster ? startCluster(config, log, links) : null;
+  const membership = ctx.membership;
+  const discovery = membership
+    ? new DnsDiscovery(
+        {
+          discovered: (pool) =>
+            membership
+              .list()
+              .filter((m) => m.pool === pool && m.source === "dns" && !m.removing)
+              .map((m) => ({ id: m.id, url: m.url, weight: m.weight, priority: 0 })),
+          apply: (pool, upsert, remove) => membership.batch(pool, "dns", upsert, remove),
+          isDown: (pool, id) => current().pools.get(pool)?.get(id)?.down ?? false,
+          stopped: (pool) => membership.forgetSource(pool, "dns"),
+          counted: (pool, outcome) => metrics.discoveryLookup(pool, outcome),
+        },
+        log,
+      )
+    : null;
+  discovery?.follow(current().config);
   const admin = config.admin && role !== "worker" ? startAdminListener(ctx, cluster) : null;
 
   return {
@@ -92,8 +117,11 @@ export function startControlPlane(ctx: ControlPlaneContext): ControlPlane {
     loadedStates: snapshots.loadedStates,
     restarted() {
       if (role !== "worker") health.start();
+      // A reload may have changed a pool's discover block.
+      discovery?.follow(current().config);
     },
     async stop() {
+      discovery?.stop();
       await snapshots.stop();
       await cluster?.stop();
       health.stop();
@@ -116,6 +144,22 @@ export function startControlPlane(ctx: ControlPlaneContext): ControlPlane {
         token,
         metrics,
         dashboardHtml,
+        async addBackend(pool, body) {
+          if (!ctx.membership) return { ok: false, conflict: false, reason: "not available here" };
+          return ctx.membership.add({ pool: pool.name, ...body, source: "api" }, "admin");
+        },
+        async removeBackend(pool, backend) {
+          if (backend.source !== "api")
+            return {
+              ok: false,
+              reason:
+                backend.source === "config"
+                  ? `backend "${backend.id}" is in the config file: remove it there and reload`
+                  : `backend "${backend.id}" was discovered by DNS: it leaves when its record does`,
+            };
+          await ctx.membership?.remove(pool.name, backend.id, "admin");
+          return { ok: true };
+        },
         setState(pool, backend, state) {
           const before = backend.state;
           backend.state = state;

@@ -6,6 +6,7 @@
  * is skipped.
  */
 import type { Config } from "../config/load.ts";
+import type { Member } from "../config/members.ts";
 import type { BackendState } from "../config/schema.ts";
 import type { Runtime } from "../contracts.ts";
 import type { Logger } from "../log.ts";
@@ -24,6 +25,8 @@ export function startSnapshots(
   current: () => Runtime,
   operatorStates: Map<string, BackendState>,
   log: Logger,
+  /** Backends added through the admin API, restored before the entries that may name them. */
+  restoreBackends: (members: Member[]) => number = () => 0,
 ): Snapshots {
   const file = config.snapshotFile;
   if (!file) return { loadedStates: false, async stop() {} };
@@ -31,6 +34,10 @@ export function startSnapshots(
   let loadedStates = false;
   if (problem) log.warn("snapshot ignored", { file, problem });
   if (snapshot) {
+    const backends = restoreBackends(
+      (snapshot.backends ?? []).map((b) => ({ ...b, source: b.source === "dns" ? "dns" : "api" })),
+    );
+    if (backends) log.info("backends restored from the snapshot", { file, backends });
     for (const s of snapshot.states) {
       if (current().pools.get(s.pool)?.get(s.backend)) {
         operatorStates.set(`${s.pool}\0${s.backend}`, s.state);

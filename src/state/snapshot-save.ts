@@ -15,7 +15,7 @@ import type { BackendState } from "../config/schema.ts";
 import type { Runtime } from "../contracts.ts";
 import type { StickTable } from "../persistence/stick-table.ts";
 import { encoder } from "./codec.ts";
-import { SNAPSHOT_VERSION, type Snapshot } from "./snapshot.ts";
+import { dynamicBackends, SNAPSHOT_VERSION, type Snapshot } from "./snapshot.ts";
 
 export interface SaveOptions {
   /** Entries read and encoded between two yields (default 2048: well under a millisecond here). */
@@ -64,7 +64,7 @@ export async function saveSnapshot(
     for (const [name, table] of pool.chain.tables) tables.push({ pool: pool.name, name, table });
 
   const chunks: Uint8Array[] = [
-    mapHeader(4),
+    mapHeader(5),
     encoder.encode("v"),
     encoder.encode(SNAPSHOT_VERSION),
     encoder.encode("savedAt"),
@@ -120,6 +120,7 @@ export async function saveSnapshot(
     return { pool, backend, state };
   });
   chunks.push(encoder.encode("states"), encoder.encode(states));
+  chunks.push(encoder.encode("backends"), encoder.encode(dynamicBackends(runtime)));
 
   result.bytes = await writeChunks(file, chunks);
   return result;

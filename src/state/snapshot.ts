@@ -26,6 +26,17 @@ export interface Snapshot {
   savedAt: number;
   tables: SnapshotTable[];
   states: { pool: string; backend: string; state: BackendState }[];
+  /** Backends added through the admin API (absent in snapshots written before they existed). */
+  backends?: SnapshotBackend[];
+}
+
+export interface SnapshotBackend {
+  pool: string;
+  id: string;
+  url: string;
+  weight: number;
+  /** "api" when absent (snapshots written before DNS discovery). */
+  source?: "api" | "dns";
 }
 
 export function collectSnapshot(
@@ -47,7 +58,22 @@ export function collectSnapshot(
     const [pool = "", backend = ""] = k.split("\0");
     return { pool, backend, state };
   });
-  return { v: SNAPSHOT_VERSION, savedAt: nowMs, tables, states };
+  return { v: SNAPSHOT_VERSION, savedAt: nowMs, tables, states, backends: dynamicBackends(runtime) };
+}
+
+/**
+ * Backends added while running outlive restarts: API ones until deleted, DNS
+ * ones as the last known set until the first answer (so learned sessions
+ * naming them load, and DNS trouble at start empties nothing). One being
+ * removed is not kept.
+ */
+export function dynamicBackends(runtime: Runtime): SnapshotBackend[] {
+  const backends: SnapshotBackend[] = [];
+  for (const pool of runtime.pools.values())
+    for (const b of pool.backends)
+      if (b.source !== "config" && !b.removing)
+        backends.push({ pool: pool.name, id: b.id, url: b.url, weight: b.weight, source: b.source });
+  return backends;
 }
 
 export function writeSnapshot(file: string, snapshot: Snapshot): void {

@@ -95,6 +95,8 @@ export async function startPrimary(
       broadcast(encode({ v: PROTOCOL_VERSION, t: "state", pool, backend, state })),
     onHealthChange: (pool, backend, down) =>
       broadcast(encode({ v: PROTOCOL_VERSION, t: "health", pool, backend, down })),
+    // A membership change (DNS, admin API) reaches the workers as a reload does.
+    applyMembership: (next) => queueReload(next),
   });
 
   const waiters = new Map<Slot, Map<string, (m: Message) => void>>();
@@ -285,6 +287,12 @@ export async function startPrimary(
     mine.commit();
   };
   let reloading: Promise<void> = Promise.resolve();
+  /** One reload at a time: the replies of two would cross. */
+  function queueReload(next: Config): Promise<void> {
+    const run = reloading.then(() => reloadAll(next));
+    reloading = run.catch(() => {});
+    return run;
+  }
 
   return {
     tether,
@@ -292,10 +300,8 @@ export async function startPrimary(
       return ports;
     },
     reload(next: Config) {
-      // One reload at a time: the replies of two would cross.
-      const run = reloading.then(() => reloadAll(next));
-      reloading = run.catch(() => {});
-      return run;
+      // Through the membership queue: the backends added while running are merged in.
+      return tether.membership ? tether.membership.reload(next) : queueReload(next);
     },
     async stop(graceMs: number) {
       stopping = true;

@@ -39,6 +39,7 @@ const FORBIDDEN: Record<string, string[]> = {
   proxy: ["passthrough", "state", "server", "admin", "workers", "cli"],
   passthrough: ["state", "server", "admin", "workers", "cli", "proxy/forward.ts", "proxy/websocket.ts"],
   state: ["server", "admin", "workers", "cli"],
+  discovery: ["pool", "proxy", "passthrough", "state", "server", "admin", "workers", "cli"],
 };
 
 function sources(dir: string): string[] {

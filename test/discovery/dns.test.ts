@@ -1,0 +1,177 @@
+/**
+ * DNS discovery against a real DNS server (dnsmasq on loopback) and real
+ * backends on distinct loopback addresses sharing one port.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import type { Server } from "bun";
+import { type Dnsmasq, startDnsmasq } from "../support/dnsmasq.ts";
+import { startInProcess } from "../support/tether.ts";
+
+let cleanup: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const c of cleanup.reverse()) await c();
+  cleanup = [];
+});
+
+/** Backends answering their own address, on 127.0.0.11, .12, ... and one port. */
+function loopbackBackends(count: number): { port: number; servers: Server<undefined>[] } {
+  const servers: Server<undefined>[] = [];
+  let port = 0;
+  for (let i = 0; i < count; i++) {
+    const hostname = `127.0.0.${11 + i}`;
+    const s = Bun.serve({ hostname, port, fetch: () => new Response(hostname) });
+    port = s.port ?? 0;
+    servers.push(s);
+  }
+  cleanup.push(() => {
+    for (const s of servers) s.stop(true);
+  });
+  return { port, servers };
+}
+
+function client(base: string) {
+  let cookie = "";
+  return async () => {
+    const res = await fetch(`${base}/`, { headers: cookie ? { cookie } : {} });
+    const set = res.headers.get("set-cookie");
+    if (set) cookie = set.split(";")[0] as string;
+    return await res.text();
+  };
+}
+
+const until = async (cond: () => boolean, ms: number, what: string) => {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(20);
+  }
+};
+
+async function setup(records: number[], discover: Record<string, unknown> = {}) {
+  const { port } = loopbackBackends(4);
+  const line = (i: number) => `127.0.0.${i} app.test`;
+  const dns: Dnsmasq = await startDnsmasq(records.map(line));
+  cleanup.push(() => dns.stop());
+  const t = startInProcess({
+    listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+    pools: {
+      app: {
+        discover: {
+          dns: "app.test",
+          port,
+          intervalMs: 100,
+          holdCount: 2,
+          resolver: dns.address,
+          ...discover,
+        },
+        persistence: [{ type: "cookie", mode: "insert" }],
+        removeAfterMs: 5_000,
+      },
+    },
+    admin: { address: "127.0.0.1:0", token: "t" },
+  });
+  cleanup.push(() => t.stop());
+  const ids = () => (t.tether.runtime.pools.get("app")?.backends ?? []).map((b) => b.id).sort();
+  const setRecords = (list: number[]) => dns.setHosts(list.map(line), "app.test");
+  return { t, dns, port, ids, setRecords };
+}
+
+describe("DNS discovery (A records, dnsmasq)", () => {
+  test("records become backends with stable ids; sessions stay while records are added; a removed record's sessions move once", async () => {
+    const { t, port, ids, setRecords } = await setup([11, 12]);
+    await until(() => ids().length === 2, 5_000, "two discovered backends");
+    expect(ids()).toEqual([`127.0.0.11_${port}`, `127.0.0.12_${port}`]);
+    expect(t.tether.runtime.pools.get("app")?.backends.every((b) => b.source === "dns")).toBe(true);
+
+    const clients = Array.from({ length: 24 }, () => client(t.url()));
+    const first = await Promise.all(clients.map((c) => c()));
+    expect(new Set(first)).toEqual(new Set(["127.0.0.11", "127.0.0.12"]));
+
+    await setRecords([11, 12, 13]);
+    await until(() => ids().length === 3, 5_000, "the added record's backend");
+    expect(await Promise.all(clients.map((c) => c()))).toEqual(first);
+
+    await setRecords([11, 13]);
+    await until(() => !ids().includes(`127.0.0.12_${port}`), 5_000, "the removed record's backend to leave");
+    const moved = await Promise.all(clients.map((c) => c()));
+    first.forEach((was, i) => {
+      if (was === "127.0.0.12") expect(moved[i]).not.toBe("127.0.0.12");
+      else expect(moved[i]).toBe(was);
+    });
+    expect(await Promise.all(clients.map((c) => c()))).toEqual(moved);
+    const events = t.audit
+      .filter((e) => String(e.event).startsWith("backend."))
+      .map((e) => `${e.event} ${e.backend}`);
+    expect(events).toContain(`backend.removing 127.0.0.12_${port}`);
+    expect(events).toContain(`backend.removed 127.0.0.12_${port}`);
+  });
+
+  test("a record missing from fewer than holdCount answers keeps its backend", async () => {
+    const { ids, setRecords, port } = await setup([11, 12], { holdCount: 100, intervalMs: 100 });
+    await until(() => ids().length === 2, 5_000, "two discovered backends");
+    await setRecords([11]);
+    await Bun.sleep(500);
+    expect(ids()).toEqual([`127.0.0.11_${port}`, `127.0.0.12_${port}`]);
+  });
+
+  test("the resolver killed mid-run changes nothing for clients: the last set stays, logged and counted", async () => {
+    const { t, dns, ids } = await setup([11, 12]);
+    await until(() => ids().length === 2, 5_000, "two discovered backends");
+    const clients = Array.from({ length: 12 }, () => client(t.url()));
+    const first = await Promise.all(clients.map((c) => c()));
+    await dns.stop();
+    await until(
+      () => t.log.lines.some((l) => l.msg === "dns lookup gave no backends; keeping the last known set"),
+      5_000,
+      "the failure to be logged",
+    );
+    await Bun.sleep(400);
+    expect(ids().length).toBe(2);
+    expect(await Promise.all(clients.map((c) => c()))).toEqual(first);
+    const metrics = await (
+      await fetch(`http://127.0.0.1:${t.tether.admin?.port}/metrics`, {
+        headers: { authorization: "Bearer t" },
+      })
+    ).text();
+    expect(metrics).toMatch(/tether_discovery_lookups_total\{pool="app",outcome="failed"\} [1-9]/);
+  });
+
+  test("an answer beyond maxBackends is capped, logged and counted", async () => {
+    const { t, ids } = await setup([11, 12, 13, 14], { maxBackends: 2 });
+    await until(() => ids().length === 2, 5_000, "two discovered backends");
+    await until(
+      () => t.log.lines.some((l) => l.msg === "dns answer exceeds discover.maxBackends; records ignored"),
+      5_000,
+      "the cap to be logged",
+    );
+    await Bun.sleep(300);
+    expect(ids().length).toBe(2);
+  });
+});
+
+describe("DNS discovery (SRV records)", () => {
+  test("one backend per target and port, with its weight, resolved through the same resolver", async () => {
+    const { port } = loopbackBackends(2);
+    const dns = await startDnsmasq(
+      ["127.0.0.11 one.app.test", "127.0.0.12 two.app.test"],
+      [`_http._tcp.app.test,one.app.test,${port},0,5`, `_http._tcp.app.test,two.app.test,${port},0,20`],
+    );
+    cleanup.push(() => dns.stop());
+    const t = startInProcess({
+      listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+      pools: {
+        app: {
+          discover: { dns: "_http._tcp.app.test", type: "SRV", intervalMs: 100, resolver: dns.address },
+        },
+      },
+    });
+    cleanup.push(() => t.stop());
+    const pool = () => t.tether.runtime.pools.get("app");
+    await until(() => (pool()?.backends.length ?? 0) === 2, 5_000, "two SRV backends");
+    expect(pool()?.backends.map((b) => [b.id, b.url, b.weight])).toEqual([
+      [`one.app.test_${port}`, `http://127.0.0.11:${port}`, 5],
+      [`two.app.test_${port}`, `http://127.0.0.12:${port}`, 20],
+    ]);
+    expect(await (await fetch(t.url())).text()).toMatch(/^127\.0\.0\.1[12]$/);
+  });
+});

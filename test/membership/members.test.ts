@@ -1,0 +1,81 @@
+/**
+ * Dynamic membership, the pure parts: merging the overlay into a config, and
+ * when a backend being removed may leave.
+ */
+import { describe, expect, test } from "bun:test";
+import { composeConfig, type Member, memberProblem } from "../../src/config/members.ts";
+import { removalVerdict } from "../../src/pool/removal.ts";
+import { config } from "../support/tether.ts";
+
+const base = config({
+  listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+  pools: {
+    app: { backends: [{ id: "a", url: "http://127.0.0.1:9001" }] },
+    tls: { backends: [{ id: "t", url: "tcp://127.0.0.1:9443" }] },
+  },
+});
+const api = (id: string, extra: Partial<Member> = {}): Member => ({
+  pool: "app",
+  id,
+  url: `http://127.0.0.11:${8000 + id.length}`,
+  weight: 1,
+  source: "api",
+  ...extra,
+});
+
+describe("composeConfig", () => {
+  test("adds members after the listed backends, sorted by id, tagged with their source", () => {
+    const { config: c, skipped } = composeConfig(base, [api("z"), api("m", { source: "dns" })]);
+    expect(skipped).toEqual([]);
+    expect(c.pools.app?.backends.map((b) => [b.id, b.source])).toEqual([
+      ["a", undefined],
+      ["m", "dns"],
+      ["z", "api"],
+    ]);
+    expect(c.pools.app?.backends[2]).toMatchObject({ hostname: "127.0.0.11", port: 8001, state: "ready" });
+    // The base is not changed: a later merge starts from the same file.
+    expect(base.pools.app?.backends.length).toBe(1);
+  });
+
+  test("a member being removed is merged as drain (keeps its sessions, takes no new ones)", () => {
+    const { config: c } = composeConfig(base, [api("z", { removing: true })]);
+    expect(c.pools.app?.backends[1]).toMatchObject({ id: "z", state: "drain", removing: true });
+  });
+
+  test("members that no longer fit are left out with the reason, never fatal", () => {
+    const { config: c, skipped } = composeConfig(base, [
+      api("a"),
+      api("x", { pool: "gone" }),
+      api("y", { url: "tcp://127.0.0.1:1" }),
+    ]);
+    expect(c.pools.app?.backends.map((b) => b.id)).toEqual(["a"]);
+    expect(skipped.map((s) => s.reason)).toEqual([
+      'backend "a" is in the config file',
+      'no pool named "gone"',
+      'pool "app" holds http(s):// backends',
+    ]);
+  });
+
+  test.each([
+    ["a bad id", { id: "bad id" }, "id: must be 1-63 letters"],
+    ["a URL with a path", { url: "http://10.0.0.1:80/x" }, "url: must name only scheme, host and port"],
+    ["a negative weight", { weight: -1 }, "weight:"],
+    ["an http backend in a tls-passthrough pool", { pool: "tls" }, 'pool "tls" holds tcp:// backends'],
+  ])("memberProblem names %s", (_what, change, reason) => {
+    expect(memberProblem(base, { ...api("n"), ...change })).toContain(reason);
+  });
+});
+
+describe("removalVerdict", () => {
+  const facts = { now: 10_000, since: 9_000, load: 0, removeAfterMs: 30_000, settleMs: 0 };
+  test.each([
+    ["nothing in flight: it leaves", {}, "idle"],
+    ["requests in flight: it waits", { load: 2 }, "wait"],
+    ["still busy at the deadline: it leaves anyway", { load: 2, now: 39_000 }, "deadline"],
+    ["idle but the load report may predate the drain: it waits", { settleMs: 1_500 }, "wait"],
+    ["idle once a report since the drain has come", { settleMs: 1_000 }, "idle"],
+    ["removeAfterMs 0: it leaves at once", { load: 5, removeAfterMs: 0 }, "deadline"],
+  ] as const)("%s", (_what, change, verdict) => {
+    expect(removalVerdict({ ...facts, ...change })).toBe(verdict);
+  });
+});
