@@ -244,9 +244,10 @@ export class ClusterSync {
     const nowSec = Math.floor(Date.now() / 1000);
     const writes: Promise<unknown>[] = [];
     for (const [pool, table, key, backendId, expiresAtSec] of learnedEntries(e)) {
-      const ttl = expiresAtSec - nowSec;
-      if (ttl <= 0) continue;
-      writes.push(cmd.set(this.tableKey(pool, table, key), backendId, "EX", ttl));
+      if (expiresAtSec <= nowSec) continue;
+      // The expiry as the absolute second it is: a relative TTL counts from whenever Redis gets
+      // the write, and one sent just before a second ticks over comes back a second late.
+      writes.push(cmd.set(this.tableKey(pool, table, key), backendId, "EXAT", expiresAtSec));
     }
     this.stats.published += writes.length;
     writes.push(

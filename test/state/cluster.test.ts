@@ -81,6 +81,8 @@ describe("ClusterSync with two instances on one Redis", () => {
     expect(hit?.expiresAtSec).toBeGreaterThanOrEqual(exp - 1);
     expect(hit?.expiresAtSec).toBeLessThanOrEqual(exp);
     expect(await raw.ttl(`${PREFIX}t:app:0:cookie-learn:${key}`)).toBeWithin(58, 61);
+    // Stored as the absolute second it is, not a TTL counted from whenever Redis got the write.
+    expect(await raw.send("PEXPIRETIME", [`${PREFIX}t:app:0:cookie-learn:${key}`])).toBe(exp * 1000);
   });
 
   test("a re-pin overwrites the entry everywhere (last writer wins)", async () => {
