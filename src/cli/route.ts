@@ -64,6 +64,7 @@ export function route(config: Config, q: RouteQuery): RouteAnswer {
   if (!pool || !poolConfig)
     return { pool: q.pool, backend: null, rule: null, reason: `no pool named "${q.pool}"` };
   const settings = [...describePersistence(poolConfig), `failover: ${poolConfig.failover}`];
+  if (poolConfig.drainDeadlineMs) settings.push(`drainDeadlineMs: ${poolConfig.drainDeadlineMs}`);
   const headers = new Headers();
   for (const h of q.headers) {
     const colon = h.indexOf(":");

@@ -295,6 +295,14 @@ export const poolSchema = z.strictObject({
     10_000,
     "How long a request may wait for a backend at maxConn before 503 (default 10000)",
   ),
+  drainDeadlineMs: z
+    .number()
+    .int("must be a whole number of milliseconds")
+    .min(1)
+    .optional()
+    .describe(
+      "A drain set through the admin API without deadlineMs ends after this long: the backend goes to maint, its sessions move and its WebSockets close with 1001 (default: no deadline)",
+    ),
   healthCheck: healthCheckSchema.optional(),
   maxFails: z
     .number()

@@ -7,9 +7,9 @@ import { randomBytes } from "node:crypto";
 import { Metrics } from "../admin/metrics.ts";
 import { type Audit, createAudit, noAudit } from "../audit.ts";
 import type { Config } from "../config/load.ts";
-import type { BackendState } from "../config/schema.ts";
 import type { ClusterLookup, ListenerHandle, ProxyDeps, Runtime } from "../contracts.ts";
 import type { Logger } from "../log.ts";
+import { DrainTimers, effectiveState, type OperatorState } from "../pool/drain.ts";
 import { UpstreamClient } from "../proxy/upstream/client.ts";
 import { chainLookups } from "../state/sibling-lookup.ts";
 import { type ControlPlane, type Role, startControlPlane } from "./control-plane.ts";
@@ -23,11 +23,11 @@ export interface Tether {
   readonly metrics: Metrics;
   /** Where session and backend events are written (the primary also writes its workers'). */
   readonly audit: Audit;
-  /** States set by an operator, "pool\0id" → state. */
-  readonly operatorStates: ReadonlyMap<string, BackendState>;
+  /** States set by an operator, "pool\0id" → state (with a drain's deadline). */
+  readonly operatorStates: ReadonlyMap<string, OperatorState>;
   /** Entries, states and health learned in another thread or instance. */
   applyLearned(pool: string, table: string, key: number, backendId: string, expiresAtSec: number): void;
-  applyState(pool: string, backend: string, state: BackendState): void;
+  applyState(pool: string, backend: string, state: OperatorState): void;
   applyHealth(pool: string, backend: string, down: boolean): void;
   /**
    * A passive verdict reached in another thread: down until untilMs. The
@@ -89,7 +89,7 @@ export interface StartOptions {
   /** Workers: entries learned by the other workers of this process, asked on a local miss. */
   siblings?: ClusterLookup;
   /** Operator state changes made here leave through this. */
-  onStateChange?: (pool: string, backend: string, state: BackendState) => void;
+  onStateChange?: (pool: string, backend: string, state: OperatorState) => void;
   /** Active health check changes seen here leave through this. */
   onHealthChange?: (pool: string, backend: string, down: boolean) => void;
   /** Passive verdicts reached here leave through this, unannounced (workers: to the primary). */
@@ -107,7 +107,9 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       consequence: "sessions will not survive a restart or span instances; run `tether keygen`",
     });
   }
-  const operatorStates = new Map<string, BackendState>();
+  const operatorStates = new Map<string, OperatorState>();
+  // Each thread reaches a drain's deadline by its own clock: the deadline is absolute, nothing is sent.
+  const drains = new DrainTimers((key) => deadlinePassed(key));
   let control: ControlPlane | null = null;
   const learned = (pool: string, table: string, key: number, backendId: string, exp: number) => {
     opts.onLearned?.(pool, table, key, backendId, exp);
@@ -120,9 +122,11 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       if (role !== "worker")
         for (const { id, reason } of pool.chain.refusedByRing)
           log.warn("backend takes no new sessions", { pool: pool.name, backend: id, reason });
+      const now = Date.now();
       for (const b of pool.backends) {
         const s = operatorStates.get(`${pool.name}\0${b.id}`);
-        if (s) b.state = s;
+        b.drainUntil = s?.state === "drain" ? s.until : 0;
+        if (s) b.state = effectiveState(s, now);
       }
       for (const [name, table] of pool.chain.tables) {
         table.onLearn = shareLearned
@@ -130,6 +134,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
           : null;
       }
     }
+    for (const [key, s] of operatorStates) if (s.state === "drain" && s.until > 0) drains.set(key, s.until);
     return r;
   };
   let runtime = build(config);
@@ -157,6 +162,21 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     plane.restarted();
   }
   const { health, admin } = plane;
+
+  /** A drain's deadline passed: maintenance; its sessions move on their next request, its WebSockets close. */
+  function deadlinePassed(key: string): void {
+    const s = operatorStates.get(key);
+    const [poolName = "", id = ""] = key.split("\0");
+    const b = runtime.pools.get(poolName)?.get(id);
+    if (!s || !b || effectiveState(s, Date.now()) !== "maint") return;
+    const before = b.state;
+    b.state = "maint";
+    for (const socket of [...b.sockets]) socket.goAway();
+    if (role === "worker" || before === "maint") return;
+    const fields = { pool: poolName, backend: id, from: before, state: "maint", by: "deadline" };
+    log.info("backend state changed", fields);
+    audit.emit("backend.state", fields);
+  }
   const upstream = new UpstreamClient();
   const lookups = opts.siblings ? chainLookups(opts.siblings, plane.lookups) : plane.lookups;
   const deps: ProxyDeps = { upstream, log, audit, metrics, health, cluster: lookups };
@@ -188,9 +208,14 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
         p.chain.tables.get(table)?.putHashed(key, backendId, expiresAtSec, Math.floor(Date.now() / 1000));
     },
     applyState(pool, backend, state) {
-      operatorStates.set(`${pool}\0${backend}`, state);
+      const key = `${pool}\0${backend}`;
+      operatorStates.set(key, state);
       const b = runtime.pools.get(pool)?.get(backend);
-      if (b) b.state = state;
+      if (b) {
+        b.state = effectiveState(state, Date.now());
+        b.drainUntil = state.state === "drain" ? state.until : 0;
+      }
+      drains.set(key, state.state === "drain" ? state.until : 0);
     },
     applyHealth(pool, backend, down) {
       const b = runtime.pools.get(pool)?.get(backend);
@@ -234,6 +259,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       (await tether.prepare(next)).commit();
     },
     async stop(graceMs = runtime.config.shutdownGraceMs) {
+      drains.clearAll();
       await data.stop(graceMs);
       await plane.stop();
       upstream.close();

@@ -6,9 +6,9 @@
  * is skipped.
  */
 import type { Config } from "../config/load.ts";
-import type { BackendState } from "../config/schema.ts";
 import type { Runtime } from "../contracts.ts";
 import type { Logger } from "../log.ts";
+import { type OperatorState, parseState, validUntil } from "../pool/drain.ts";
 import { applySnapshot, readSnapshot } from "./snapshot.ts";
 import { saveSnapshot } from "./snapshot-save.ts";
 
@@ -22,7 +22,7 @@ export interface Snapshots {
 export function startSnapshots(
   config: Config,
   current: () => Runtime,
-  operatorStates: Map<string, BackendState>,
+  operatorStates: Map<string, OperatorState>,
   log: Logger,
 ): Snapshots {
   const file = config.snapshotFile;
@@ -32,8 +32,10 @@ export function startSnapshots(
   if (problem) log.warn("snapshot ignored", { file, problem });
   if (snapshot) {
     for (const s of snapshot.states) {
-      if (current().pools.get(s.pool)?.get(s.backend)) {
-        operatorStates.set(`${s.pool}\0${s.backend}`, s.state);
+      const state = parseState(s.state);
+      if (state && current().pools.get(s.pool)?.get(s.backend)) {
+        if (state.state === "drain") state.until = validUntil(s.until);
+        operatorStates.set(`${s.pool}\0${s.backend}`, state);
         loadedStates = true;
       }
     }

@@ -44,6 +44,14 @@ describe("tether route", () => {
     ]);
   });
 
+  test("reports the pool's drain deadline when it has one, and nothing when not", () => {
+    expect(route(cfg({ drainDeadlineMs: 600_000 }), query()).settings).toEqual([
+      "failover: move",
+      "drainDeadlineMs: 600000",
+    ]);
+    expect(route(cfg({}), query()).settings).toEqual(["failover: move"]);
+  });
+
   test("a prefixed header naming a backend in maintenance is held under strict failover, moved otherwise", () => {
     const rule = { type: "header", name: "X-Api-Session", mode: "prefix" };
     // The route for backend b, as a running tether with the same key would have issued it.
