@@ -111,9 +111,16 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
   // Each thread reaches a drain's deadline by its own clock: the deadline is absolute, nothing is sent.
   const drains = new DrainTimers((key) => deadlinePassed(key));
   let control: ControlPlane | null = null;
-  const learned = (pool: string, table: string, key: number, backendId: string, exp: number) => {
+  const learned = (
+    pool: string,
+    table: string,
+    key: number,
+    backendId: string,
+    exp: number,
+    redis: boolean,
+  ) => {
     opts.onLearned?.(pool, table, key, backendId, exp);
-    control?.cluster?.publishLearned(pool, table, key, backendId, exp);
+    if (redis) control?.cluster?.publishLearned(pool, table, key, backendId, exp);
   };
   const shareLearned = Boolean(opts.onLearned || config.redisUrl);
   const build = (c: Config, previous?: Runtime) => {
@@ -129,8 +136,9 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
         if (s) b.state = effectiveState(s, now);
       }
       for (const [name, table] of pool.chain.tables) {
+        const redis = table.clusterShared;
         table.onLearn = shareLearned
-          ? (key, backendId, exp) => learned(pool.name, name, key, backendId, exp)
+          ? (key, backendId, exp) => learned(pool.name, name, key, backendId, exp, redis)
           : null;
       }
     }
@@ -163,6 +171,17 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
   }
   const { health, admin } = plane;
 
+  /** Redis is asked only about tables it holds: a stick table without "share" is never written there. */
+  function redisLookups(cluster: ClusterLookup | null): ClusterLookup | null {
+    if (!cluster) return null;
+    return {
+      lookup: (pool, table, key) =>
+        runtime.pools.get(pool)?.chain.tables.get(table)?.clusterShared === false
+          ? Promise.resolve(null)
+          : cluster.lookup(pool, table, key),
+    };
+  }
+
   /** A drain's deadline passed: maintenance; its sessions move on their next request, its WebSockets close. */
   function deadlinePassed(key: string): void {
     const s = operatorStates.get(key);
@@ -178,7 +197,9 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     audit.emit("backend.state", fields);
   }
   const upstream = new UpstreamClient();
-  const lookups = opts.siblings ? chainLookups(opts.siblings, plane.lookups) : plane.lookups;
+  const lookups = opts.siblings
+    ? chainLookups(opts.siblings, redisLookups(plane.lookups))
+    : redisLookups(plane.lookups);
   const deps: ProxyDeps = { upstream, log, audit, metrics, health, cluster: lookups };
 
   let data: DataPlane;

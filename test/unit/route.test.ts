@@ -31,6 +31,7 @@ describe("tether route", () => {
           { type: "header", name: "Mcp-Session-Id", mode: "learn" },
           { type: "header", name: "X-Api-Session", mode: "prefix" },
           { type: "header", name: "X-User" },
+          { type: "client-ip", stick: true, maxEntries: 1000, share: true },
         ],
         failover: "strict",
       }),
@@ -40,6 +41,7 @@ describe("tether route", () => {
       "persistence[0]: header Mcp-Session-Id (learn)",
       "persistence[1]: header X-Api-Session (prefix)",
       "persistence[2]: header X-User (hash)",
+      "persistence[3]: client-ip /32 /64 stick maxEntries=1000 share",
       "failover: strict",
     ]);
   });
