@@ -59,7 +59,8 @@ describe("adding one backend to N", () => {
       { pool: "app", id: ids[n] as string, url: "http://10.77.0.99:8080", weight: 1, source: "dns" },
     ]);
     const r2 = buildRuntime(next, r1, [key]);
-    const ring = (r: typeof r1) => (r.pools.get("app")?.chain as unknown as { ring: HashRing } | undefined)?.ring as HashRing;
+    const ring = (r: typeof r1) =>
+      (r.pools.get("app")?.chain as unknown as { ring: HashRing } | undefined)?.ring as HashRing;
     const keys = sessionKeyHashes(5, KEYS);
     const before = owners(ring(r1), keys);
     const after = owners(ring(r2), keys);
