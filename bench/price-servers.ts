@@ -12,6 +12,12 @@
  * proxy        Bun.serve → tether's upstream client → a Response with the body
  * proxy-full   proxy + what tether asks of Bun: requestIP, every request header
  *              copied, forwarding headers, the response's headers into a Headers
+ * sketch       proxy-full's shape with cookie insert and nothing else: the sealed
+ *              token taken out of the Cookie, opened once (a Map of opened tokens),
+ *              the backend's fields back without hop-by-hop ones, Set-Cookie and
+ *              Cache-Control: private for a new session, one .then on the
+ *              upstream promise; what tether does beyond it (timeouts, aborts,
+ *              metrics, audit, routing, accounting) is what tether ÷ sketch prices
  * listen-proxy Bun.listen front end: the head parsed into header pairs, forwarding
  *              headers added, tether's upstream client, the answer written as
  *              bytes (bodyless GETs, no pipelining: a floor, not a proxy)
@@ -19,6 +25,8 @@
  *              relayed as bytes, the answer framed by Content-Length (bodyless
  *              GETs only: a floor, not a proxy)
  */
+import { newSessionKey } from "../src/persistence/cookie-insert.ts";
+import { backendKey, type TokenClaims, TokenSealer } from "../src/persistence/token.ts";
 import { UpstreamClient } from "../src/proxy/upstream/client.ts";
 import type { UpstreamTarget } from "../src/proxy/upstream/types.ts";
 import { HOST } from "./lib/net.ts";
@@ -30,6 +38,7 @@ export const VARIANTS = [
   "timeout",
   "proxy",
   "proxy-full",
+  "sketch",
   "listen-proxy",
   "raw",
 ] as const;
@@ -39,6 +48,69 @@ const BODY = `${"hello from a one-change server".padEnd(63, ".")}\n`;
 const PLAIN = { "content-type": "text/plain" };
 const UPSTREAM_OPTIONS = { connectTimeoutMs: 5000, responseTimeoutMs: 30_000 };
 
+const SKETCH_HOP = new Set(["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"]);
+
+/** The sketch variant (see the list above): cookie insert on the shape of proxy-full. */
+function serveSketch(port: number, target: UpstreamTarget): { port: number; stop: () => void } {
+  const client = new UpstreamClient();
+  const sealer = new TokenSealer([Buffer.alloc(32, 9)], "app", "TETHER");
+  const opened = new Map<string, TokenClaims>();
+  const server = Bun.serve({
+    hostname: HOST,
+    port,
+    idleTimeout: 120,
+    fetch(req, srv) {
+      const ip = srv.requestIP(req)?.address ?? "";
+      const fields: string[] = [];
+      let token: string | null = null;
+      let host = "";
+      for (const [name, value] of req.headers) {
+        if (SKETCH_HOP.has(name)) continue;
+        if (name === "cookie") {
+          token = value.startsWith("TETHER=") ? value.slice(7) : null;
+          continue;
+        }
+        if (name === "host") host = value;
+        fields.push(name, value);
+      }
+      fields.push("x-forwarded-for", ip, "x-forwarded-proto", "http", "x-forwarded-host", host);
+      fields.push("forwarded", `for=${ip};proto=http;host=${host}`);
+      let claims = token === null ? undefined : opened.get(token);
+      if (token !== null && claims === undefined) {
+        const r = sealer.open(token);
+        if (r.ok) opened.set(token, (claims = r.claims));
+      }
+      const fresh = claims === undefined;
+      return client
+        .request(
+          target,
+          { method: req.method, target: "/", fields, body: null, bodyLength: null },
+          UPSTREAM_OPTIONS,
+        )
+        .then((r) => {
+          const headers = new Headers();
+          for (const [name, value] of r.headers) {
+            const lower = name.toLowerCase();
+            if (!SKETCH_HOP.has(lower) && lower !== "content-length") headers.append(name, value);
+          }
+          if (fresh) {
+            const now = Math.floor(Date.now() / 1000);
+            const sealed = sealer.seal({
+              sessionKey: newSessionKey(),
+              backendKey: backendKey("app-1"),
+              issuedAt: now,
+              lastSeen: now,
+            });
+            headers.append("set-cookie", `TETHER=${sealed}; Path=/; HttpOnly; SameSite=Lax`);
+            headers.set("cache-control", "private");
+          }
+          return new Response(r.body as Uint8Array, { status: r.status, statusText: r.statusText, headers });
+        });
+    },
+  });
+  return { port: server.port ?? port, stop: () => server.stop(true) };
+}
+
 /** Starts one variant on `port` (0: any); returns its port and a stop function. */
 export function serveVariant(
   variant: Variant,
@@ -47,6 +119,7 @@ export function serveVariant(
 ): { port: number; stop: () => void } {
   if (variant === "raw") return serveRaw(port, target);
   if (variant === "listen-proxy") return serveListenProxy(port, target);
+  if (variant === "sketch") return serveSketch(port, target);
   const client = new UpstreamClient();
   const server = Bun.serve({
     hostname: HOST,
