@@ -4,6 +4,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import type { Server } from "bun";
+import { makeCert } from "../support/certs.ts";
 import { type Dnsmasq, startDnsmasq } from "../support/dnsmasq.ts";
 import { spawnCli, startInProcess, tempDir, workersListening, writeConfig } from "../support/tether.ts";
 
@@ -173,6 +174,50 @@ describe("DNS discovery (SRV records)", () => {
       [`two.app.test_${port}`, `http://127.0.0.12:${port}`, 20],
     ]);
     expect(await (await fetch(t.url())).text()).toMatch(/^127\.0\.0\.1[12]$/);
+  });
+});
+
+describe("DNS discovery (SRV records over https)", () => {
+  test("a target's certificate is checked against the target name, not its address", async () => {
+    const dir = tempDir();
+    // The certificate names only the target: checked against 127.0.0.11 it would be refused.
+    const { cert, key } = await makeCert(dir, "one.app.test");
+    const secure = Bun.serve({
+      hostname: "127.0.0.11",
+      port: 0,
+      tls: { cert: Bun.file(cert), key: Bun.file(key) },
+      fetch: () => new Response("one over tls"),
+    });
+    cleanup.push(() => secure.stop(true));
+    const dns = await startDnsmasq(
+      ["127.0.0.11 one.app.test"],
+      [`_https._tcp.app.test,one.app.test,${secure.port},0,1`],
+    );
+    cleanup.push(() => dns.stop());
+    const t = startInProcess({
+      listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+      pools: {
+        app: {
+          retries: 0,
+          discover: {
+            dns: "_https._tcp.app.test",
+            type: "SRV",
+            scheme: "https",
+            intervalMs: 100,
+            resolver: dns.address,
+            tls: { ca: cert },
+          },
+        },
+      },
+    });
+    cleanup.push(() => t.stop());
+    const pool = () => t.tether.runtime.pools.get("app");
+    await until(() => (pool()?.backends.length ?? 0) === 1, 5_000, "the SRV backend");
+    expect(pool()?.backends.map((b) => [b.id, b.url, b.target.tls?.serverName])).toEqual([
+      [`one.app.test_${secure.port}`, `https://127.0.0.11:${secure.port}`, "one.app.test"],
+    ]);
+    const res = await fetch(`${t.url()}/`);
+    expect([res.status, await res.text()]).toEqual([200, "one over tls"]);
   });
 });
 
