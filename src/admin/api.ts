@@ -7,6 +7,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { formatPath } from "../config/load.ts";
 import { apiBackendSchema, type BackendState } from "../config/schema.ts";
 import type { Runtime } from "../contracts.ts";
+import type { OperatorState } from "../pool/drain.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
 import type { Metrics } from "./metrics.ts";
 
@@ -15,8 +16,8 @@ export interface AdminContext {
   token: string;
   metrics: Metrics;
   dashboardHtml: string;
-  /** Applies an operator's state change; it outlives reloads. */
-  setState(pool: Pool, backend: Backend, state: BackendState): void;
+  /** Applies an operator's state change (a drain with its deadline); it outlives reloads. */
+  setState(pool: Pool, backend: Backend, state: OperatorState): void;
   /** Adds a backend to a pool; resolves once every thread serves it. */
   addBackend(
     pool: Pool,
@@ -67,11 +68,36 @@ export function backendView(pool: Pool, b: Backend, now = Date.now()) {
     requests: b.requests,
     errors: b.errors,
     lastPinnedAt: b.lastPinnedAt ? new Date(b.lastPinnedAt).toISOString() : null,
+    drain: drainView(b, now),
   };
 }
 
-/** Validates a PUT body: exactly {"state": "ready" | "drain" | "maint"}. */
-export function parseStateBody(text: string): { state: BackendState } | { error: string } {
+/**
+ * A drain with a deadline, as an operator needs it: when the backend goes to
+ * maintenance, the time left, and the sessions still pinned to it (the
+ * sessions seen on it within the active window, an estimate: a session that
+ * has not come back since cannot be told from one that ended). Null otherwise.
+ */
+export function drainView(b: Backend, now: number) {
+  if (b.drainUntil <= 0 || b.state !== "drain") return null;
+  return {
+    deadline: new Date(b.drainUntil).toISOString(),
+    leftMs: Math.max(0, b.drainUntil - now),
+    sessionsPinned: b.sessions.count(now),
+  };
+}
+
+/**
+ * Validates a PUT body: {"state": "ready" | "drain" | "maint"}, and with
+ * "drain" an optional "deadlineMs" (from now). A drain without one gets the
+ * pool's drainDeadlineMs (0: none). The deadline comes back as an absolute
+ * time (ms since the epoch).
+ */
+export function parseStateBody(
+  text: string,
+  nowMs: number,
+  poolDeadlineMs = 0,
+): OperatorState | { error: string } {
   let body: unknown;
   try {
     body = JSON.parse(text);
@@ -80,13 +106,21 @@ export function parseStateBody(text: string): { state: BackendState } | { error:
   }
   if (typeof body !== "object" || body === null || Array.isArray(body))
     return { error: "body must be a JSON object" };
-  const extra = Object.keys(body).filter((k) => k !== "state");
+  const extra = Object.keys(body).filter((k) => k !== "state" && k !== "deadlineMs");
   if (extra.length) return { error: `unknown key "${extra[0]}"` };
-  const state = (body as { state?: unknown }).state;
+  const { state, deadlineMs } = body as { state?: unknown; deadlineMs?: unknown };
   if (typeof state !== "string" || !STATES.includes(state as BackendState)) {
     return { error: 'state must be "ready", "drain" or "maint"' };
   }
-  return { state: state as BackendState };
+  if (deadlineMs === undefined)
+    return {
+      state: state as BackendState,
+      until: state === "drain" && poolDeadlineMs > 0 ? nowMs + poolDeadlineMs : 0,
+    };
+  if (state !== "drain") return { error: 'deadlineMs goes only with "state": "drain"' };
+  if (typeof deadlineMs !== "number" || !Number.isSafeInteger(deadlineMs) || deadlineMs < 1)
+    return { error: "deadlineMs must be a whole number of milliseconds, at least 1" };
+  return { state: "drain", until: nowMs + deadlineMs };
 }
 
 /** Validates a POST body: {"id", "url", "weight"?}, as the config file would; every reason is given. */
@@ -213,6 +247,7 @@ export async function handleAdmin(req: Request, ctx: AdminContext): Promise<Resp
         id: b.id,
         state: b.state,
         activeSessions: b.sessions.count(now),
+        drain: drainView(b, now),
       })),
       learnedEntries: learned,
     });
@@ -255,9 +290,9 @@ export async function handleAdmin(req: Request, ctx: AdminContext): Promise<Resp
         202,
       );
     }
-    const parsed = parseStateBody(await req.text());
+    const parsed = parseStateBody(await req.text(), now, pool.settings.drainDeadlineMs);
     if ("error" in parsed) return problem(400, parsed.error);
-    ctx.setState(pool, backend, parsed.state);
+    ctx.setState(pool, backend, parsed);
     return json({ backend: backendView(pool, backend, now) });
   }
   return problem(404, "not found");

@@ -17,6 +17,12 @@ export interface RouteAnswer {
   settings?: string[];
 }
 
+/** A hashing rule's stick table, as `tether route` names it. */
+function stickText(r: { stick?: boolean; share?: boolean; maxEntries?: number }): string {
+  if (!r.stick) return "";
+  return ` stick maxEntries=${r.maxEntries ?? 1_000_000}${r.share ? " share" : ""}`;
+}
+
 /** One line per persistence setting of a pool: its rules in order, with their modes. */
 export function describePersistence(pool: ResolvedPool): string[] {
   return pool.persistence.map((r, i) => {
@@ -27,11 +33,11 @@ export function describePersistence(pool: ResolvedPool): string[] {
           ? `${at}: cookie ${r.name} (insert) Path=${r.path} SameSite=${r.sameSite}${r.partitioned ? " Partitioned" : ""}`
           : `${at}: cookie ${r.name} (${r.mode})`;
       case "header":
-        return `${at}: header ${r.name} (${r.mode})`;
+        return `${at}: header ${r.name} (${r.mode})${r.mode === "hash" ? stickText(r) : ""}`;
       case "url":
         return `${at}: url ${[r.param && `?${r.param}=`, r.pathParam && `;${r.pathParam}=`].filter(Boolean).join(" ")}`;
       case "client-ip":
-        return `${at}: client-ip /${r.ipv4Prefix} /${r.ipv6Prefix}`;
+        return `${at}: client-ip /${r.ipv4Prefix} /${r.ipv6Prefix}${stickText(r)}`;
       default:
         return `${at}: tls-session`;
     }
@@ -64,6 +70,7 @@ export function route(config: Config, q: RouteQuery): RouteAnswer {
   if (!pool || !poolConfig)
     return { pool: q.pool, backend: null, rule: null, reason: `no pool named "${q.pool}"` };
   const settings = [...describePersistence(poolConfig), `failover: ${poolConfig.failover}`];
+  if (poolConfig.drainDeadlineMs) settings.push(`drainDeadlineMs: ${poolConfig.drainDeadlineMs}`);
   const headers = new Headers();
   for (const h of q.headers) {
     const colon = h.indexOf(":");

@@ -119,6 +119,25 @@ const tableOptions = {
     .describe("Learned entries kept at most; the least recently used go first (default 1000000)"),
 };
 
+/** Hashing rules: remember each key's first placement, so a backend that joins moves none of them. */
+const stickOptions = {
+  stick: z
+    .boolean()
+    .optional()
+    .describe(
+      "Remember each key's first backend in this rule's own table (expireMs, maxEntries, LRU), so adding a backend moves none of them (default false)",
+    ),
+  share: z
+    .boolean()
+    .optional()
+    .describe(
+      "With stick: also share the table through Redis (default false: worker threads and snapshots only)",
+    ),
+  // Optional rather than defaulted: a rule without "stick" has no table to size.
+  expireMs: tableOptions.expireMs.removeDefault().optional(),
+  maxEntries: tableOptions.maxEntries.removeDefault().optional(),
+};
+
 const cookieInsertRule = z
   .strictObject({
     type: z.literal("cookie"),
@@ -185,6 +204,7 @@ const clientIpRule = z
       .max(128)
       .default(64)
       .describe("Bits of an IPv6 address kept (default 64)"),
+    ...stickOptions,
   })
   .describe("A hash of the masked client address");
 const tlsSessionRule = z
@@ -199,6 +219,7 @@ const headerHashRule = z
     type: z.literal("header"),
     name: headerName,
     mode: z.literal("hash").default("hash").describe('"hash" (default), "learn" or "prefix"'),
+    ...stickOptions,
   })
   .describe("A hash of a request header's value");
 const headerLearnRule = z
@@ -377,6 +398,14 @@ export const poolSchema = z.strictObject({
     10_000,
     "How long a request may wait for a backend at maxConn before 503 (default 10000)",
   ),
+  drainDeadlineMs: z
+    .number()
+    .int("must be a whole number of milliseconds")
+    .min(1)
+    .optional()
+    .describe(
+      "A drain set through the admin API without deadlineMs ends after this long: the backend goes to maint, its sessions move and its WebSockets close with 1001 (default: no deadline)",
+    ),
   healthCheck: healthCheckSchema.optional(),
   maxFails: z
     .number()
@@ -689,6 +718,12 @@ export const configSchema = z
           message: "the PROXY protocol is sent only to tcp:// backends",
         });
       pool.persistence.forEach((r, i) => {
+        if ((r.type === "client-ip" || (r.type === "header" && r.mode === "hash")) && r.share && !r.stick)
+          ctx.addIssue({
+            code: "custom",
+            message: 'share needs "stick": true (only a stick table has entries to share)',
+            path: ["pools", poolName, "persistence", i, "share"],
+          });
         if (r.type === "cookie" && r.mode === "insert" && r.partitioned && r.sameSite !== "None")
           ctx.addIssue({
             code: "custom",

@@ -21,6 +21,7 @@ import { CookieInsertRule, newSessionKey, sessionKeyText } from "./cookie-insert
 import { CookieLearnRule } from "./cookie-learn.ts";
 import { CookiePrefixRule } from "./cookie-prefix.ts";
 import { HeaderLearnRule, HeaderPrefixRule, HeaderRule } from "./header.ts";
+import { StickyHashRule } from "./stick.ts";
 import { StickTable } from "./stick-table.ts";
 import { TlsSessionRule } from "./tls-session.ts";
 import type {
@@ -97,15 +98,34 @@ function buildRule(
       return new CookieLearnRule(r.name, tableFor(r.expireMs, r.maxEntries));
     case "url":
       return new UrlRule(r.param, r.pathParam, tableFor(r.expireMs, r.maxEntries));
-    case "client-ip":
-      return new ClientIpRule(r.ipv4Prefix, r.ipv6Prefix);
+    case "client-ip": {
+      const rule = new ClientIpRule(r.ipv4Prefix, r.ipv6Prefix);
+      return r.stick
+        ? sticky(rule, tableFor(r.expireMs ?? STICK_EXPIRE_MS, r.maxEntries ?? STICK_MAX_ENTRIES), r.share)
+        : rule;
+    }
     case "header":
       if (r.mode === "learn") return new HeaderLearnRule(r.name, tableFor(r.expireMs, r.maxEntries));
       if (r.mode === "prefix") return new HeaderPrefixRule(r.name, opts.pool, opts.keys, ids);
-      return new HeaderRule(r.name);
+      return r.stick
+        ? sticky(
+            new HeaderRule(r.name),
+            tableFor(r.expireMs ?? STICK_EXPIRE_MS, r.maxEntries ?? STICK_MAX_ENTRIES),
+            r.share,
+          )
+        : new HeaderRule(r.name);
     case "tls-session":
       return new TlsSessionRule(tableFor(r.expireMs, r.maxEntries));
   }
+}
+
+/** A stick table's defaults, those of every learned table (config/schema.ts tableOptions). */
+const STICK_EXPIRE_MS = 1_800_000;
+const STICK_MAX_ENTRIES = 1_000_000;
+
+function sticky(rule: Rule, table: StickTable, share: boolean | undefined): Rule {
+  table.clusterShared = share === true;
+  return new StickyHashRule(rule, table);
 }
 
 export class PersistenceChain {

@@ -22,17 +22,7 @@ export class CookiePrefixRule implements Rule {
   }
 
   decide(req: RequestFacts): Decision {
-    const value = getCookie(req.cookie, this.cookieName);
-    if (value === null) return { kind: "none", rule: this.name };
-    const parts = this.routes.split(value);
-    if (typeof parts === "string") return { kind: "none", rule: this.name, rejected: parts };
-    return {
-      kind: "pinned",
-      backendId: parts.backendId,
-      key: parts.inner,
-      rule: this.name,
-      refresh: parts.stale,
-    };
+    return this.routes.decide(getCookie(req.cookie, this.cookieName), this.name);
   }
 
   backendCookie(cookie: string): string {

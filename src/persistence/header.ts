@@ -86,17 +86,7 @@ export class HeaderPrefixRule implements Rule {
   }
 
   decide(req: RequestFacts): Decision {
-    const value = requestValue(req, this.header);
-    if (value === null) return { kind: "none", rule: this.name };
-    const parts = this.routes.split(value);
-    if (typeof parts === "string") return { kind: "none", rule: this.name, rejected: parts };
-    return {
-      kind: "pinned",
-      backendId: parts.backendId,
-      key: parts.inner,
-      rule: this.name,
-      refresh: parts.stale,
-    };
+    return this.routes.decide(requestValue(req, this.header), this.name);
   }
 
   /** The backend gets its own value back: the route prefix comes off the request's field. */

@@ -7,6 +7,7 @@
  * an older key is recognised and re-issued under the newest.
  */
 import { createHmac } from "node:crypto";
+import type { Decision, RuleName } from "./types.ts";
 
 const SEP = "~";
 /** 12 HMAC bytes in base64url. */
@@ -47,6 +48,14 @@ export class RoutePrefixes {
   /** The application's value inside a prefixed one, or null when it carries no prefix. */
   inner(value: string): string | null {
     return value.indexOf(SEP) === ROUTE_CHARS ? value.slice(ROUTE_CHARS + 1) : null;
+  }
+
+  /** What a rule decides from a value it found (null: none): pinned to the prefix's backend, or rejected. */
+  decide(value: string | null, rule: RuleName): Decision {
+    if (value === null) return { kind: "none", rule };
+    const parts = this.split(value);
+    if (typeof parts === "string") return { kind: "none", rule, rejected: parts };
+    return { kind: "pinned", backendId: parts.backendId, key: parts.inner, rule, refresh: parts.stale };
   }
 
   /** "malformed": no prefix; "bad-mac": a prefix no key made for a backend of this pool. */

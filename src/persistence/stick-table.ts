@@ -43,6 +43,12 @@ export class StickTable {
   private readonly misses = new Map<number, number>();
   /** Set by the state hub when entries must leave this thread. */
   onLearn: LearnHook | null = null;
+  /**
+   * Entries are written to and looked up in Redis. False for a "stick" table
+   * without "share": keys a client chose stay in this instance (its worker
+   * threads and snapshot) unless the rule asks otherwise.
+   */
+  clusterShared = true;
   /** Identifies the secret without revealing it: entries saved under another secret are useless. */
   readonly fingerprint: string;
   private readonly lifeSec: number;

@@ -8,6 +8,12 @@ import { PersistenceChain } from "../persistence/chain.ts";
 import type { AbortLike, UpstreamTarget } from "../proxy/upstream/types.ts";
 import { ActiveSessions } from "./active-sessions.ts";
 
+/** What a backend needs of an open WebSocket to end it (its drain deadline passed). */
+export interface ClosableSocket {
+  /** Closes both sides with 1001 (going away). */
+  goAway(): void;
+}
+
 /** How a wait for a slot ended. */
 export type SlotWait = "acquired" | "timeout" | "aborted";
 
@@ -28,6 +34,10 @@ export class Backend {
   /** Counters for the admin API. */
   requests = 0;
   errors = 0;
+  /** A drain's deadline (ms since the epoch), after which it is in maintenance; 0 = none. */
+  drainUntil = 0;
+  /** Its open WebSockets, closed when a drain deadline passes (added per WebSocket, never per request). */
+  readonly sockets = new Set<ClosableSocket>();
   /** When a request last arrived pinned to it (ms since the epoch; 0 = never). */
   lastPinnedAt = 0;
   sessions: ActiveSessions;
@@ -136,6 +146,8 @@ export interface PoolSettings {
   removeAfterMs: number;
   /** tls-passthrough pools: the PROXY protocol version sent to backends, if any. */
   sendProxyProtocol?: "v1" | "v2";
+  /** A drain set through the admin API without a deadline gets this one (ms from then); 0 = none. */
+  drainDeadlineMs: number;
 }
 
 export function toTarget(b: ResolvedBackend): UpstreamTarget {
@@ -176,6 +188,7 @@ export class Pool {
       failOn5xx: config.failOn5xx,
       tcp: isTcpPool(config),
       removeAfterMs: config.removeAfterMs,
+      drainDeadlineMs: config.drainDeadlineMs ?? 0,
       // About when a down backend can be seen up again: active checks need `rise` passes, passive ones expire.
       retryAfterSec: Math.max(
         1,

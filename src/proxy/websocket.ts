@@ -15,7 +15,7 @@ import type { Server, WebSocketHandler } from "bun";
 import type { ProxyDeps, RequestInfo } from "../contracts.ts";
 import type { Placement } from "../persistence/types.ts";
 import { Placing } from "../pool/placement.ts";
-import type { Backend, Pool } from "../pool/pool.ts";
+import type { Backend, ClosableSocket, Pool } from "../pool/pool.ts";
 import { responseFacts, toClientResponse } from "./client-response.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
 import { appendBackendFields, emptyHead, scanRequestFields } from "./headers.ts";
@@ -38,6 +38,8 @@ export interface WsData {
   /** Released when the socket closes, on whichever side closes first. */
   backend: Backend;
   closed: boolean;
+  /** Registered on the backend while open, so a drain's deadline can end it. */
+  closer?: ClosableSocket;
 }
 
 /** Headers that belong to the client's own handshake; the backend handshake makes its own. */
@@ -60,7 +62,10 @@ function finish(data: WsData): void {
   if (data.closed) return;
   data.closed = true;
   data.backend.closeWebSocket();
+  if (data.closer) data.backend.sockets.delete(data.closer);
 }
+
+const GOING_AWAY = 1001;
 
 interface Handshake {
   placement: Placement;
@@ -184,6 +189,16 @@ export const websocketHandler: WebSocketHandler<WsData> = {
   open(client) {
     const data = client.data;
     const upstream = data.upstream;
+    // A drain's deadline ends the socket on both sides with 1001, "going away" (RFC 6455 §7.4.1).
+    data.closer = {
+      goAway() {
+        if (data.closed) return;
+        finish(data);
+        upstream.close(GOING_AWAY, "backend going away");
+        client.close(GOING_AWAY, "backend going away");
+      },
+    };
+    data.backend.sockets.add(data.closer);
     const relayed = (sent: number) => {
       // The client is slow (or gone): stop reading the backend until drain().
       if (sent === -1 || client.getBufferedAmount() > HIGH_WATER_BYTES) upstream.pause();

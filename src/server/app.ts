@@ -7,9 +7,9 @@ import { randomBytes } from "node:crypto";
 import { Metrics } from "../admin/metrics.ts";
 import { type Audit, createAudit, noAudit } from "../audit.ts";
 import type { Config } from "../config/load.ts";
-import type { BackendState } from "../config/schema.ts";
 import type { ClusterLookup, ListenerHandle, ProxyDeps, Runtime } from "../contracts.ts";
 import type { Logger } from "../log.ts";
+import { DrainTimers, effectiveState, type OperatorState } from "../pool/drain.ts";
 import { UpstreamClient } from "../proxy/upstream/client.ts";
 import { chainLookups } from "../state/sibling-lookup.ts";
 import { type ControlPlane, type Role, startControlPlane } from "./control-plane.ts";
@@ -24,11 +24,11 @@ export interface Tether {
   readonly metrics: Metrics;
   /** Where session and backend events are written (the primary also writes its workers'). */
   readonly audit: Audit;
-  /** States set by an operator, "pool\0id" → state. */
-  readonly operatorStates: ReadonlyMap<string, BackendState>;
+  /** States set by an operator, "pool\0id" → state (with a drain's deadline). */
+  readonly operatorStates: ReadonlyMap<string, OperatorState>;
   /** Entries, states and health learned in another thread or instance. */
   applyLearned(pool: string, table: string, key: number, backendId: string, expiresAtSec: number): void;
-  applyState(pool: string, backend: string, state: BackendState): void;
+  applyState(pool: string, backend: string, state: OperatorState): void;
   applyHealth(pool: string, backend: string, down: boolean): void;
   /**
    * A passive verdict reached in another thread: down until untilMs. The
@@ -99,7 +99,7 @@ export interface StartOptions {
   /** Workers: entries learned by the other workers of this process, asked on a local miss. */
   siblings?: ClusterLookup;
   /** Operator state changes made here leave through this. */
-  onStateChange?: (pool: string, backend: string, state: BackendState) => void;
+  onStateChange?: (pool: string, backend: string, state: OperatorState) => void;
   /** Active health check changes seen here leave through this. */
   onHealthChange?: (pool: string, backend: string, down: boolean) => void;
   /** Passive verdicts reached here leave through this, unannounced (workers: to the primary). */
@@ -122,11 +122,20 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       consequence: "sessions will not survive a restart or span instances; run `tether keygen`",
     });
   }
-  const operatorStates = new Map<string, BackendState>();
+  const operatorStates = new Map<string, OperatorState>();
+  // Each thread reaches a drain's deadline by its own clock: the deadline is absolute, nothing is sent.
+  const drains = new DrainTimers((key) => deadlinePassed(key));
   let control: ControlPlane | null = null;
-  const learned = (pool: string, table: string, key: number, backendId: string, exp: number) => {
+  const learned = (
+    pool: string,
+    table: string,
+    key: number,
+    backendId: string,
+    exp: number,
+    redis: boolean,
+  ) => {
     opts.onLearned?.(pool, table, key, backendId, exp);
-    control?.cluster?.publishLearned(pool, table, key, backendId, exp);
+    if (redis) control?.cluster?.publishLearned(pool, table, key, backendId, exp);
   };
   const shareLearned = Boolean(opts.onLearned || config.redisUrl);
   /** Refusals already logged: a membership change rebuilds every pool, and says only what is new. */
@@ -146,18 +155,22 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
             reason,
           });
       }
+      const now = Date.now();
       for (const b of pool.backends) {
         const s = operatorStates.get(`${pool.name}\0${b.id}`);
         // A backend being removed drains whatever an operator set before.
-        if (s && !b.removing) b.state = s;
+        b.drainUntil = s?.state === "drain" && !b.removing ? s.until : 0;
+        if (s && !b.removing) b.state = effectiveState(s, now);
       }
       for (const [name, table] of pool.chain.tables) {
+        const redis = table.clusterShared;
         table.onLearn = shareLearned
-          ? (key, backendId, exp) => learned(pool.name, name, key, backendId, exp)
+          ? (key, backendId, exp) => learned(pool.name, name, key, backendId, exp, redis)
           : null;
       }
     }
     refusedBefore = refusedNow;
+    for (const [key, s] of operatorStates) if (s.state === "drain" && s.until > 0) drains.set(key, s.until);
     return r;
   };
   let runtime = build(config);
@@ -205,8 +218,36 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     plane.restarted();
   }
   const { health, admin } = plane;
+
+  /** Redis is asked only about tables it holds: a stick table without "share" is never written there. */
+  function redisLookups(cluster: ClusterLookup | null): ClusterLookup | null {
+    if (!cluster) return null;
+    return {
+      lookup: (pool, table, key) =>
+        runtime.pools.get(pool)?.chain.tables.get(table)?.clusterShared === false
+          ? Promise.resolve(null)
+          : cluster.lookup(pool, table, key),
+    };
+  }
+
+  /** A drain's deadline passed: maintenance; its sessions move on their next request, its WebSockets close. */
+  function deadlinePassed(key: string): void {
+    const s = operatorStates.get(key);
+    const [poolName = "", id = ""] = key.split("\0");
+    const b = runtime.pools.get(poolName)?.get(id);
+    if (!s || !b || effectiveState(s, Date.now()) !== "maint") return;
+    const before = b.state;
+    b.state = "maint";
+    for (const socket of [...b.sockets]) socket.goAway();
+    if (role === "worker" || before === "maint") return;
+    const fields = { pool: poolName, backend: id, from: before, state: "maint", by: "deadline" };
+    log.info("backend state changed", fields);
+    audit.emit("backend.state", fields);
+  }
   const upstream = new UpstreamClient();
-  const lookups = opts.siblings ? chainLookups(opts.siblings, plane.lookups) : plane.lookups;
+  const lookups = opts.siblings
+    ? chainLookups(opts.siblings, redisLookups(plane.lookups))
+    : redisLookups(plane.lookups);
   const deps: ProxyDeps = { upstream, log, audit, metrics, health, cluster: lookups };
 
   let data: DataPlane;
@@ -237,9 +278,14 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
         p.chain.tables.get(table)?.putHashed(key, backendId, expiresAtSec, Math.floor(Date.now() / 1000));
     },
     applyState(pool, backend, state) {
-      operatorStates.set(`${pool}\0${backend}`, state);
+      const key = `${pool}\0${backend}`;
+      operatorStates.set(key, state);
       const b = runtime.pools.get(pool)?.get(backend);
-      if (b) b.state = state;
+      if (b) {
+        b.state = effectiveState(state, Date.now());
+        b.drainUntil = state.state === "drain" ? state.until : 0;
+      }
+      drains.set(key, state.state === "drain" ? state.until : 0);
     },
     applyHealth(pool, backend, down) {
       const b = runtime.pools.get(pool)?.get(backend);
@@ -285,6 +331,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     },
     async stop(graceMs = runtime.config.shutdownGraceMs) {
       membership?.stop();
+      drains.clearAll();
       await data.stop(graceMs);
       await plane.stop();
       upstream.close();

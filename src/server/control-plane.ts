@@ -14,10 +14,10 @@ import { startAdmin } from "../admin/server.ts";
 import type { Audit } from "../audit.ts";
 import type { Config } from "../config/load.ts";
 import type { Member } from "../config/members.ts";
-import type { BackendState } from "../config/schema.ts";
 import type { ClusterLookup, Runtime } from "../contracts.ts";
 import { DnsDiscovery } from "../discovery/dns-watcher.ts";
 import type { Logger } from "../log.ts";
+import type { OperatorState } from "../pool/drain.ts";
 import { HealthMonitor } from "../pool/health.ts";
 import { ClusterSync } from "../state/cluster.ts";
 import { startSnapshots } from "../state/persist.ts";
@@ -29,12 +29,13 @@ export type Role = "single" | "primary" | "worker";
 
 /** Where changes made in this thread go (to other threads) and where others' changes are applied. */
 export interface ControlPlaneLinks {
-  onStateChange?: (pool: string, backend: string, state: BackendState) => void;
+  onStateChange?: (pool: string, backend: string, state: OperatorState) => void;
   onHealthChange?: (pool: string, backend: string, down: boolean) => void;
   onPassiveVerdict?: (pool: string, backend: string, untilMs: number, reason: string) => void;
   /** Entries and states another instance shared through Redis. */
   applyLearned(pool: string, table: string, key: number, backendId: string, expiresAtSec: number): void;
-  applyState(pool: string, backend: string, state: BackendState): void;
+  /** Sets an operator state here (the backend, its drain deadline's timer); the caller shares it. */
+  applyState(pool: string, backend: string, state: OperatorState): void;
 }
 
 export interface ControlPlane {
@@ -58,7 +59,7 @@ export interface ControlPlaneContext {
   metrics: Metrics;
   current: () => Runtime;
   /** Backend states set by an operator, "pool\0id" → state; outlive reloads. */
-  operatorStates: Map<string, BackendState>;
+  operatorStates: Map<string, OperatorState>;
   /** Backends added while running; null in a worker. */
   membership: Membership | null;
   /** Members saved in the snapshot, restored before its learned entries are (they may name them). */
@@ -162,14 +163,20 @@ export function startControlPlane(ctx: ControlPlaneContext): ControlPlane {
           await ctx.membership?.remove(pool.name, backend.id, "admin");
           return { ok: true };
         },
-        setState(pool, backend, state) {
+        setState(pool, backend, s) {
           const before = backend.state;
-          backend.state = state;
-          operatorStates.set(`${pool.name}\0${backend.id}`, state);
-          links.onStateChange?.(pool.name, backend.id, state);
-          sync?.publishState(pool.name, backend.id, state);
-          if (before !== state) {
-            const fields = { pool: pool.name, backend: backend.id, from: before, state, by: "admin" };
+          links.applyState(pool.name, backend.id, s);
+          links.onStateChange?.(pool.name, backend.id, s);
+          sync?.publishState(pool.name, backend.id, s);
+          if (before !== s.state || s.until > 0) {
+            const fields = {
+              pool: pool.name,
+              backend: backend.id,
+              from: before,
+              state: s.state,
+              ...(s.until > 0 ? { deadline: new Date(s.until).toISOString() } : {}),
+              by: "admin",
+            };
             log.info("backend state changed", fields);
             audit.emit("backend.state", fields);
           }

@@ -3,7 +3,7 @@
  * shared between tether instances through Redis, with Bun's RedisClient.
  *
  *   learned entry  SET {prefix}t:{pool}:{table}:{key} = backendId EX <seconds left>
- *   backend state  SET {prefix}s:{pool}:{backend} = state (no TTL)
+ *   backend state  SET {prefix}s:{pool}:{backend} = state, or "drain@<ms>" with a deadline (no TTL)
  *   both           PUBLISH {prefix}events base64(msgpack {v, from, t, ...})
  *   API backend    HSET {prefix}backends {pool}:{id} = JSON {url, weight}, and "v" = 1 (the set
  *                  has been seeded: shared-backends.ts); HDEL when deleted; same PUBLISH
@@ -23,6 +23,7 @@
 import type { RedisClient } from "bun";
 import type { BackendState } from "../config/schema.ts";
 import type { Logger } from "../log.ts";
+import { formatState, type OperatorState, parseState, validUntil } from "../pool/drain.ts";
 import { decoder, encoder } from "./codec.ts";
 import { LEARNED_FIELDS, LearnBatcher, type LearnedBatch, learnedEntries } from "./learn-batch.ts";
 import { RedisLink, withTimeout } from "./redis-link.ts";
@@ -33,7 +34,7 @@ export const CLUSTER_PROTOCOL_VERSION = 1;
 /** Where entries and states learned by other instances are applied. */
 export interface ClusterHooks {
   applyLearned(pool: string, table: string, key: number, backendId: string, expiresAtSec: number): void;
-  applyState(pool: string, backend: string, state: BackendState): void;
+  applyState(pool: string, backend: string, state: OperatorState): void;
 }
 
 export interface ClusterOptions {
@@ -63,7 +64,16 @@ export interface ClusterStats {
 
 type ClusterMessage =
   | { v: number; from: string; t: "learn"; e: LearnedBatch }
-  | { v: number; from: string; t: "state"; pool: string; backend: string; state: BackendState };
+  | {
+      v: number;
+      from: string;
+      t: "state";
+      pool: string;
+      backend: string;
+      state: BackendState;
+      /** A drain's deadline (ms since the epoch); absent or 0: none. Instances that predate it read a plain drain. */
+      until?: number;
+    };
 
 /** Backends added through the admin API, as another instance shared them. */
 export interface SharedBackendHooks {
@@ -118,7 +128,7 @@ export class ClusterSync {
   private readonly unsentBackends = new Map<string, [SharedBackend, boolean]>();
   private backendHooks: SharedBackendHooks | null = null;
   /** States not yet written (Redis was down or the write failed): replayed on reconnect. */
-  private readonly unsentStates = new Map<string, [string, string, BackendState]>();
+  private readonly unsentStates = new Map<string, [string, string, OperatorState]>();
 
   constructor(
     private readonly opts: ClusterOptions,
@@ -173,7 +183,7 @@ export class ClusterSync {
   }
 
   /** Writes an operator state and tells the other instances. Never throws; replayed after an outage. */
-  publishState(pool: string, backend: string, state: BackendState): void {
+  publishState(pool: string, backend: string, state: OperatorState): void {
     if (this.stopped) return;
     const id = `${pool}\0${backend}`;
     this.unsentStates.set(id, [pool, backend, state]);
@@ -182,7 +192,7 @@ export class ClusterSync {
     this.sendState(cmd, pool, backend, state).then(
       () => {
         // A newer state for the same backend may have been queued meanwhile; keep that one.
-        if (this.unsentStates.get(id)?.[2] === state) this.unsentStates.delete(id);
+        if (sameState(this.unsentStates.get(id)?.[2], state)) this.unsentStates.delete(id);
       },
       (e) => this.link.report("state write", e),
     );
@@ -288,7 +298,7 @@ export class ClusterSync {
   }
 
   /** Every backend state stored in Redis, [pool, backend, state]; [] on failure or without a connection. */
-  async loadStates(): Promise<[string, string, BackendState][]> {
+  async loadStates(): Promise<[string, string, OperatorState][]> {
     const cmd = this.link.cmd;
     if (!cmd) return [];
     try {
@@ -364,23 +374,24 @@ export class ClusterSync {
     );
   }
 
-  private sendState(cmd: RedisClient, pool: string, backend: string, state: BackendState): Promise<unknown> {
+  private sendState(cmd: RedisClient, pool: string, backend: string, s: OperatorState): Promise<unknown> {
     const msg = pack({
       v: CLUSTER_PROTOCOL_VERSION,
       from: this.instanceId,
       t: "state",
       pool,
       backend,
-      state,
+      state: s.state,
+      ...(s.until > 0 ? { until: s.until } : {}),
     });
     return withTimeout(
-      Promise.all([cmd.set(this.stateKey(pool, backend), state), cmd.publish(this.channel, msg)]),
+      Promise.all([cmd.set(this.stateKey(pool, backend), formatState(s)), cmd.publish(this.channel, msg)]),
       WRITE_TIMEOUT_MS,
       "state write",
     );
   }
 
-  private async scanStates(cmd: RedisClient): Promise<[string, string, BackendState][]> {
+  private async scanStates(cmd: RedisClient): Promise<[string, string, OperatorState][]> {
     const head = `${this.opts.prefix}s:`;
     // SCAN's MATCH is a glob: escape the prefix's own glob characters.
     const pattern = `${head.replace(/[*?[\]\\]/g, "\\$&")}*`;
@@ -392,18 +403,17 @@ export class ClusterSync {
       cursor = next;
     } while (cursor !== "0");
     const list = [...keys];
-    const out: [string, string, BackendState][] = [];
+    const out: [string, string, OperatorState][] = [];
     for (let i = 0; i < list.length; i += 1000) {
       const chunk = list.slice(i, i + 1000);
       const values = await cmd.mget(...chunk);
       chunk.forEach((k, j) => {
-        const state = values[j];
+        const state = parseState(values[j]);
         // Pool names and backend ids cannot hold ':' (config schema), so the first one splits them.
         const rest = k.slice(head.length);
         const colon = rest.indexOf(":");
-        if (colon <= 0 || colon === rest.length - 1 || typeof state !== "string" || !STATES.has(state))
-          return;
-        out.push([rest.slice(0, colon), rest.slice(colon + 1), state as BackendState]);
+        if (colon <= 0 || colon === rest.length - 1 || state === null) return;
+        out.push([rest.slice(0, colon), rest.slice(colon + 1), state]);
       });
     }
     return out;
@@ -424,7 +434,7 @@ export class ClusterSync {
     for (const [id, [pool, backend, state]] of [...this.unsentStates]) {
       try {
         await this.sendState(cmd, pool, backend, state);
-        if (this.unsentStates.get(id)?.[2] === state) this.unsentStates.delete(id);
+        if (sameState(this.unsentStates.get(id)?.[2], state)) this.unsentStates.delete(id);
       } catch (e) {
         this.link.report("state write", e);
         return false;
@@ -454,7 +464,8 @@ export class ClusterSync {
         this.apply(() => this.hooks.applyLearned(pool, table, key, backendId, exp));
       }
     } else {
-      this.apply(() => this.hooks.applyState(m.pool, m.backend, m.state));
+      const state = { state: m.state, until: m.state === "drain" ? validUntil(m.until) : 0 };
+      this.apply(() => this.hooks.applyState(m.pool, m.backend, state));
     }
   };
 
@@ -467,6 +478,9 @@ export class ClusterSync {
     }
   }
 }
+
+const sameState = (a: OperatorState | undefined, b: OperatorState) =>
+  a !== undefined && a.state === b.state && a.until === b.until;
 
 /** publish() takes strings only and sends them as UTF-8, so binary msgpack travels as base64. */
 function pack(m: ClusterMessage | BackendMessage): string {

@@ -7,9 +7,9 @@
  */
 import type { Config } from "../config/load.ts";
 import type { Member } from "../config/members.ts";
-import type { BackendState } from "../config/schema.ts";
 import type { Runtime } from "../contracts.ts";
 import type { Logger } from "../log.ts";
+import { type OperatorState, parseState, validUntil } from "../pool/drain.ts";
 import { applySnapshot, readSnapshot } from "./snapshot.ts";
 import { saveSnapshot } from "./snapshot-save.ts";
 
@@ -23,7 +23,7 @@ export interface Snapshots {
 export function startSnapshots(
   config: Config,
   current: () => Runtime,
-  operatorStates: Map<string, BackendState>,
+  operatorStates: Map<string, OperatorState>,
   log: Logger,
   /** Backends added through the admin API, restored before the entries that may name them. */
   restoreBackends: (members: Member[]) => number = () => 0,
@@ -39,8 +39,10 @@ export function startSnapshots(
     );
     if (backends) log.info("backends restored from the snapshot", { file, backends });
     for (const s of snapshot.states) {
-      if (current().pools.get(s.pool)?.get(s.backend)) {
-        operatorStates.set(`${s.pool}\0${s.backend}`, s.state);
+      const state = parseState(s.state);
+      if (state && current().pools.get(s.pool)?.get(s.backend)) {
+        if (state.state === "drain") state.until = validUntil(s.until);
+        operatorStates.set(`${s.pool}\0${s.backend}`, state);
         loadedStates = true;
       }
     }

@@ -11,11 +11,11 @@
  * shared Encoder and its own array header dropped. readSnapshot reads both.
  */
 import { open, rename, rm } from "node:fs/promises";
-import type { BackendState } from "../config/schema.ts";
 import type { Runtime } from "../contracts.ts";
 import type { StickTable } from "../persistence/stick-table.ts";
+import type { OperatorState } from "../pool/drain.ts";
 import { encoder } from "./codec.ts";
-import { dynamicBackends, SNAPSHOT_VERSION, type Snapshot } from "./snapshot.ts";
+import { dynamicBackends, listStates, SNAPSHOT_VERSION } from "./snapshot.ts";
 
 export interface SaveOptions {
   /** Entries read and encoded between two yields (default 2048: well under a millisecond here). */
@@ -50,7 +50,7 @@ const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 export async function saveSnapshot(
   file: string,
   runtime: Runtime,
-  operatorStates: ReadonlyMap<string, BackendState>,
+  operatorStates: ReadonlyMap<string, OperatorState>,
   opts: SaveOptions = {},
 ): Promise<SaveResult> {
   const sliceEntries = opts.sliceEntries ?? 2048;
@@ -115,11 +115,7 @@ export async function saveSnapshot(
     // Not a spread: a 50M-entry table is some 25,000 chunks, too many arguments for one call.
     for (const b of body) chunks.push(b);
   }
-  const states: Snapshot["states"] = [...operatorStates].map(([k, state]) => {
-    const [pool = "", backend = ""] = k.split("\0");
-    return { pool, backend, state };
-  });
-  chunks.push(encoder.encode("states"), encoder.encode(states));
+  chunks.push(encoder.encode("states"), encoder.encode(listStates(operatorStates)));
   chunks.push(encoder.encode("backends"), encoder.encode(dynamicBackends(runtime)));
 
   result.bytes = await writeChunks(file, chunks);

@@ -8,6 +8,7 @@
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
 import type { BackendState } from "../config/schema.ts";
 import type { Runtime } from "../contracts.ts";
+import type { OperatorState } from "../pool/drain.ts";
 import { decoder, encoder } from "./codec.ts";
 
 export const SNAPSHOT_VERSION = 1;
@@ -25,7 +26,8 @@ export interface Snapshot {
   v: number;
   savedAt: number;
   tables: SnapshotTable[];
-  states: { pool: string; backend: string; state: BackendState }[];
+  /** until: a drain's deadline (ms since the epoch), present only when there is one. */
+  states: SnapshotState[];
   /** Backends added through the admin API (absent in snapshots written before they existed). */
   backends?: SnapshotBackend[];
 }
@@ -41,9 +43,24 @@ export interface SnapshotBackend {
   serverName?: string;
 }
 
+export interface SnapshotState {
+  pool: string;
+  backend: string;
+  state: BackendState;
+  until?: number;
+}
+
+/** Operator states as the snapshot (and a worker's init message) lists them. */
+export function listStates(operatorStates: ReadonlyMap<string, OperatorState>): SnapshotState[] {
+  return [...operatorStates].map(([k, s]) => {
+    const [pool = "", backend = ""] = k.split("\0");
+    return { pool, backend, state: s.state, ...(s.until > 0 ? { until: s.until } : {}) };
+  });
+}
+
 export function collectSnapshot(
   runtime: Runtime,
-  operatorStates: ReadonlyMap<string, BackendState>,
+  operatorStates: ReadonlyMap<string, OperatorState>,
   nowMs = Date.now(),
 ): Snapshot {
   const nowSec = Math.floor(nowMs / 1000);
@@ -56,11 +73,13 @@ export function collectSnapshot(
       tables.push({ pool: pool.name, table: name, fingerprint: table.fingerprint, entries });
     }
   }
-  const states = [...operatorStates].map(([k, state]) => {
-    const [pool = "", backend = ""] = k.split("\0");
-    return { pool, backend, state };
-  });
-  return { v: SNAPSHOT_VERSION, savedAt: nowMs, tables, states, backends: dynamicBackends(runtime) };
+  return {
+    v: SNAPSHOT_VERSION,
+    savedAt: nowMs,
+    tables,
+    states: listStates(operatorStates),
+    backends: dynamicBackends(runtime),
+  };
 }
 
 /**

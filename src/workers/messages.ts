@@ -32,7 +32,8 @@ export type Message =
       config: Uint8Array;
       ports: Record<string, number>;
       keys: Uint8Array[];
-      states: [string, string, BackendState][];
+      /** pool, backend, state, a drain's deadline (ms since the epoch; 0: none). */
+      states: [string, string, BackendState, number][];
       /** pool, backend, down by active checks, down by passive checks until (ms since the epoch; 0: not). */
       health: [string, string, boolean, number][];
       tables: SnapshotTable[];
@@ -43,7 +44,8 @@ export type Message =
   | { v: number; t: "lookup"; id: number; pool: string; table: string; key: number }
   /** The primary's answer to a lookup (backendId "" : none). */
   | { v: number; t: "found"; id: number; backendId: string; exp: number }
-  | { v: number; t: "state"; pool: string; backend: string; state: BackendState }
+  /** until: a drain's deadline (ms since the epoch; 0: none). */
+  | { v: number; t: "state"; pool: string; backend: string; state: BackendState; until: number }
   /** An active health check change, from the primary. */
   | { v: number; t: "health"; pool: string; backend: string; down: boolean }
   /**

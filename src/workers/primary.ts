@@ -91,8 +91,8 @@ export async function startPrimary(
   const tether = startTether(config, log, {
     role: "primary",
     fallbackKeys,
-    onStateChange: (pool, backend, state) =>
-      broadcast(encode({ v: PROTOCOL_VERSION, t: "state", pool, backend, state })),
+    onStateChange: (pool, backend, s) =>
+      broadcast(encode({ v: PROTOCOL_VERSION, t: "state", pool, backend, state: s.state, until: s.until })),
     onHealthChange: (pool, backend, down) =>
       broadcast(encode({ v: PROTOCOL_VERSION, t: "health", pool, backend, down })),
     // A membership change (DNS, admin API) reaches the workers as a reload does.
@@ -198,7 +198,7 @@ export async function startPrimary(
       config: encodeConfig(runtime.config),
       ports,
       keys: fallbackKeys.map((k) => new Uint8Array(k)),
-      states: snap.states.map((s) => [s.pool, s.backend, s.state]),
+      states: snap.states.map((s) => [s.pool, s.backend, s.state, s.until ?? 0]),
       health,
       tables: snap.tables,
     });

@@ -92,7 +92,7 @@ async function handle(m: Message): Promise<void> {
           post({ v: PROTOCOL_VERSION, t: "passive", pool, backend, untilMs, reason }),
       });
       tether = t;
-      for (const [pool, backend, state] of m.states) t.applyState(pool, backend, state);
+      for (const [pool, backend, state, until] of m.states) t.applyState(pool, backend, { state, until });
       for (const [pool, backend, down, passiveUntil] of m.health) {
         t.applyHealth(pool, backend, down);
         if (passiveUntil > Date.now()) t.applyPassive(pool, backend, passiveUntil, "");
@@ -126,7 +126,7 @@ async function handle(m: Message): Promise<void> {
       siblings.answer(m.id, m.backendId, m.exp);
       return;
     case "state":
-      tether?.applyState(m.pool, m.backend, m.state);
+      tether?.applyState(m.pool, m.backend, { state: m.state, until: m.until });
       return;
     case "health":
       tether?.applyHealth(m.pool, m.backend, m.down);

@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Encoder } from "@msgpack/msgpack";
 import { RedisClient } from "bun";
-import type { BackendState } from "../../src/config/schema.ts";
 import type { Logger } from "../../src/log.ts";
+import type { OperatorState } from "../../src/pool/drain.ts";
 import { type ClusterHooks, ClusterSync } from "../../src/state/cluster.ts";
 import { startRedis, type TestRedis } from "../support/redis.ts";
 
@@ -12,7 +12,7 @@ const LOOKUP_TIMEOUT_MS = 5;
 interface Node {
   sync: ClusterSync;
   learned: [string, string, number, string, number][];
-  states: [string, string, BackendState][];
+  states: [string, string, OperatorState][];
   logs: { level: string; msg: string; fields?: Record<string, unknown> }[];
 }
 
@@ -119,17 +119,26 @@ describe("ClusterSync with two instances on one Redis", () => {
   });
 
   test("a state published by A reaches B, and B.loadStates() returns it", async () => {
-    a.sync.publishState("app", "b1", "drain");
+    a.sync.publishState("app", "b1", { state: "drain", until: 0 });
     await waitFor("B to apply the state", () => b.states.some((s) => s[1] === "b1"));
-    expect(b.states.at(-1)).toEqual(["app", "b1", "drain"]);
-    a.sync.publishState("app", "b1", "maint");
-    a.sync.publishState("api", "x.y-z_9", "ready");
+    expect(b.states.at(-1)).toEqual(["app", "b1", { state: "drain", until: 0 }]);
+    a.sync.publishState("app", "b1", { state: "maint", until: 0 });
+    a.sync.publishState("api", "x.y-z_9", { state: "ready", until: 0 });
     await waitFor("B to apply both", () => b.states.length >= 3);
     const loaded = await b.sync.loadStates();
     expect(loaded.sort()).toEqual([
-      ["api", "x.y-z_9", "ready"],
-      ["app", "b1", "maint"],
+      ["api", "x.y-z_9", { state: "ready", until: 0 }],
+      ["app", "b1", { state: "maint", until: 0 }],
     ]);
+  });
+
+  test("a drain's deadline reaches B as the same absolute time, and loadStates() returns it", async () => {
+    const until = Date.now() + 90_000;
+    a.sync.publishState("app", "b3", { state: "drain", until });
+    await waitFor("B to apply the drain", () => b.states.some((s) => s[1] === "b3"));
+    expect(b.states.at(-1)).toEqual(["app", "b3", { state: "drain", until }]);
+    const loaded = await b.sync.loadStates();
+    expect(loaded.find((s) => s[1] === "b3")).toEqual(["app", "b3", { state: "drain", until }]);
   });
 
   test("lookup of a key nobody learned resolves null", async () => {
@@ -288,7 +297,7 @@ describe("ClusterSync when Redis goes away", () => {
 
     expect(() => {
       for (let i = 0; i < 1000; i++) a.sync.publishLearned("app", "t", freshKey(), "b1", nowSec() + 60);
-      a.sync.publishState("app", "b2", "drain");
+      a.sync.publishState("app", "b2", { state: "drain", until: 0 });
     }).not.toThrow();
     await waitFor("the batch to be dropped", () => a.sync.stats.dropped >= 1000);
     expect(a.logs.filter((l) => l.level === "warn" && l.msg.includes("connection lost"))).toHaveLength(1);
@@ -300,10 +309,10 @@ describe("ClusterSync when Redis goes away", () => {
     // The state set while Redis was down was kept and written on reconnect; B picks it up.
     await waitFor(
       "B to get the replayed state",
-      () => b.states.some((s) => s[1] === "b2" && s[2] === "drain"),
+      () => b.states.some((s) => s[1] === "b2" && s[2].state === "drain"),
       2000,
     );
-    expect(await b.sync.loadStates()).toEqual([["app", "b2", "drain"]]);
+    expect(await b.sync.loadStates()).toEqual([["app", "b2", { state: "drain", until: 0 }]]);
 
     const key = freshKey();
     a.sync.publishLearned("app", "t", key, "b3", nowSec() + 60);
@@ -347,7 +356,7 @@ describe("ClusterSync starting without Redis", () => {
       expect(await a.sync.lookup("app", "t", 1)).toBeNull();
       expect(await a.sync.loadStates()).toEqual([]);
       expect(a.logs.some((l) => l.level === "warn" && l.msg.includes("unreachable"))).toBe(true);
-      a.sync.publishState("app", "b1", "maint");
+      a.sync.publishState("app", "b1", { state: "maint", until: 0 });
       await redis.restart();
       await waitFor("A to connect", () => a.sync.connected, 5000);
       // The state set before Redis was reachable is written once it is.
@@ -356,7 +365,7 @@ describe("ClusterSync starting without Redis", () => {
         loaded = await a.sync.loadStates();
         if (loaded.length === 0) await Bun.sleep(20);
       }
-      expect(loaded).toEqual([["app", "b1", "maint"]]);
+      expect(loaded).toEqual([["app", "b1", { state: "maint", until: 0 }]]);
     } finally {
       await a.sync.stop();
       await redis.close();

@@ -1,8 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import type { BackendState } from "../../src/config/schema.ts";
 import type { Runtime } from "../../src/contracts.ts";
+import type { OperatorState } from "../../src/pool/drain.ts";
 import { buildRuntime } from "../../src/server/runtime.ts";
 import { startSnapshots } from "../../src/state/persist.ts";
 import { applySnapshot, collectSnapshot, readSnapshot, writeSnapshot } from "../../src/state/snapshot.ts";
@@ -65,9 +65,9 @@ describe("sliced snapshot save", () => {
     const runtime = buildRuntime(config(input()), undefined, [KEY]);
     const nowMs = Date.now();
     fill(runtime, ENTRIES, Math.floor(nowMs / 1000));
-    const states = new Map<string, BackendState>([
-      ["app\0b1", "drain"],
-      ["other\0b2", "maint"],
+    const states = new Map<string, OperatorState>([
+      ["app\0b1", { state: "drain", until: nowMs + 60_000 }],
+      ["other\0b2", { state: "maint", until: 0 }],
     ]);
     const dir = tempDir();
     const whole = join(dir, "whole.msgpack");
@@ -149,7 +149,12 @@ describe("snapshot lifecycle", () => {
     const c = config(input(file));
     const runtime = buildRuntime(c, undefined, [KEY]);
     const log = memoryLogger();
-    const snapshots = startSnapshots(c, () => runtime, new Map([["app\0b2", "drain"]]), log);
+    const snapshots = startSnapshots(
+      c,
+      () => runtime,
+      new Map([["app\0b2", { state: "drain" as const, until: 0 }]]),
+      log,
+    );
     fill(runtime, ENTRIES, Math.floor(Date.now() / 1000));
     const turns = countTurns();
 

@@ -33,7 +33,10 @@ describe("snapshot", () => {
     const now = Date.now();
     table?.set("very-secret-session-id", "b2", Math.floor(now / 1000));
     const file = join(tempDir(), "state.msgpack");
-    writeSnapshot(file, collectSnapshot(a, new Map([["app\0b1", "drain"]]), now));
+    writeSnapshot(
+      file,
+      collectSnapshot(a, new Map([["app\0b1", { state: "drain" as const, until: 0 }]]), now),
+    );
     expect(statSync(file).mode & 0o777).toBe(0o600);
     expect(readFileSync(file).includes(Buffer.from("very-secret-session-id"))).toBe(false);
     const { snapshot, problem } = readSnapshot(file);
@@ -75,7 +78,10 @@ describe("snapshot", () => {
   test("a corrupt, truncated or foreign file is reported, never thrown", () => {
     const dir = tempDir();
     const good = join(dir, "good.msgpack");
-    writeSnapshot(good, collectSnapshot(runtime(), new Map([["app\0b1", "maint"]])));
+    writeSnapshot(
+      good,
+      collectSnapshot(runtime(), new Map([["app\0b1", { state: "maint" as const, until: 0 }]])),
+    );
     const bytes = readFileSync(good);
     const cases: [string, Uint8Array | string][] = [
       ["truncated", bytes.subarray(0, Math.floor(bytes.length / 2))],

@@ -31,6 +31,7 @@ describe("tether route", () => {
           { type: "header", name: "Mcp-Session-Id", mode: "learn" },
           { type: "header", name: "X-Api-Session", mode: "prefix" },
           { type: "header", name: "X-User" },
+          { type: "client-ip", stick: true, maxEntries: 1000, share: true },
         ],
         failover: "strict",
       }),
@@ -40,8 +41,17 @@ describe("tether route", () => {
       "persistence[0]: header Mcp-Session-Id (learn)",
       "persistence[1]: header X-Api-Session (prefix)",
       "persistence[2]: header X-User (hash)",
+      "persistence[3]: client-ip /32 /64 stick maxEntries=1000 share",
       "failover: strict",
     ]);
+  });
+
+  test("reports the pool's drain deadline when it has one, and nothing when not", () => {
+    expect(route(cfg({ drainDeadlineMs: 600_000 }), query()).settings).toEqual([
+      "failover: move",
+      "drainDeadlineMs: 600000",
+    ]);
+    expect(route(cfg({}), query()).settings).toEqual(["failover: move"]);
   });
 
   test("a prefixed header naming a backend in maintenance is held under strict failover, moved otherwise", () => {
