@@ -69,6 +69,8 @@ export interface ResolvedListener extends Omit<ListenerConfig, "tls"> {
 
 export interface ResolvedPool extends Omit<PoolConfig, "backends"> {
   backends: ResolvedBackend[];
+  /** discover.tls.ca, read. */
+  discoverCaPem?: string;
 }
 
 export interface Config extends Omit<ConfigShape, "listeners" | "pools" | "secrets" | "admin"> {
@@ -208,6 +210,13 @@ export function resolveConfig(raw: unknown, opts: LoadOptions): Config {
         return resolved;
       }),
     };
+    const ca = pool.discover?.tls?.ca;
+    if (ca)
+      (pools[poolName] as ResolvedPool).discoverCaPem = readText(
+        abs(ca),
+        `pools.${poolName}.discover.tls.ca`,
+        problems,
+      );
   }
 
   const secrets: Config["secrets"] = {};

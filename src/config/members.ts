@@ -6,7 +6,7 @@
  * merged Config, backend objects are kept by id and address, learned tables
  * are kept, and no session pinned to a surviving backend moves.
  */
-import type { Config, ResolvedBackend } from "./load.ts";
+import type { Config, ResolvedBackend, ResolvedPool } from "./load.ts";
 import { resolveBackend } from "./load.ts";
 import { type BackendSource, backendSchema, isTcpPool } from "./schema.ts";
 
@@ -16,6 +16,12 @@ export interface Member {
   url: string;
   weight: number;
   source: Exclude<BackendSource, "config">;
+  /**
+   * https: the name sent (SNI) and checked in its certificate, when it is not
+   * the URL's host (a discovered backend's URL holds its address; this is the
+   * name that resolved to it).
+   */
+  serverName?: string;
   /** Being removed: it drains (keeps its sessions, takes no new ones) until it leaves. */
   removing?: boolean;
 }
@@ -49,6 +55,17 @@ export function memberProblem(
   return null;
 }
 
+/** A discovered https backend's TLS settings: its pool's discover.tls, and the name that resolved to it. */
+function memberTls(pool: ResolvedPool, m: Member): { tls?: { serverName?: string; verify: boolean } } {
+  if (m.source !== "dns" || !m.url.startsWith("https:")) return {};
+  return {
+    tls: {
+      verify: pool.discover?.tls?.verify ?? true,
+      ...(m.serverName ? { serverName: m.serverName } : {}),
+    },
+  };
+}
+
 /**
  * The base config with the members added to their pools. Members that no
  * longer fit (their pool is gone, or the config now lists their id) are left
@@ -67,8 +84,16 @@ export function composeConfig(
       continue;
     }
     const b = resolveBackend(
-      backendSchema.parse({ id: m.id, url: m.url, weight: m.weight, state: m.removing ? "drain" : "ready" }),
+      backendSchema.parse({
+        id: m.id,
+        url: m.url,
+        weight: m.weight,
+        state: m.removing ? "drain" : "ready",
+        ...memberTls(base.pools[m.pool] as ResolvedPool, m),
+      }),
     );
+    const ca = base.pools[m.pool]?.discoverCaPem;
+    if (m.source === "dns" && b.secure && ca) b.caPem = ca;
     b.source = m.source;
     if (m.removing) b.removing = true;
     const list = extra.get(m.pool) ?? [];

@@ -336,6 +336,15 @@ export const discoverSchema = z
       .max(1000)
       .default(64)
       .describe("Most backends discovered for the pool; records beyond it are ignored (default 64)"),
+    tls: z
+      .strictObject({
+        ca: z.string().optional().describe("PEM file of the CA that signed the backends' certificates"),
+        verify: z.boolean().default(true).describe("Check the backends' certificates (default true)"),
+      })
+      .optional()
+      .describe(
+        "For scheme https. The name sent (SNI) and checked in a backend's certificate is the SRV target, or the name looked up for A/AAAA",
+      ),
   })
   .superRefine((d, ctx) => {
     if (d.type === "SRV" && d.port !== undefined)

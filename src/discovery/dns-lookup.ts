@@ -28,6 +28,7 @@ export async function lookup(r: Resolver, d: DiscoverConfig): Promise<LookupResu
       url: discoveredUrl(d.scheme, a.address, port),
       weight: 1,
       priority: 0,
+      serverName: hostName(d.dns),
     }));
     const ttls = answer.map((a) => a.ttl);
     return ttls.length ? { records, ttlSec: Math.min(...ttls) } : { records };
@@ -48,6 +49,8 @@ async function srv(r: Resolver, d: DiscoverConfig): Promise<DnsRecord[]> {
       // SRV weights run 0-65535; a backend's 0-1000, where 0 would take no sessions at all.
       weight: Math.min(1000, Math.max(1, s.weight)),
       priority: s.priority,
+      // The target, not its address: that is the name its certificate carries.
+      serverName: hostName(s.name),
     });
   }
   return out;
@@ -67,6 +70,9 @@ async function targetAddress(r: Resolver, name: string): Promise<string | null> 
   }
   return null;
 }
+
+/** A DNS name as a TLS server name: no trailing dot, lower case. */
+const hostName = (name: string) => name.replace(/\.$/, "").toLowerCase();
 
 function errorCode(e: unknown): string {
   const code = (e as { code?: unknown }).code;

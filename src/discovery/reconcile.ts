@@ -25,6 +25,8 @@ export interface DnsRecord {
   weight: number;
   /** SRV priority; 0 for A/AAAA. */
   priority: number;
+  /** The name that resolved to it (SRV target, or the name looked up): https backends are checked against it. */
+  serverName?: string;
 }
 
 export interface Held {

@@ -173,6 +173,15 @@ export class PersistenceChain {
     this.helloLearner = hello?.learnServerHello ? { learn: hello.learnServerHello.bind(hello) } : null;
   }
 
+  /**
+   * The backend the ring puts a key hash on among all its members, whatever
+   * their state: what a membership change moves can be counted without
+   * placing requests.
+   */
+  ringOwner(keyHash: number): string | null {
+    return this.ring.lookup(keyHash);
+  }
+
   /** Backends the ring left out (a seed equal to another's): they take no new sessions. */
   get refusedByRing(): readonly { id: string; reason: string }[] {
     return this.ring.refused;

@@ -187,6 +187,7 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
           apply: (c) => (opts.applyMembership ? opts.applyMembership(c) : commitHere(c)),
           // A primary learns its workers' load once a second (workers/worker.ts).
           settleMs: role === "primary" ? 1_500 : 0,
+          onApiChange: (m, present) => control?.cluster?.publishBackend(m, present),
         });
   const commitHere = async (c: Config) => (await tether.prepare(c)).commit();
   const plane = startControlPlane({

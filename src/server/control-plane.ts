@@ -23,6 +23,7 @@ import { ClusterSync } from "../state/cluster.ts";
 import { startSnapshots } from "../state/persist.ts";
 import { healthProbes } from "./health-probes.ts";
 import type { Membership } from "./membership.ts";
+import { shareApiBackends } from "./share-backends.ts";
 
 export type Role = "single" | "primary" | "worker";
 
@@ -90,6 +91,7 @@ export function startControlPlane(ctx: ControlPlaneContext): ControlPlane {
 
   const cluster = config.redisUrl && config.cluster ? startCluster(config, log, links) : null;
   const membership = ctx.membership;
+  if (cluster && membership) shareApiBackends(cluster, membership, log);
   const discovery = membership
     ? new DnsDiscovery(
         {
@@ -204,6 +206,7 @@ function startCluster(config: Config, log: Logger, links: ControlPlaneLinks): Cl
   );
   void sync.start().then(async () => {
     for (const [pool, backend, state] of await sync.loadStates()) links.applyState(pool, backend, state);
+    await sync.syncBackends();
   });
   return sync;
 }

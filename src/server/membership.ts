@@ -29,7 +29,7 @@ export interface MembershipOptions {
   apply(config: Config): Promise<void>;
   /** How stale the primary's view of a backend's load may be (removal.ts). */
   settleMs: number;
-  /** Told of every API member added or gone, to share it (Redis). */
+  /** Told of every API member added or gone here, to share it (Redis); not of those shared by others. */
   onApiChange?(member: Member, present: boolean): void;
 }
 
@@ -43,6 +43,8 @@ export class Membership {
   private chain: Promise<void> = Promise.resolve();
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private readonly reportedSkips = new Set<string>();
+  /** Removing members whose removal another instance made (and audited): logged here, not audited. */
+  private readonly removedElsewhere = new Set<string>();
 
   constructor(
     base: Config,
@@ -101,8 +103,10 @@ export class Membership {
    * Adds a member, or updates one of the same source (a changed address or
    * weight; a removing one is kept). A member of another source with the
    * same id is a conflict. Resolves once every thread serves it.
+   * `elsewhere`: another instance made the change (shared through Redis),
+   * and audited it; here it is logged, and not shared again.
    */
-  async add(m: Omit<Member, "removing">, by: string = m.source): Promise<AddResult> {
+  async add(m: Omit<Member, "removing">, by: string = m.source, elsewhere = false): Promise<AddResult> {
     const problem = memberProblem(this.base, m);
     if (problem) return { ok: false, conflict: problem.includes("is in the config file"), reason: problem };
     const key = memberKey(m.pool, m.id);
@@ -112,10 +116,11 @@ export class Membership {
     if (old && !old.removing && old.url === m.url && old.weight === m.weight) return { ok: true };
     this.members.set(key, { ...m, removing: false });
     this.draining.delete(key);
+    this.removedElsewhere.delete(key);
     const fields = { pool: m.pool, backend: m.id, url: m.url, weight: m.weight, source: m.source, by };
     this.opts.log.info(old ? "backend updated" : "backend added", fields);
-    this.opts.audit.emit(old ? "backend.updated" : "backend.added", fields);
-    if (m.source === "api") this.opts.onApiChange?.({ ...m }, true);
+    if (!elsewhere) this.opts.audit.emit(old ? "backend.updated" : "backend.added", fields);
+    if (m.source === "api" && !elsewhere) this.opts.onApiChange?.({ ...m }, true);
     await this.applyLogged();
     return { ok: true };
   }
@@ -176,8 +181,11 @@ export class Membership {
     if (changed) await this.applyLogged();
   }
 
-  /** Starts removing a member: it drains, then leaves (see removal.ts). False when it is no member. */
-  async remove(pool: string, id: string, by: string): Promise<boolean> {
+  /**
+   * Starts removing a member: it drains, then leaves (see removal.ts). False
+   * when it is no member. `elsewhere` as for add().
+   */
+  async remove(pool: string, id: string, by: string, elsewhere = false): Promise<boolean> {
     const key = memberKey(pool, id);
     const m = this.members.get(key);
     if (!m) return false;
@@ -186,8 +194,9 @@ export class Membership {
     this.draining.set(key, Date.now());
     const fields = { pool, backend: id, source: m.source, by };
     this.opts.log.info("backend removing", fields);
-    this.opts.audit.emit("backend.removing", fields);
-    if (m.source === "api") this.opts.onApiChange?.({ ...m }, false);
+    if (elsewhere) this.removedElsewhere.add(key);
+    else this.opts.audit.emit("backend.removing", fields);
+    if (m.source === "api" && !elsewhere) this.opts.onApiChange?.({ ...m }, false);
     this.startSweeper();
     await this.applyLogged();
     return true;
@@ -263,7 +272,7 @@ export class Membership {
       changed = true;
       const fields = { pool: m.pool, backend: m.id, source: m.source, after: verdict };
       this.opts.log.info("backend removed", fields);
-      this.opts.audit.emit("backend.removed", fields);
+      if (!this.removedElsewhere.delete(key)) this.opts.audit.emit("backend.removed", fields);
     }
     if (this.draining.size === 0) this.stop();
     if (changed) void this.applyLogged();

@@ -5,6 +5,8 @@
  *   learned entry  SET {prefix}t:{pool}:{table}:{key} = backendId EX <seconds left>
  *   backend state  SET {prefix}s:{pool}:{backend} = state, or "drain@<ms>" with a deadline (no TTL)
  *   both           PUBLISH {prefix}events base64(msgpack {v, from, t, ...})
+ *   API backend    HSET {prefix}backends {pool}:{id} = JSON {url, weight}, and "v" = 1 (the set
+ *                  has been seeded: shared-backends.ts); HDEL when deleted; same PUBLISH
  *
  * Redis is an accelerator, never a dependency: every call has a deadline, the
  * offline queue is off (Bun would otherwise hold commands for a dead server
@@ -25,6 +27,7 @@ import { formatState, type OperatorState, parseState, validUntil } from "../pool
 import { decoder, encoder } from "./codec.ts";
 import { LEARNED_FIELDS, LearnBatcher, type LearnedBatch, learnedEntries } from "./learn-batch.ts";
 import { RedisLink, withTimeout } from "./redis-link.ts";
+import type { SharedBackend } from "./shared-backends.ts";
 
 export const CLUSTER_PROTOCOL_VERSION = 1;
 
@@ -72,6 +75,25 @@ type ClusterMessage =
       until?: number;
     };
 
+/** Backends added through the admin API, as another instance shared them. */
+export interface SharedBackendHooks {
+  /** Added or changed (present), or deleted, on another instance. */
+  applyBackend(b: SharedBackend, present: boolean): void;
+  /** The whole set, read after connecting; null when Redis holds none yet (this instance seeds it). */
+  syncBackends(shared: SharedBackend[] | null): void;
+}
+
+/** `url` absent: the backend was deleted. */
+type BackendMessage = {
+  v: number;
+  from: string;
+  t: "backend";
+  pool: string;
+  id: string;
+  url?: string;
+  weight?: number;
+};
+
 /** Writes, PUBLISH, SCAN: fire-and-forget, but never left pending forever. */
 const WRITE_TIMEOUT_MS = 2000;
 /** loadStates() as a whole. */
@@ -102,6 +124,9 @@ export class ClusterSync {
   private stopped = false;
   /** Learned entries go out every 2 ms or every 512 entries, whichever comes first. */
   private readonly learned = new LearnBatcher((e) => this.writeLearned(e));
+  /** API backends not yet written (Redis was down or the write failed): replayed on reconnect. */
+  private readonly unsentBackends = new Map<string, [SharedBackend, boolean]>();
+  private backendHooks: SharedBackendHooks | null = null;
   /** States not yet written (Redis was down or the write failed): replayed on reconnect. */
   private readonly unsentStates = new Map<string, [string, string, OperatorState]>();
 
@@ -173,6 +198,61 @@ export class ClusterSync {
     );
   }
 
+  /** Where backends shared by other instances are applied (set before start()). */
+  shareBackends(hooks: SharedBackendHooks): void {
+    this.backendHooks = hooks;
+  }
+
+  /**
+   * Writes an API backend added or changed (present) or deleted here and
+   * tells the other instances. Never throws; replayed after an outage, before
+   * the set is read back, so a change made while Redis was down is not undone.
+   */
+  publishBackend(b: SharedBackend, present: boolean): void {
+    if (this.stopped) return;
+    const id = `${b.pool}\0${b.id}`;
+    const entry: [SharedBackend, boolean] = [{ ...b }, present];
+    this.unsentBackends.set(id, entry);
+    const cmd = this.link.cmd;
+    if (!cmd) return;
+    this.sendBackend(cmd, entry[0], present).then(
+      () => {
+        if (this.unsentBackends.get(id) === entry) this.unsentBackends.delete(id);
+      },
+      (e) => this.link.report("backend write", e),
+    );
+  }
+
+  /**
+   * Reads the shared set and hands it to the hooks. Changes made here while
+   * Redis was unreachable are written first, so they are not undone; but a
+   * Redis that holds no set (new, or restarted without its data) gets none of
+   * them: the hooks write this instance's whole set instead. Does nothing
+   * (the last known set stays) when Redis cannot be reached or a step fails.
+   */
+  async syncBackends(): Promise<void> {
+    const hooks = this.backendHooks;
+    const cmd = this.link.cmd;
+    if (!hooks || !cmd) return;
+    const read = async () =>
+      parseBackends(await withTimeout(cmd.hgetall(this.backendsKey()), LOAD_TIMEOUT_MS, "loading backends"));
+    try {
+      let shared = await read();
+      if (shared === null) this.unsentBackends.clear();
+      else if (this.unsentBackends.size) {
+        for (const [id, entry] of [...this.unsentBackends]) {
+          await this.sendBackend(cmd, entry[0], entry[1]);
+          if (this.unsentBackends.get(id) === entry) this.unsentBackends.delete(id);
+        }
+        shared = await read();
+      }
+      this.apply(() => hooks.syncBackends(shared));
+    } catch (e) {
+      // The last known set stays; the next reconnect tries again.
+      this.link.report("backend sync (keeping the last known set)", e);
+    }
+  }
+
   /**
    * The entry another instance learned for this key: null on a miss, an
    * error, no connection, or after lookupTimeoutMs. Never rejects.
@@ -242,6 +322,31 @@ export class ClusterSync {
 
   private stateKey(pool: string, backend: string): string {
     return `${this.opts.prefix}s:${pool}:${backend}`;
+  }
+
+  private backendsKey(): string {
+    return `${this.opts.prefix}backends`;
+  }
+
+  private sendBackend(cmd: RedisClient, b: SharedBackend, present: boolean): Promise<unknown> {
+    const field = `${b.pool}:${b.id}`;
+    const msg: BackendMessage = {
+      v: CLUSTER_PROTOCOL_VERSION,
+      from: this.instanceId,
+      t: "backend",
+      pool: b.pool,
+      id: b.id,
+      ...(present ? { url: b.url, weight: b.weight } : {}),
+    };
+    const key = this.backendsKey();
+    const write = present
+      ? cmd.hset(key, { [field]: JSON.stringify({ url: b.url, weight: b.weight }), v: "1" })
+      : Promise.all([cmd.hdel(key, field), cmd.hset(key, { v: "1" })]);
+    return withTimeout(
+      Promise.all([write, cmd.publish(this.channel, pack(msg))]),
+      WRITE_TIMEOUT_MS,
+      "backend write",
+    );
   }
 
   /** Writes a batch of learned entries; the returned promise settles when Redis answered (or the deadline). */
@@ -319,6 +424,7 @@ export class ClusterSync {
     if (!(await this.replayStates())) return;
     for (const [pool, backend, state] of await this.loadStates())
       this.apply(() => this.hooks.applyState(pool, backend, state));
+    await this.syncBackends();
   }
 
   /** Writes the states set while Redis was unreachable; false if one failed (kept for the next time). */
@@ -346,6 +452,12 @@ export class ClusterSync {
     }
     if (m.from === this.instanceId) return;
     this.stats.received++;
+    if (m.t === "backend") {
+      const hooks = this.backendHooks;
+      const b = { pool: m.pool, id: m.id, url: m.url ?? "", weight: m.weight ?? 1 };
+      if (hooks) this.apply(() => hooks.applyBackend(b, m.url !== undefined));
+      return;
+    }
     if (m.t === "learn") {
       for (const [pool, table, key, backendId, exp] of learnedEntries(m.e)) {
         if (!Number.isInteger(key) || key < 0 || key >= MAX_KEY || !Number.isFinite(exp)) continue;
@@ -371,13 +483,13 @@ const sameState = (a: OperatorState | undefined, b: OperatorState) =>
   a !== undefined && a.state === b.state && a.until === b.until;
 
 /** publish() takes strings only and sends them as UTF-8, so binary msgpack travels as base64. */
-function pack(m: ClusterMessage): string {
+function pack(m: ClusterMessage | BackendMessage): string {
   const bytes = encoder.encode(m);
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
 }
 
 /** A valid message of this protocol version, or null. */
-export function unpack(message: unknown): ClusterMessage | null {
+export function unpack(message: unknown): ClusterMessage | BackendMessage | null {
   if (typeof message !== "string" || message.length === 0 || message.length > MAX_MESSAGE_CHARS) return null;
   let m: unknown;
   try {
@@ -389,6 +501,7 @@ export function unpack(message: unknown): ClusterMessage | null {
   const x = m as Record<string, unknown>;
   if (x.v !== CLUSTER_PROTOCOL_VERSION || typeof x.from !== "string") return null;
   if (x.t === "learn") return Array.isArray(x.e) ? (x as ClusterMessage) : null;
+  if (x.t === "backend") return validBackendMessage(x) ? (x as BackendMessage) : null;
   if (x.t === "state")
     return typeof x.pool === "string" &&
       typeof x.backend === "string" &&
@@ -397,4 +510,26 @@ export function unpack(message: unknown): ClusterMessage | null {
       ? (x as ClusterMessage)
       : null;
   return null;
+}
+
+function validBackendMessage(x: Record<string, unknown>): boolean {
+  if (typeof x.pool !== "string" || typeof x.id !== "string") return false;
+  return x.url === undefined || (typeof x.url === "string" && typeof x.weight === "number");
+}
+
+/** The shared set from HGETALL: null when not seeded; malformed fields are skipped. */
+function parseBackends(all: Record<string, string> | null): SharedBackend[] | null {
+  if (all?.v !== "1") return null;
+  const out: SharedBackend[] = [];
+  for (const [field, value] of Object.entries(all)) {
+    // Pool names and backend ids cannot hold ':' (config schema); fields without one are markers.
+    const colon = field.indexOf(":");
+    if (colon <= 0 || colon === field.length - 1) continue;
+    try {
+      const v = JSON.parse(value) as { url?: unknown; weight?: unknown };
+      if (typeof v.url !== "string" || typeof v.weight !== "number") continue;
+      out.push({ pool: field.slice(0, colon), id: field.slice(colon + 1), url: v.url, weight: v.weight });
+    } catch {}
+  }
+  return out;
 }

@@ -39,6 +39,8 @@ export interface SnapshotBackend {
   weight: number;
   /** "api" when absent (snapshots written before DNS discovery). */
   source?: "api" | "dns";
+  /** A discovered https backend's server name (config/members.ts). */
+  serverName?: string;
 }
 
 export interface SnapshotState {
@@ -91,7 +93,14 @@ export function dynamicBackends(runtime: Runtime): SnapshotBackend[] {
   for (const pool of runtime.pools.values())
     for (const b of pool.backends)
       if (b.source !== "config" && !b.removing)
-        backends.push({ pool: pool.name, id: b.id, url: b.url, weight: b.weight, source: b.source });
+        backends.push({
+          pool: pool.name,
+          id: b.id,
+          url: b.url,
+          weight: b.weight,
+          source: b.source,
+          ...(b.source === "dns" && b.target.tls?.serverName ? { serverName: b.target.tls.serverName } : {}),
+        });
   return backends;
 }
 

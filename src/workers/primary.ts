@@ -247,17 +247,6 @@ export async function startPrimary(
     return true;
   };
 
-  // One at a time: several Workers spawned at once under load have crashed Bun.
-  for (const slot of slots) await spawn(slot);
-  for (const [name, port] of Object.entries(ports)) {
-    log.info("listening", {
-      name,
-      workers: count,
-      port,
-      address: config.listeners.find((l) => l.name === name)?.hostname,
-    });
-  }
-
   const reloadAll = async (next: Config) => {
     const mine = await tether.prepare(next);
     const nextPorts = settlePorts(next, ports);
@@ -287,11 +276,26 @@ export async function startPrimary(
     mine.commit();
   };
   let reloading: Promise<void> = Promise.resolve();
-  /** One reload at a time: the replies of two would cross. */
+  /**
+   * One reload at a time: the replies of two would cross. Defined before the
+   * first worker is spawned: a membership change (a DNS answer, the Redis set)
+   * can arrive while they start, and a worker that misses it is restarted.
+   */
   function queueReload(next: Config): Promise<void> {
     const run = reloading.then(() => reloadAll(next));
     reloading = run.catch(() => {});
     return run;
+  }
+
+  // One at a time: several Workers spawned at once under load have crashed Bun.
+  for (const slot of slots) await spawn(slot);
+  for (const [name, port] of Object.entries(ports)) {
+    log.info("listening", {
+      name,
+      workers: count,
+      port,
+      address: config.listeners.find((l) => l.name === name)?.hostname,
+    });
   }
 
   return {

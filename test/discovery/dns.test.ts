@@ -4,8 +4,9 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import type { Server } from "bun";
+import { makeCert } from "../support/certs.ts";
 import { type Dnsmasq, startDnsmasq } from "../support/dnsmasq.ts";
-import { startInProcess } from "../support/tether.ts";
+import { spawnCli, startInProcess, tempDir, workersListening, writeConfig } from "../support/tether.ts";
 
 let cleanup: (() => unknown)[] = [];
 afterEach(async () => {
@@ -173,5 +174,128 @@ describe("DNS discovery (SRV records)", () => {
       [`two.app.test_${port}`, `http://127.0.0.12:${port}`, 20],
     ]);
     expect(await (await fetch(t.url())).text()).toMatch(/^127\.0\.0\.1[12]$/);
+  });
+});
+
+describe("DNS discovery (SRV records over https)", () => {
+  test("a target's certificate is checked against the target name, not its address", async () => {
+    const dir = tempDir();
+    // The certificate names only the target: checked against 127.0.0.11 it would be refused.
+    const { cert, key } = await makeCert(dir, "one.app.test");
+    const secure = Bun.serve({
+      hostname: "127.0.0.11",
+      port: 0,
+      tls: { cert: Bun.file(cert), key: Bun.file(key) },
+      fetch: () => new Response("one over tls"),
+    });
+    cleanup.push(() => secure.stop(true));
+    const dns = await startDnsmasq(
+      ["127.0.0.11 one.app.test"],
+      [`_https._tcp.app.test,one.app.test,${secure.port},0,1`],
+    );
+    cleanup.push(() => dns.stop());
+    const t = startInProcess({
+      listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+      pools: {
+        app: {
+          retries: 0,
+          discover: {
+            dns: "_https._tcp.app.test",
+            type: "SRV",
+            scheme: "https",
+            intervalMs: 100,
+            resolver: dns.address,
+            tls: { ca: cert },
+          },
+        },
+      },
+    });
+    cleanup.push(() => t.stop());
+    const pool = () => t.tether.runtime.pools.get("app");
+    await until(() => (pool()?.backends.length ?? 0) === 1, 5_000, "the SRV backend");
+    expect(pool()?.backends.map((b) => [b.id, b.url, b.target.tls?.serverName])).toEqual([
+      [`one.app.test_${secure.port}`, `https://127.0.0.11:${secure.port}`, "one.app.test"],
+    ]);
+    const res = await fetch(`${t.url()}/`);
+    expect([res.status, await res.text()]).toEqual([200, "one over tls"]);
+  });
+});
+
+describe('DNS discovery with "workers": 2 through the CLI', () => {
+  test("an added record is served by every worker; a removed one drains on every worker, then leaves", async () => {
+    const { port } = loopbackBackends(3);
+    const line = (i: number) => `127.0.0.${i} app.test`;
+    const dns = await startDnsmasq([11, 12].map(line));
+    cleanup.push(() => dns.stop());
+    const token = "dns-workers-token";
+    const file = writeConfig(tempDir(), {
+      listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+      pools: {
+        app: {
+          discover: { dns: "app.test", port, intervalMs: 100, holdCount: 2, resolver: dns.address },
+          persistence: [{ type: "cookie", mode: "insert" }],
+          removeAfterMs: 10_000,
+        },
+      },
+      secrets: { cookieKeys: [Buffer.alloc(32, 5).toString("base64")] },
+      admin: { address: "127.0.0.1:0", token },
+      snapshot: false,
+      workers: 2,
+    });
+    const child = spawnCli(["--config", file]);
+    cleanup.push(() => child.stop());
+    const web = `http://127.0.0.1:${await workersListening(child)}`;
+    const admin = `http://127.0.0.1:${await child.listening("admin")}`;
+    const added = `127.0.0.13_${port}`;
+    const view = async () => {
+      const body = (await (
+        await fetch(`${admin}/api/backends`, { headers: { authorization: `Bearer ${token}` } })
+      ).json()) as { backends: { id: string; removing: boolean }[] };
+      return new Map(body.backends.map((b) => [b.id, b]));
+    };
+    // Fresh connections, spread over both workers by the kernel.
+    const answers = (cookie: string) =>
+      Promise.all(
+        Array.from({ length: 16 }, async () =>
+          (await fetch(`${web}/`, { headers: { cookie, connection: "close" } })).text(),
+        ),
+      );
+    const untilAsync = async (cond: () => Promise<boolean>, ms: number, what: string) => {
+      const end = Date.now() + ms;
+      while (!(await cond())) {
+        if (Date.now() > end)
+          throw new Error(
+            `timed out after ${ms} ms waiting for ${what}\n${child.lines.map((l) => JSON.stringify(l)).join("\n")}`,
+          );
+        await Bun.sleep(20);
+      }
+    };
+    await untilAsync(async () => (await view()).size === 2, 5_000, "two discovered backends");
+
+    await dns.setHosts([11, 12, 13].map(line), "app.test");
+    let cookie = "";
+    await untilAsync(
+      async () => {
+        const res = await fetch(`${web}/`, { headers: { connection: "close" } });
+        cookie = (res.headers.get("set-cookie") ?? "").split(";")[0] as string;
+        return (await res.text()) === "127.0.0.13";
+      },
+      5_000,
+      "a new session on the added record's backend",
+    );
+    await untilAsync(
+      async () => (await answers(cookie)).every((x) => x === "127.0.0.13"),
+      2_000,
+      "every worker to honour the session pinned to the added backend",
+    );
+
+    await dns.setHosts([11, 12].map(line), "app.test");
+    await untilAsync(async () => (await view()).get(added)?.removing === true, 5_000, "the drain to begin");
+    // Draining: the session keeps its backend on every worker (nothing is in flight, so it
+    // leaves once the primary has heard from its workers; the drain outlasts these requests).
+    expect(await answers(cookie)).toEqual(Array(16).fill("127.0.0.13"));
+    await untilAsync(async () => !(await view()).has(added), 8_000, "the backend to leave");
+    const after = await answers(cookie);
+    expect(after.every((x) => x === "127.0.0.11" || x === "127.0.0.12")).toBe(true);
   });
 });

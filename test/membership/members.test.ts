@@ -5,6 +5,8 @@
 import { describe, expect, test } from "bun:test";
 import { composeConfig, type Member, memberProblem } from "../../src/config/members.ts";
 import { removalVerdict } from "../../src/pool/removal.ts";
+import { buildRuntime } from "../../src/server/runtime.ts";
+import { dynamicBackends } from "../../src/state/snapshot.ts";
 import { config } from "../support/tether.ts";
 
 const base = config({
@@ -35,6 +37,36 @@ describe("composeConfig", () => {
     expect(c.pools.app?.backends[2]).toMatchObject({ hostname: "127.0.0.11", port: 8001, state: "ready" });
     // The base is not changed: a later merge starts from the same file.
     expect(base.pools.app?.backends.length).toBe(1);
+  });
+
+  test("a discovered https member is checked against its server name with the pool's discover.tls; the snapshot keeps the name", () => {
+    const withTls = config({
+      listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+      pools: {
+        app: {
+          discover: { dns: "_https._tcp.app.test", type: "SRV", scheme: "https", tls: { verify: false } },
+        },
+      },
+    });
+    const m: Member = {
+      pool: "app",
+      id: "one.app.test_8443",
+      url: "https://127.0.0.11:8443",
+      weight: 1,
+      source: "dns",
+      serverName: "one.app.test",
+    };
+    const { config: c } = composeConfig(withTls, [
+      m,
+      { ...m, id: "x", source: "api", serverName: "ignored" },
+    ]);
+    expect(c.pools.app?.backends.map((b) => [b.id, b.tls])).toEqual([
+      ["one.app.test_8443", { serverName: "one.app.test", verify: false }],
+      ["x", undefined],
+    ]);
+    const saved = dynamicBackends(buildRuntime(c, undefined, [Buffer.alloc(32)]));
+    expect(saved.find((b) => b.id === m.id)?.serverName).toBe("one.app.test");
+    expect(saved.find((b) => b.id === "x")?.serverName).toBeUndefined();
   });
 
   test("a member being removed is merged as drain (keeps its sessions, takes no new ones)", () => {

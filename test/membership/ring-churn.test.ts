@@ -18,7 +18,7 @@ const KEYS = 100_000;
 const podIds = (n: number, seed: number) =>
   Array.from({ length: n }, (_, i) => discoveredId(`10.${seed}.${i >> 8}.${i & 255}`, 8080));
 
-function owners(ring: HashRing, keys: Uint32Array): (string | null)[] {
+function owners(ring: Pick<HashRing, "lookup">, keys: Uint32Array): (string | null)[] {
   return Array.from(keys, (k) => ring.lookup(k));
 }
 
@@ -59,8 +59,11 @@ describe("adding one backend to N", () => {
       { pool: "app", id: ids[n] as string, url: "http://10.77.0.99:8080", weight: 1, source: "dns" },
     ]);
     const r2 = buildRuntime(next, r1, [key]);
-    const ring = (r: typeof r1) =>
-      (r.pools.get("app")?.chain as unknown as { ring: HashRing } | undefined)?.ring as HashRing;
+    const ring = (r: typeof r1) => {
+      const chain = r.pools.get("app")?.chain;
+      if (!chain) throw new Error("no pool app");
+      return { lookup: (k: number) => chain.ringOwner(k) };
+    };
     const keys = sessionKeyHashes(5, KEYS);
     const before = owners(ring(r1), keys);
     const after = owners(ring(r2), keys);
