@@ -78,7 +78,10 @@ function serveSketch(port: number, target: UpstreamTarget): { port: number; stop
       let claims = token === null ? undefined : opened.get(token);
       if (token !== null && claims === undefined) {
         const r = sealer.open(token);
-        if (r.ok) opened.set(token, (claims = r.claims));
+        if (r.ok) {
+          claims = r.claims;
+          opened.set(token, claims);
+        }
       }
       const fresh = claims === undefined;
       return client
