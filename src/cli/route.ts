@@ -30,7 +30,7 @@ export function describePersistence(pool: ResolvedPool): string[] {
     switch (r.type) {
       case "cookie":
         return r.mode === "insert"
-          ? `${at}: cookie ${r.name} (insert) Path=${r.path} SameSite=${r.sameSite}${r.partitioned ? " Partitioned" : ""}`
+          ? `${at}: cookie ${r.name} (insert) Path=${r.path} SameSite=${r.sameSite}${r.partitioned ? " Partitioned" : ""} rebalance=${r.rebalance}`
           : `${at}: cookie ${r.name} (${r.mode})`;
       case "header":
         return `${at}: header ${r.name} (${r.mode})${r.mode === "hash" ? stickText(r) : ""}`;
@@ -52,6 +52,11 @@ function explain(p: Placement, rejected: string[]): string {
     case "hash":
       return `${prefix}${p.rule} key hashed on the ring to ${p.backendId}`;
     case "repinned": {
+      if (p.rebalanced) {
+        const pinned = p.decisions.find((d) => d.kind === "pinned");
+        const from = pinned?.kind === "pinned" ? pinned.backendId : "its backend";
+        return `${prefix}${p.rule} names ${from}; ${p.backendId} joined the pool since the session was placed and owns its key on the ring (rebalance balanced), so it moves there`;
+      }
       const pinned = p.decisions.find((d) => d.kind === "pinned");
       const from = pinned?.kind === "pinned" ? pinned.backendId : "its backend";
       return `${prefix}${p.rule} names ${from}, which is not eligible; moved to the ring's next choice ${p.backendId}`;

@@ -164,6 +164,12 @@ const cookieInsertRule = z
       60_000,
       "The cookie's last-seen time is refreshed at most this often (default 60000)",
     ),
+    rebalance: z
+      .enum(["persistent", "balanced"])
+      .default("persistent")
+      .describe(
+        'When backends join: "persistent" (default) keeps every session where it is; "balanced" moves the sessions whose key the ring now gives to a joined backend, and no others',
+      ),
   })
   .describe("tether issues its own sealed cookie naming the backend");
 const cookiePrefixRule = z
