@@ -315,6 +315,19 @@ export class PersistenceChain {
     };
   }
 
+  /**
+   * The session a request names in this pool, for a traffic split: the first
+   * decision that is not "none" (pinned: a session living here; hash: a key
+   * the ring places), or null.
+   */
+  sessionOf(req: RequestFacts): Exclude<Decision, { kind: "none" }> | null {
+    for (const rule of this.rules) {
+      const d = rule.decide(req);
+      if (d.kind !== "none") return d;
+    }
+    return null;
+  }
+
   private decideAll(req: RequestFacts): Decision[] {
     const rules = this.rules;
     const out: Decision[] = new Array(rules.length);
