@@ -1,6 +1,6 @@
 /**
  * The audit log: one JSON object per session event, with an "event" field
- * (session.created, session.repinned, session.expired, persistence.rejected,
+ * (session.created, session.repinned, session.expired, session.split, persistence.rejected,
  * backend.state, and membership: backend.added, backend.updated,
  * backend.removing, backend.removed). Written to the file named by "audit", or stdout. Callers
  * pass ids, addresses and reasons only: never a cookie value, a key or a full
@@ -14,6 +14,8 @@ export type AuditEvent =
   | "session.expired"
   /** failover "strict": a session was answered 503 rather than moved off its unavailable backend. */
   | "session.held"
+  /** A route's traffic split gave a new session a pool, by weight. */
+  | "session.split"
   | "persistence.rejected"
   | "backend.state"
   | "backend.added"

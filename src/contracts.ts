@@ -7,14 +7,32 @@
 import type { Audit } from "./audit.ts";
 import type { Config, ResolvedListener } from "./config/load.ts";
 import type { Logger } from "./log.ts";
+import type { RequestFacts } from "./persistence/types.ts";
 import type { Backend, Pool } from "./pool/pool.ts";
 import type { TrustedProxies } from "./proxy/trusted-proxies.ts";
 import type { UpstreamClient } from "./proxy/upstream/client.ts";
 import type { AbortLike } from "./proxy/upstream/types.ts";
 
-/** Host and path → pool name, for one listener. */
+/** Host and path → pool name, or the route's traffic split, for one listener. */
 export interface Router {
-  pick(host: string | null, path: string): string;
+  pick(host: string | null, path: string): string | TrafficSplitter;
+}
+
+/** A route's sticky traffic split (server/split.ts): which pool a request's session belongs to. */
+export interface TrafficSplitter {
+  choose(facts: RequestFacts): SplitChoice;
+}
+
+export interface SplitChoice {
+  pool: string;
+  /**
+   * How: "cookie" (the split's own cookie), "session" (a session the pool's
+   * rules name), "key" (a weighted hash of the session key), "weight" (a new
+   * session, drawn by weight).
+   */
+  by: "cookie" | "session" | "key" | "weight";
+  /** A Set-Cookie value naming the pool, without Secure, when one is due; else null. */
+  cookie: string | null;
 }
 
 /**

@@ -51,6 +51,7 @@ const insert = chainFor({
   path: "/",
   partitioned: false,
   refreshAfterMs: 60_000,
+  rebalance: "persistent",
 });
 const first = insert.place(base);
 const issued = first

@@ -2,7 +2,11 @@
  * Command-line parsing. Pure: argv in, a command out (or a usage error).
  */
 export interface RouteQuery {
+  /** The pool to ask; empty when a listener's routes choose it. */
   pool: string;
+  /** The listener whose routes (and traffic splits) choose the pool. */
+  listener?: string;
+  host?: string;
   cookies: string[];
   ip?: string;
   path?: string;
@@ -24,8 +28,10 @@ export const USAGE = `tether: a load-balancing reverse proxy with session persis
 Usage:
   tether [--config FILE]          serve (default config: ./config.json)
   tether check [--config FILE]    validate a config; print every problem and exit 2 if any
-  tether route [--config FILE] --pool P [--cookie 'N=V'] [--ip A] [--path '/p?sid=x'] [--header 'N: V']
-                                  print where such a request would go and why (JSON)
+  tether route [--config FILE] (--pool P | --listener L [--host H]) [--cookie 'N=V'] [--ip A]
+               [--path '/p?sid=x'] [--header 'N: V']
+                                  print where such a request would go and why (JSON); with
+                                  --listener, through its routes and traffic splits
   tether keygen                   print a new cookie key (base64 of 32 random bytes)
   tether --version                print the version
   tether --help                   print this help
@@ -33,7 +39,7 @@ Usage:
 Exit codes: 0 success, 1 runtime failure, 2 bad config or usage.
 Signals: SIGTERM/SIGINT stop gracefully; SIGHUP reloads the config.`;
 
-const ROUTE_OPTIONS = ["--pool", "--cookie", "--ip", "--path", "--header"] as const;
+const ROUTE_OPTIONS = ["--pool", "--listener", "--host", "--cookie", "--ip", "--path", "--header"] as const;
 
 export function parseArgs(argv: readonly string[]): Command {
   let config = "config.json";
@@ -57,6 +63,8 @@ export function parseArgs(argv: readonly string[]): Command {
       if (sub !== "route") throw new UsageError(`${flag} belongs to "tether route"`);
       const v = value();
       if (flag === "--pool") route.pool = v;
+      else if (flag === "--listener") route.listener = v;
+      else if (flag === "--host") route.host = v;
       else if (flag === "--cookie") route.cookies.push(v);
       else if (flag === "--header") route.headers.push(v);
       else if (flag === "--ip") route.ip = v;
@@ -70,7 +78,8 @@ export function parseArgs(argv: readonly string[]): Command {
   }
   if (sub === "keygen") return { kind: "keygen" };
   if (sub === "route") {
-    if (!route.pool) throw new UsageError("tether route needs --pool");
+    if (!route.pool === (route.listener === undefined))
+      throw new UsageError("tether route needs --pool or --listener (one of them)");
     return { kind: "route", config, ...route };
   }
   return { kind: sub ?? "serve", config };

@@ -164,6 +164,12 @@ const cookieInsertRule = z
       60_000,
       "The cookie's last-seen time is refreshed at most this often (default 60000)",
     ),
+    rebalance: z
+      .enum(["persistent", "balanced"])
+      .default("persistent")
+      .describe(
+        'When backends join: "persistent" (default) keeps every session where it is; "balanced" moves the sessions whose key the ring now gives to a joined backend, and no others',
+      ),
   })
   .describe("tether issues its own sealed cookie naming the backend");
 const cookiePrefixRule = z
@@ -426,6 +432,24 @@ export const poolSchema = z.strictObject({
     .describe("tls-passthrough pools: send a PROXY protocol header so backends see the client address"),
 });
 
+/** A split's problems: unknown or repeated pools, no weight at all (paths relative to the split). */
+function splitProblems(
+  split: readonly { pool: string; weight: number }[],
+  poolExists: (name: string) => boolean,
+): { path: (string | number)[]; message: string }[] {
+  const out: { path: (string | number)[]; message: string }[] = [];
+  const seen = new Set<string>();
+  split.forEach((s, k) => {
+    if (!poolExists(s.pool)) out.push({ path: [k, "pool"], message: `no pool named "${s.pool}"` });
+    else if (seen.has(s.pool))
+      out.push({ path: [k, "pool"], message: `pool "${s.pool}" is already in the split` });
+    seen.add(s.pool);
+  });
+  if (split.length > 0 && split.every((s) => s.weight === 0))
+    out.push({ path: [], message: "needs a pool with a weight above 0, or no new session has a pool" });
+  return out;
+}
+
 const routeSchema = z
   .strictObject({
     host: z
@@ -434,12 +458,34 @@ const routeSchema = z
       .optional()
       .describe("Host header to match, without port; '*.example.com' matches subdomains"),
     pathPrefix: z.string().startsWith("/", "must start with '/'").optional().describe("Path prefix to match"),
-    pool: name,
+    pool: name.optional().describe('The pool (or "split")'),
+    split: z
+      .array(
+        z.strictObject({
+          pool: name,
+          weight: z
+            .number()
+            .int()
+            .min(0)
+            .max(1_000_000)
+            .describe("Share of new sessions, relative to the others; 0 takes none and keeps its sessions"),
+        }),
+      )
+      .min(1, "needs at least one pool")
+      .optional()
+      .describe(
+        "A sticky traffic split instead of pool: new sessions get a pool by weight, returning ones keep theirs",
+      ),
+    splitCookie: cookieName
+      .optional()
+      .describe('With split: the name of the cookie naming a session\'s pool (default "TETHER_SPLIT")'),
   })
-  .refine(
-    (r) => r.host !== undefined || r.pathPrefix !== undefined,
-    "a route needs host, pathPrefix or both",
-  );
+  .refine((r) => r.host !== undefined || r.pathPrefix !== undefined, "a route needs host, pathPrefix or both")
+  .refine((r) => (r.pool === undefined) !== (r.split === undefined), "a route needs pool or split, not both")
+  .refine((r) => r.split !== undefined || r.splitCookie === undefined, {
+    message: "splitCookie needs split",
+    path: ["splitCookie"],
+  });
 
 const certificateSchema = z.strictObject({
   cert: z.string().min(1).describe("PEM certificate chain file"),
@@ -622,11 +668,20 @@ export const configSchema = z
       if (!Object.hasOwn(cfg.pools, l.pool))
         ctx.addIssue({ code: "custom", path: at("pool"), message: `no pool named "${l.pool}"` });
       l.routes.forEach((r, j) => {
-        if (!Object.hasOwn(cfg.pools, r.pool))
+        if (r.pool !== undefined && !Object.hasOwn(cfg.pools, r.pool))
           ctx.addIssue({
             code: "custom",
             path: at("routes", j, "pool"),
             message: `no pool named "${r.pool}"`,
+          });
+        splitProblems(r.split ?? [], (p) => Object.hasOwn(cfg.pools, p)).forEach(({ path, message }) => {
+          ctx.addIssue({ code: "custom", path: at("routes", j, "split", ...path), message });
+        });
+        if (r.split !== undefined && l.protocol === "tls-passthrough")
+          ctx.addIssue({
+            code: "custom",
+            path: at("routes", j, "split"),
+            message: "a tls-passthrough listener cannot split: it reads no cookie",
           });
       });
       if (l.protocol === "https" && !l.tls)
@@ -661,14 +716,21 @@ export const configSchema = z
         });
       }
       const wantTcp = l.protocol === "tls-passthrough";
-      for (const [j, poolName] of [[-1, l.pool] as const, ...l.routes.map((r, j) => [j, r.pool] as const)]) {
+      const routed = [
+        [at("pool"), l.pool] as const,
+        ...l.routes.flatMap((r, j) => [
+          ...(r.pool === undefined ? [] : [[at("routes", j, "pool"), r.pool] as const]),
+          ...(r.split ?? []).map((s, k) => [at("routes", j, "split", k, "pool"), s.pool] as const),
+        ]),
+      ];
+      for (const [path, poolName] of routed) {
         const pool = Object.hasOwn(cfg.pools, poolName) ? cfg.pools[poolName] : undefined;
         if (!pool) continue;
         const isTcp = isTcpPool(pool);
         if (isTcp !== wantTcp)
           ctx.addIssue({
             code: "custom",
-            path: j === -1 ? at("pool") : at("routes", j, "pool"),
+            path,
             message: wantTcp
               ? `pool "${poolName}" must hold tcp:// backends for a tls-passthrough listener`
               : `pool "${poolName}" holds tcp:// backends, which only a tls-passthrough listener can use`,

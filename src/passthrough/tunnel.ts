@@ -360,7 +360,9 @@ export class Tunnel {
     const { config, deps } = this.ctx;
     const listener = runtime.listeners.get(config.name) ?? config;
     const router = runtime.routers.get(config.name);
-    const poolName = router ? router.pick(hello.serverName, "/") : listener.pool;
+    const picked = router ? router.pick(hello.serverName, "/") : listener.pool;
+    // The config validator refuses splits on tls-passthrough listeners: a split needs a cookie.
+    const poolName = typeof picked === "string" ? picked : listener.pool;
     const pool = runtime.pools.get(poolName);
     if (!pool) {
       this.giveUp(`pool ${poolName} missing`);

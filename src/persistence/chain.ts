@@ -21,6 +21,7 @@ import { CookieInsertRule, newSessionKey, sessionKeyText } from "./cookie-insert
 import { CookieLearnRule } from "./cookie-learn.ts";
 import { CookiePrefixRule } from "./cookie-prefix.ts";
 import { HeaderLearnRule, HeaderPrefixRule, HeaderRule } from "./header.ts";
+import { Rebalancer } from "./rebalance.ts";
 import { StickyHashRule } from "./stick.ts";
 import { StickTable } from "./stick-table.ts";
 import { TlsSessionRule } from "./tls-session.ts";
@@ -77,6 +78,8 @@ export interface ChainOptions {
   failover?: "move" | "strict";
   /** Stick tables from the previous generation, reused by rule position and type so a reload keeps learned sessions. */
   previousTables?: ReadonlyMap<string, StickTable>;
+  /** Memberships the previous generations served (rebalance.ts), so a balanced rule knows who joined. */
+  previousMemberships?: ReadonlyMap<number, ReadonlySet<string>>;
 }
 
 function tableSecret(keys: readonly Buffer[], pool: string): Buffer {
@@ -90,10 +93,18 @@ function buildRule(
   opts: ChainOptions,
   ids: readonly string[],
   tableFor: (expireMs: number, maxEntries: number) => StickTable,
+  rebalancer: Rebalancer,
 ): Rule {
   switch (r.type) {
     case "cookie":
-      if (r.mode === "insert") return new CookieInsertRule(r, opts.pool, opts.keys, ids);
+      if (r.mode === "insert")
+        return new CookieInsertRule(
+          r,
+          opts.pool,
+          opts.keys,
+          ids,
+          r.rebalance === "balanced" ? rebalancer : null,
+        );
       if (r.mode === "prefix") return new CookiePrefixRule(r.name, opts.pool, opts.keys, ids);
       return new CookieLearnRule(r.name, tableFor(r.expireMs, r.maxEntries));
     case "url":
@@ -141,6 +152,8 @@ export class PersistenceChain {
   private readonly strict: boolean;
   /** Results of first-attempt hits by decision object (see placeByOnlyRule); they die with their decision. */
   private readonly hits = new WeakMap<Decision, PlaceResult>();
+  /** This generation's membership version and the ones before it (rebalance.ts). */
+  readonly rebalancer: Rebalancer;
 
   constructor(
     readonly members: readonly Member[],
@@ -155,6 +168,7 @@ export class PersistenceChain {
       const m = this.byId.get(id);
       return m ? m.inflight + (m.websockets ?? 0) : 0;
     });
+    this.rebalancer = new Rebalancer(ids, (h) => this.ring.lookup(h), opts.previousMemberships);
     this.rules = opts.rules.map((r, i) => {
       const tableFor = (expireMs: number, maxEntries: number) => {
         const key = `${i}:${r.type}`;
@@ -166,7 +180,7 @@ export class PersistenceChain {
         this.tables.set(key, table);
         return table;
       };
-      return buildRule(r, opts, ids, tableFor);
+      return buildRule(r, opts, ids, tableFor, this.rebalancer);
     });
     this.rewritesFields = this.rules.some((r) => r.backendFields);
     const hello = this.rules.find((r) => r.learnServerHello);
@@ -226,7 +240,7 @@ export class PersistenceChain {
    */
   private placeByOnlyRule(req: RequestFacts, exclude?: ReadonlySet<string>): PlaceResult | null {
     const d = (this.rules[0] as Rule).decide(req);
-    if (d.kind === "pinned" && !exclude?.size) {
+    if (d.kind === "pinned" && !exclude?.size && d.rebalanceTo === undefined) {
       const m = this.byId.get(d.backendId);
       if (m !== undefined && eligibleForPinned(m)) {
         let hit = this.hits.get(d);
@@ -261,6 +275,13 @@ export class PersistenceChain {
           if (rejections === NO_REJECTIONS) rejections = [];
           rejections.push({ rule: d.rule, reason: "unknown-backend" });
           continue;
+        }
+        // A backend joined since the session was placed and owns its key now: the session moves there.
+        const joined = d.rebalanceTo === undefined ? undefined : this.byId.get(d.rebalanceTo);
+        if (joined !== undefined && eligibleForNew(joined) && !exclude?.has(joined.id)) {
+          const placement = this.placement(d, joined.id, "repinned", decisions);
+          placement.rebalanced = true;
+          return { placement, rejections };
         }
         if (eligibleForPinned(m) && !exclude?.has(m.id)) {
           return { placement: this.placement(d, m.id, "hit", decisions, previous), rejections };
@@ -301,6 +322,19 @@ export class PersistenceChain {
       },
       rejections,
     };
+  }
+
+  /**
+   * The session a request names in this pool, for a traffic split: the first
+   * decision that is not "none" (pinned: a session living here; hash: a key
+   * the ring places), or null.
+   */
+  sessionOf(req: RequestFacts): Exclude<Decision, { kind: "none" }> | null {
+    for (const rule of this.rules) {
+      const d = rule.decide(req);
+      if (d.kind !== "none") return d;
+    }
+    return null;
   }
 
   private decideAll(req: RequestFacts): Decision[] {

@@ -6,6 +6,7 @@
 import { randomBytes } from "node:crypto";
 import { hashKey } from "../ring/hash.ts";
 import { getCookie, mapCookie } from "./cookies.ts";
+import type { Rebalancer } from "./rebalance.ts";
 import { backendKey, type TokenClaims, TokenSealer } from "./token.ts";
 
 /** Opened tokens remembered (about 200 bytes each). */
@@ -24,6 +25,7 @@ import type {
 /** A token opened once: its claims and the decision it makes (null: it names no backend of this pool). */
 interface Opened {
   claims: TokenClaims;
+  /** Sealed under an older key, or (balanced) under an older membership: re-issue. */
   stale: boolean;
   backendId: string | null;
   decision: Extract<Decision, { kind: "pinned" }> | null;
@@ -41,6 +43,8 @@ export interface CookieInsertOptions {
   maxIdleMs?: number | undefined;
   maxLifeMs?: number | undefined;
   refreshAfterMs: number;
+  /** What a backend joining does to existing sessions (rebalance.ts); default "persistent". */
+  rebalance?: "persistent" | "balanced";
 }
 
 const dropCookie = () => null;
@@ -61,6 +65,8 @@ export class CookieInsertRule implements Rule {
     pool: string,
     keys: readonly Buffer[],
     backendIds: readonly string[],
+    /** Given with "rebalance": "balanced": cookies carry its membership version. */
+    private readonly rebalancer: Rebalancer | null = null,
   ) {
     this.sealer = new TokenSealer(keys, pool, opts.name);
     this.cookiePrefix = `${opts.name}=`;
@@ -101,6 +107,7 @@ export class CookieInsertRule implements Rule {
     }
     const backendId = this.byKey.get(r.claims.backendKey) ?? null;
     const key = sessionKeyText(r.claims.sessionKey);
+    const keyHash = hashKey(key);
     const opened: Opened = {
       claims: r.claims,
       stale: r.stale,
@@ -108,16 +115,17 @@ export class CookieInsertRule implements Rule {
       decision:
         backendId === null
           ? null
-          : {
-              kind: "pinned",
-              backendId,
-              key,
-              keyHash: hashKey(key),
-              rule: this.name,
-              refresh: false,
-              session: r.claims,
-            },
+          : { kind: "pinned", backendId, key, keyHash, rule: this.name, refresh: false, session: r.claims },
     };
+    // Balanced: a cookie from an older membership (a v1 cookie has none: it stays, as persistent) is
+    // re-issued under this one, and its session moves if a backend that joined since owns its key.
+    const placedUnder = r.claims.membership;
+    const rb = this.rebalancer;
+    if (rb !== null && placedUnder !== undefined && placedUnder !== rb.version && opened.decision) {
+      opened.stale = true;
+      const to = rb.moveTo(keyHash, opened.decision.backendId, placedUnder);
+      if (to !== null) opened.decision.rebalanceTo = to;
+    }
     this.opened.set(pair, opened);
     return opened;
   }
@@ -154,12 +162,14 @@ export class CookieInsertRule implements Rule {
     // A valid session keeps its issue time wherever it is re-issued (a refresh, a re-pin after
     // failover), so maxLifeMs counts from its first cookie.
     const issuedAt = prior && sessionKey === prior.sessionKey ? prior.issuedAt : req.nowSec;
-    const token = this.sealer.seal({
+    const claims: TokenClaims = {
       sessionKey,
       backendKey: backendKey(placement.backendId),
       issuedAt,
       lastSeen: req.nowSec,
-    });
+    };
+    if (this.rebalancer !== null) claims.membership = this.rebalancer.version;
+    const token = this.sealer.seal(claims);
     return [{ kind: "set-cookie", header: this.setCookie(token, res.secure) }, { kind: "cache-private" }];
   }
 

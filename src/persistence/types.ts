@@ -41,6 +41,8 @@ export type Decision =
       session?: { sessionKey: Uint8Array; issuedAt: number };
       /** hashKey(key), when the rule computed it once for a decision it reuses. */
       keyHash?: number;
+      /** "rebalance": "balanced": a backend that joined since the session was placed, where it moves if eligible. */
+      rebalanceTo?: string;
     }
   /** A pure hash key: the ring places it, the same way on every instance. */
   | { kind: "hash"; key: string; rule: RuleName }
@@ -65,6 +67,8 @@ export interface Placement {
   keyHash?: number;
   /** The decision of each rule, in order (for response-side effects). */
   decisions: Decision[];
+  /** Outcome "repinned" because a backend joined (rebalanceTo), not because the session's backend failed. */
+  rebalanced?: boolean;
 }
 
 export interface ResponseFacts {

@@ -180,7 +180,11 @@ export class Placing {
     }
     const pinnedTo = first.decisions.find((d) => d.kind === "pinned");
     const from = pinnedTo?.kind === "pinned" ? pinnedTo.backendId : first.backendId;
-    const why = final.backendId !== first.backendId ? "connect-failed" : "backend-unavailable";
+    const why = final.rebalanced
+      ? "rebalanced"
+      : final.backendId !== first.backendId
+        ? "connect-failed"
+        : "backend-unavailable";
     this.deps.audit.emit("session.repinned", { ...common, from, to: final.backendId, why });
   }
 

@@ -234,7 +234,9 @@ export class Pool {
       keys: cookieKeys,
       hashBalanceFactor: config.hashBalanceFactor,
       failover: config.failover,
-      ...(previous ? { previousTables: previous.chain.tables } : {}),
+      ...(previous
+        ? { previousTables: previous.chain.tables, previousMemberships: previous.chain.rebalancer.history }
+        : {}),
     });
     for (const b of this.backends) this.byId.set(b.id, b);
   }

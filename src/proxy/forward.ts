@@ -15,8 +15,8 @@
  */
 
 import type { ResolvedListener } from "../config/load.ts";
-import type { ListenerContext, ProxyDeps, RequestInfo, Runtime, Tracked } from "../contracts.ts";
-import type { Placement, RequestFacts } from "../persistence/types.ts";
+import type { ListenerContext, ProxyDeps, RequestInfo, Runtime, SplitChoice, Tracked } from "../contracts.ts";
+import type { Effect, Placement, RequestFacts } from "../persistence/types.ts";
 import { Placing } from "../pool/placement.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
 import { ClientAbort } from "./client-abort.ts";
@@ -32,7 +32,7 @@ import {
 } from "./headers.ts";
 import { IDEMPOTENT } from "./methods.ts";
 import { accessLog, failedResponse, record, unexpected, upstreamFailed } from "./outcomes.ts";
-import { clientUsesTls, poolFor } from "./request-facts.ts";
+import { clientUsesTls, poolFor, type SplitSlot, withSplitCookie } from "./request-facts.ts";
 import { requestTarget } from "./request-target.ts";
 import type { ExchangeSink } from "./upstream/exchange.ts";
 import type { AbortLike, RequestOptions, UpstreamRequest, UpstreamResponse } from "./upstream/types.ts";
@@ -105,7 +105,8 @@ export class ProxiedRequest
     RequestFacts,
     UpstreamRequest,
     RequestOptions,
-    ExchangeSink
+    ExchangeSink,
+    SplitSlot
 {
   // RequestInfo (and, inherited from ClientAbort, the client's cancellation)
   readonly listener: ResolvedListener;
@@ -142,6 +143,9 @@ export class ProxiedRequest
   readonly headers: Headers;
   clientIp = "";
   nowSec = 0;
+
+  // SplitSlot: a traffic split's choice of pool, when the route has one
+  split: SplitChoice | null = null;
 
   // UpstreamRequest
   readonly method: string;
@@ -217,12 +221,12 @@ export class ProxiedRequest
     this.ctx.inflight++;
     this.ctx.tracker.track(this);
     try {
-      const pool = poolFor(this.host, this.target, this);
+      this.clientIp = clientAddress(this.peerIp, this.xForwardedFor, this.runtime.trusted);
+      this.nowSec = Math.floor(Date.now() / 1000);
+      const pool = poolFor(this.host, this.target, this, this, this);
       this.pool = pool;
       this.connectTimeoutMs = pool.settings.connectTimeoutMs;
       this.responseTimeoutMs = pool.settings.responseTimeoutMs;
-      this.clientIp = clientAddress(this.peerIp, this.xForwardedFor, this.runtime.trusted);
-      this.nowSec = Math.floor(Date.now() / 1000);
       this.placing = new Placing(pool, this, this.listener.name, this.deps);
       if (this.deps.cluster && pool.chain.tables.size !== 0) return this.afterPrefetch();
       return this.begin();
@@ -343,7 +347,9 @@ export class ProxiedRequest
     const response = releaseWhenDone(res, backend);
     (this.placing as Placing).settle(placement);
     record(deps, this, pool, backend, res.status);
-    const effects = pool.chain.remember(this, placement, responseFacts(res, clientUsesTls(this, this)));
+    const secure = clientUsesTls(this, this);
+    let effects = pool.chain.remember(this, placement, responseFacts(res, secure));
+    if (this.split !== null) effects = this.splitEffects(effects, secure, backend);
     accessLog(deps, this, this.req, this.target, pool.name, backend.id, res.status);
     return toClientResponse(
       response,
@@ -354,6 +360,19 @@ export class ProxiedRequest
       this.ctx.hsts,
       asksToClose(this.connection),
     );
+  }
+
+  /** A traffic split's cookie, and its audit line when it gave a new session a pool (apart: the slow path). */
+  private splitEffects(effects: Effect[], secure: boolean, backend: Backend) {
+    const split = this.split as SplitChoice;
+    if (split.by === "weight")
+      this.deps.audit.emit("session.split", {
+        listener: this.listener.name,
+        pool: split.pool,
+        client: this.clientIp,
+        backend: backend.id,
+      });
+    return withSplitCookie(effects, split, secure);
   }
 
   /** The answer for a request that could not be forwarded (the request is finished with it). */

@@ -4,8 +4,8 @@
  * scanRequestFields): its pool, the facts the persistence rules read, and
  * the facts the forwarding headers are built from.
  */
-import type { RequestInfo } from "../contracts.ts";
-import type { RequestFacts } from "../persistence/types.ts";
+import type { RequestInfo, SplitChoice } from "../contracts.ts";
+import type { Effect, RequestFacts } from "../persistence/types.ts";
 import type { Pool } from "../pool/pool.ts";
 import { ProxyError } from "./errors.ts";
 import { clientAddress, type ForwardFacts, type ScannedHead } from "./headers.ts";
@@ -47,11 +47,39 @@ export function clientUsesTls(head: ScannedHead, fwd: ForwardFacts): boolean {
   return (comma === -1 ? xfp : xfp.slice(0, comma)).trim().toLowerCase() === "https";
 }
 
-export function poolFor(host: string | null, target: string, info: RequestInfo): Pool {
+/** Where a route's traffic split puts its choice for the request (null: the route names one pool). */
+export interface SplitSlot {
+  split: SplitChoice | null;
+}
+
+/**
+ * The request's pool: its route's, or, for a route with a traffic split, the
+ * pool the split chooses from `facts` (noted in `slot` for the response).
+ */
+export function poolFor(
+  host: string | null,
+  target: string,
+  info: RequestInfo,
+  facts: RequestFacts,
+  slot: SplitSlot,
+): Pool {
   const router = info.runtime.routers.get(info.listener.name);
-  const poolName = router ? router.pick(host, targetPath(target)) : info.listener.pool;
+  const picked = router ? router.pick(host, targetPath(target)) : info.listener.pool;
+  let poolName: string;
+  if (typeof picked === "string") poolName = picked;
+  else {
+    slot.split = picked.choose(facts);
+    poolName = slot.split.pool;
+  }
   const pool = info.runtime.pools.get(poolName);
   // The config validator guarantees every routed pool exists.
   if (!pool) throw new ProxyError("NO_BACKEND", `pool ${poolName} missing`);
   return pool;
+}
+
+/** The response's effects with the split's cookie added, when one is due (Secure for clients on TLS). */
+export function withSplitCookie(effects: Effect[], split: SplitChoice | null, secure: boolean): Effect[] {
+  if (split === null || split.cookie === null) return effects;
+  const header = secure ? `${split.cookie}; Secure` : split.cookie;
+  return [...effects, { kind: "set-cookie", header }];
 }

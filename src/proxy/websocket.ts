@@ -20,7 +20,14 @@ import { responseFacts, toClientResponse } from "./client-response.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
 import { appendBackendFields, emptyHead, scanRequestFields } from "./headers.ts";
 import { failedResponse, record, unexpected, upstreamFailed } from "./outcomes.ts";
-import { clientUsesTls, forwardFacts, poolFor, requestFacts } from "./request-facts.ts";
+import {
+  clientUsesTls,
+  forwardFacts,
+  poolFor,
+  requestFacts,
+  type SplitSlot,
+  withSplitCookie,
+} from "./request-facts.ts";
 import { requestTarget } from "./request-target.ts";
 import type { AbortLike } from "./upstream/types.ts";
 import {
@@ -126,8 +133,9 @@ export async function upgradeWebSocket(
     const head = emptyHead();
     const fields: string[] = [];
     scanRequestFields(req.headers.toJSON(), head, fields);
-    pool = poolFor(head.host, target, info);
     const facts = requestFacts(head, req.headers, target, info);
+    const slot: SplitSlot = { split: null };
+    pool = poolFor(head.host, target, info, facts, slot);
     const fwd = forwardFacts(info);
     const cookie = facts.cookie === null ? null : pool.chain.backendCookie(facts.cookie);
     appendBackendFields(fields, head, fwd, cookie);
@@ -153,14 +161,18 @@ export async function upgradeWebSocket(
     const secure = clientUsesTls(head, fwd);
     if (upgrade.kind === "refused") {
       backend.closeWebSocket();
-      const effects = pool.chain.remember(facts, placement, responseFacts(upgrade.response, secure));
+      const effects = withSplitCookie(
+        pool.chain.remember(facts, placement, responseFacts(upgrade.response, secure)),
+        slot.split,
+        secure,
+      );
       return toClientResponse(upgrade.response, req.method, effects, info);
     }
     const noResponse = { setCookies: [], location: null, cacheControl: null, secure };
     const upgradeHeaders = new Headers(
       upgrade.protocol ? { "sec-websocket-protocol": upgrade.protocol } : {},
     );
-    for (const e of pool.chain.remember(facts, placement, noResponse)) {
+    for (const e of withSplitCookie(pool.chain.remember(facts, placement, noResponse), slot.split, secure)) {
       if (e.kind === "set-cookie") upgradeHeaders.append("set-cookie", e.header);
       else if (e.kind === "set-header") upgradeHeaders.set(e.name, e.value);
     }

@@ -3,7 +3,7 @@
  * the pool; the listener's "pool" is the fallback. Pure.
  */
 import type { RouteConfig } from "../config/schema.ts";
-import type { Router } from "../contracts.ts";
+import type { Router, TrafficSplitter } from "../contracts.ts";
 
 /** "Example.COM:8443" → "example.com"; "[::1]:80" → "[::1]". */
 export function hostWithoutPort(host: string): string {
@@ -20,15 +20,27 @@ function hostMatches(pattern: string, host: string): boolean {
   return host === p;
 }
 
-export function createRouter(routes: readonly RouteConfig[], fallbackPool: string): Router {
+/**
+ * `splitFor` builds a route's traffic split (server/split.ts) for a route
+ * with "split" instead of "pool"; it is built once, here, not per request.
+ */
+export function createRouter(
+  routes: readonly RouteConfig[],
+  fallbackPool: string,
+  splitFor?: (route: RouteConfig) => TrafficSplitter,
+): Router {
   if (routes.length === 0) return { pick: () => fallbackPool };
+  const targets = routes.map((r): string | TrafficSplitter =>
+    r.split !== undefined && splitFor !== undefined ? splitFor(r) : (r.pool as string),
+  );
   return {
     pick(rawHost, path) {
       const host = rawHost ? hostWithoutPort(rawHost) : "";
-      for (const r of routes) {
+      for (let i = 0; i < routes.length; i++) {
+        const r = routes[i] as RouteConfig;
         if (r.host !== undefined && !hostMatches(r.host, host)) continue;
         if (r.pathPrefix !== undefined && !path.startsWith(r.pathPrefix)) continue;
-        return r.pool;
+        return targets[i] as string | TrafficSplitter;
       }
       return fallbackPool;
     },

@@ -8,6 +8,7 @@ import type { Router, Runtime } from "../contracts.ts";
 import { Pool } from "../pool/pool.ts";
 import { trustedProxies } from "../proxy/trusted-proxies.ts";
 import { createRouter } from "./routes.ts";
+import { SPLIT_COOKIE, TrafficSplit } from "./split.ts";
 
 /**
  * `fallbackKeys` seal cookies when the config names no secrets.cookieKeys (a
@@ -27,7 +28,14 @@ export function buildRuntime(
   const routers = new Map<string, Router>();
   const listeners = new Map<string, ResolvedListener>();
   for (const l of config.listeners) {
-    routers.set(l.name, createRouter(l.routes, l.pool));
+    routers.set(
+      l.name,
+      createRouter(
+        l.routes,
+        l.pool,
+        (r) => new TrafficSplit(r.split ?? [], r.splitCookie ?? SPLIT_COOKIE, keys, pools),
+      ),
+    );
     listeners.set(l.name, l);
   }
   return { config, pools, routers, listeners, trusted: trustedProxies(config.trustedProxies) };

@@ -25,6 +25,7 @@ const insert: PersistenceRuleConfig = {
   path: "/",
   partitioned: false,
   refreshAfterMs: 60_000,
+  rebalance: "persistent",
 };
 const ip: PersistenceRuleConfig = { type: "client-ip", ipv4Prefix: 32, ipv6Prefix: 64 };
 const chain = (m: Member[], rules: PersistenceRuleConfig[]) =>

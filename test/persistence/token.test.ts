@@ -65,6 +65,28 @@ describe("sealed tokens", () => {
     );
   });
 
+  test("a token with a membership version (v2) opens to it; one without (v1) opens without it", () => {
+    const s = new TokenSealer([k1], "app", "TETHER");
+    const v2 = s.seal({ ...claims(), membership: 0xdeadbeef });
+    const v1 = s.seal(claims());
+    expect([v1.length, v2.length]).toEqual([87, 92]);
+    const r2 = s.open(v2);
+    const r1 = s.open(v1);
+    expect(r2.ok && r2.claims.membership).toBe(0xdeadbeef);
+    expect(r1.ok && r1.claims.membership).toBeUndefined();
+    expect(r1.ok && r1.claims.backendKey).toBe(backendKey("app-1"));
+  });
+
+  test("a v2 token cannot pass for a v1 token: the version byte is authenticated", () => {
+    const s = new TokenSealer([k1], "app", "TETHER");
+    const buf = Buffer.from(s.seal({ ...claims(), membership: 7 }), "base64url");
+    buf[0] = 1;
+    expect(s.open(buf.toString("base64url")).ok).toBe(false);
+    // Cut to v1's length: the tag no longer matches.
+    const cut = Buffer.concat([buf.subarray(0, 17 + 32), buf.subarray(17 + 36)]);
+    expect(s.open(cut.toString("base64url"))).toEqual({ ok: false, reason: "bad-mac" });
+  });
+
   test("arbitrary strings never open and never throw (property)", () => {
     const s = new TokenSealer([k1], "app", "TETHER");
     fc.assert(

@@ -26,6 +26,7 @@ const INSERT: PersistenceRuleConfig = {
   path: "/",
   partitioned: false,
   refreshAfterMs: 60_000,
+  rebalance: "persistent",
 };
 const IDS = ["b1", "b2", "b3", "b4"];
 const NOW = 1_800_000_000;

@@ -46,6 +46,20 @@ describe("tether route", () => {
     ]);
   });
 
+  test("reports a cookie insert rule's rebalance mode", () => {
+    const insert = (rebalance?: string) => ({
+      type: "cookie",
+      mode: "insert",
+      ...(rebalance ? { rebalance } : {}),
+    });
+    expect(route(cfg({ persistence: [insert("balanced")] }), query()).settings?.[0]).toBe(
+      "persistence[0]: cookie TETHER (insert) Path=/ SameSite=Lax rebalance=balanced",
+    );
+    expect(route(cfg({ persistence: [insert()] }), query()).settings?.[0]).toBe(
+      "persistence[0]: cookie TETHER (insert) Path=/ SameSite=Lax rebalance=persistent",
+    );
+  });
+
   test("reports the pool's drain deadline when it has one, and nothing when not", () => {
     expect(route(cfg({ drainDeadlineMs: 600_000 }), query()).settings).toEqual([
       "failover: move",
