@@ -41,6 +41,12 @@ const json = (body: unknown, status = 200) =>
     headers: { "content-type": "application/json", "cache-control": "no-store" },
   });
 const problem = (status: number, error: string) => json({ error }, status);
+/** 405 names the methods the path takes (RFC 9110 §15.5.6). */
+const notAllowed = (allow: string, error: string) => {
+  const res = problem(405, error);
+  res.headers.set("allow", allow);
+  return res;
+};
 
 /** Constant-time comparison: both sides are hashed to equal length first. */
 export function tokenMatches(header: string | null, token: string): boolean {
@@ -254,7 +260,7 @@ export async function handleAdmin(req: Request, ctx: AdminContext): Promise<Resp
   }
   const add = /^\/api\/backends\/([^/]+)$/.exec(path);
   if (add) {
-    if (req.method !== "POST") return problem(405, 'use POST with {"id", "url", "weight"}');
+    if (req.method !== "POST") return notAllowed("POST", 'use POST with {"id", "url", "weight"}');
     const poolName = decodePathSegment(add[1] as string);
     if (poolName === null) return problem(400, "malformed percent-encoding in the path");
     const pool = runtime.pools.get(poolName);
@@ -272,7 +278,7 @@ export async function handleAdmin(req: Request, ctx: AdminContext): Promise<Resp
   const m = /^\/api\/backends\/([^/]+)\/([^/]+)$/.exec(path);
   if (m) {
     if (req.method !== "PUT" && req.method !== "DELETE")
-      return problem(405, 'use PUT with {"state": ...}, or DELETE');
+      return notAllowed("PUT, DELETE", 'use PUT with {"state": ...}, or DELETE');
     const [poolName, backendId] = [decodePathSegment(m[1] as string), decodePathSegment(m[2] as string)];
     if (poolName === null || backendId === null)
       return problem(400, "malformed percent-encoding in the path");

@@ -73,6 +73,11 @@ describe("POST and DELETE /api/backends", () => {
     expect(bad.errors.length).toBe(3);
     expect((await fetch(`${admin}/api/backends/app`, { method: "POST", body: "{}" })).status).toBe(401);
     expect((await post(admin, "nope", { id: "x", url: extra?.url })).status).toBe(404);
+    // A method the path does not take: 405 naming the ones it does.
+    const put = await api(admin, "/api/backends/app", { method: "PUT", body: "{}" });
+    expect([put.status, put.headers.get("allow")]).toEqual([405, "POST"]);
+    const post2 = await api(admin, "/api/backends/app/a", { method: "POST", body: "{}" });
+    expect([post2.status, post2.headers.get("allow")]).toEqual([405, "PUT, DELETE"]);
 
     const created = await post(admin, "app", { id: "extra", url: extra?.url, weight: 2 });
     expect(created.status).toBe(201);

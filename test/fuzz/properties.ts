@@ -446,7 +446,8 @@ export function adminProperty(env: FuzzEnv): FuzzProperty {
       const text = await res.text();
       const what = `PUT /api/backends/${pool}/${id} ${String(body.text).slice(0, 80)}`;
       if (res.status >= 500) throw new Error(`${what}: ${res.status} ${text}`);
-      if (![200, 400, 404, 413].includes(res.status)) throw new Error(`${what}: ${res.status} ${text}`);
+      // 405: a path that normalizes to a pool's own endpoint ("./x" → /api/backends/x), which takes POST.
+      if (![200, 400, 404, 405, 413].includes(res.status)) throw new Error(`${what}: ${res.status} ${text}`);
       const decoded = (x: string) => {
         try {
           return decodeURIComponent(x);
