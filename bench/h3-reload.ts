@@ -1,7 +1,7 @@
 /**
  * What a SIGHUP reload does to live HTTP/3 (QUIC) connections.
  *
- *   bun bench/h3-reload.ts [--reloads 5] [--gap-ms 2000] [--loops 4]
+ *   bun bench/h3-reload.ts [--reloads 5] [--gap-ms 4000] [--grace-ms 2000] [--loops 4]
  *
  * tether with one https listener (protocols http/1.1, h2, h3; the repo's
  * development certificate) in front of the bench backends, and headless
@@ -14,8 +14,14 @@
  * Each request is timed in the page and counted in the window of the reload
  * before it; its protocol comes from Resource Timing's nextHopProtocol.
  *
+ * tether's shutdownGraceMs is set to `--grace-ms` (2000), under the gap, so
+ * that a reopened listener's old socket has drained and closed (stop(true)
+ * once its requests are done or the grace is over) before the next reload.
+ *
  * Prints one Markdown table: per window, requests, failed requests (fetch
- * rejected, or no answer within 5 s), and the protocols used.
+ * rejected, or no answer within 5 s), the protocols used, and the QUIC
+ * connections Chromium opened (from its NetLog, --log-net-log): a reload that
+ * cut the live connection shows up as a new one.
  */
 import { writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -34,11 +40,12 @@ const KEY = join(REPO_ROOT, "certs/dev-key.pem");
 interface Opts {
   reloads: number;
   gapMs: number;
+  graceMs: number;
   loops: number;
 }
 
 function parseOpts(argv: string[]): Opts & { help: boolean } {
-  const known = ["--reloads", "--gap-ms", "--loops"];
+  const known = ["--reloads", "--gap-ms", "--grace-ms", "--loops"];
   const flags = readFlags(argv, (f) => known.includes(f));
   const get = (f: string, d: number) => {
     const raw = flags.values.findLast(([k]) => k === f)?.[1];
@@ -49,13 +56,15 @@ function parseOpts(argv: string[]): Opts & { help: boolean } {
   return {
     help: flags.help,
     reloads: get("--reloads", flags.quick ? 2 : 5),
-    gapMs: get("--gap-ms", flags.quick ? 1000 : 2000),
+    gapMs: get("--gap-ms", flags.quick ? 3000 : 4000),
+    graceMs: get("--grace-ms", 2000),
     loops: get("--loops", 4),
   };
 }
 
-function config(port: number, backends: Backend[], weight: number, clientIdleMs: number) {
+function config(port: number, backends: Backend[], weight: number, clientIdleMs: number, graceMs: number) {
   return {
+    shutdownGraceMs: graceMs,
     listeners: [
       {
         name: "secure",
@@ -94,7 +103,7 @@ const PAGE_LOAD = `(loops) => {
   let n = 0;
   const protocolOf = (url) => {
     const e = performance.getEntriesByName(url).at(-1);
-    return e ? e.nextHopProtocol || "?" : "?";
+    return e ? e.nextHopProtocol || "unknown" : "not recorded";
   };
   const loop = async () => {
     while (!window.__stop) {
@@ -127,10 +136,38 @@ async function reload(child: Child, file: string, cfg: object): Promise<number> 
   return at;
 }
 
-function table(samples: Sample[], reloads: Reload[], end: number): string {
+/** When Chromium began each QUIC connection (epoch ms), from its NetLog file. */
+export function quicSessionStarts(netlog: string): number[] {
+  let log: {
+    constants: {
+      logSourceType: Record<string, number>;
+      logEventTypes: Record<string, number>;
+      timeTickOffset: string;
+    };
+    events: { type: number; phase: number; time: string; source: { type: number; id: number } }[];
+  };
+  try {
+    log = JSON.parse(netlog);
+  } catch {
+    // A browser that did not shut down cleanly leaves the events array open.
+    log = JSON.parse(`${netlog.replace(/,\s*$/, "")}]}`);
+  }
+  const { logSourceType, logEventTypes, timeTickOffset } = log.constants;
+  const BEGIN = 1;
+  return log.events
+    .filter(
+      (e) =>
+        e.source.type === logSourceType.QUIC_SESSION &&
+        e.type === logEventTypes.QUIC_SESSION &&
+        e.phase === BEGIN,
+    )
+    .map((e) => Number(timeTickOffset) + Number(e.time));
+}
+
+function table(samples: Sample[], reloads: Reload[], end: number, sessions: number[]): string {
   const rows = [
-    "| window | reload before it | requests | failed | protocols | errors |",
-    "|---|---|---:|---:|---|---|",
+    "| window | reload before it | requests | failed | protocols | QUIC connections opened | errors |",
+    "|---|---|---:|---:|---|---:|---|",
   ];
   reloads.forEach((r, i) => {
     const until = reloads[i + 1]?.at ?? end;
@@ -141,8 +178,9 @@ function table(samples: Sample[], reloads: Reload[], end: number): string {
       for (const x of xs) m.set(x, (m.get(x) ?? 0) + 1);
       return [...m].map(([k, v]) => `${k} ${v}`).join(", ");
     };
+    const opened = sessions.filter((t) => t >= r.at && t < until).length;
     rows.push(
-      `| ${i} | ${r.kind} | ${inside.length} | ${failed.length} | ${count(inside.map((s) => s.protocol))} | ${count(failed.map((s) => s.error.slice(0, 60)))} |`,
+      `| ${i} | ${r.kind} | ${inside.length} | ${failed.length} | ${count(inside.map((s) => s.protocol))} | ${opened} | ${count(failed.map((s) => s.error.slice(0, 60)))} |`,
     );
   });
   return rows.join("\n");
@@ -151,7 +189,9 @@ function table(samples: Sample[], reloads: Reload[], end: number): string {
 async function main(): Promise<void> {
   const opts = parseOpts(Bun.argv.slice(2));
   if (opts.help) {
-    console.log("usage: bun bench/h3-reload.ts [--quick] [--reloads 5] [--gap-ms 2000] [--loops 4]");
+    console.log(
+      "usage: bun bench/h3-reload.ts [--quick] [--reloads 5] [--gap-ms 4000] [--grace-ms 2000] [--loops 4]",
+    );
     return;
   }
   const m = machineInfo("bench/h3-reload.ts");
@@ -164,10 +204,16 @@ async function main(): Promise<void> {
   try {
     const { backends } = await startBackends(dir, 3, "0-1");
     const file = join(dir, "tether.json");
-    writeFileSync(file, JSON.stringify(config(0, backends, 1, 60_000)));
+    const cfg = (port: number, weight: number, idleMs: number) =>
+      config(port, backends, weight, idleMs, opts.graceMs);
+    writeFileSync(file, JSON.stringify(cfg(0, 1, 60_000)));
     child = spawnCli(["--config", file]);
     const port = await child.listening("secure");
-    const browser = await launchChromium(quicFlags(port, CERT));
+    // Writing the chosen port out is itself a reopen (address changes): done before any load.
+    await reload(child, file, cfg(port, 1, 60_000));
+    const netlog = join(dir, "netlog.json");
+    const browser = await launchChromium([...quicFlags(port, CERT), `--log-net-log=${netlog}`]);
+    let closed = false;
     try {
       const page = await (await browser.newContext({ ignoreHTTPSErrors: true })).newPage();
       await page.goto(`https://127.0.0.1:${port}/`);
@@ -176,14 +222,13 @@ async function main(): Promise<void> {
       await page.evaluate(`(${PAGE_LOAD})(${opts.loops})`);
       const reloads: Reload[] = [{ kind: "none", at: Date.now() }];
       await sleep(opts.gapMs);
-      // The port is written out from the first reload on, so that every reload keeps it.
       for (let i = 1; i <= opts.reloads; i++) {
-        const at = await reload(child, file, config(port, backends, 1 + i, 60_000));
+        const at = await reload(child, file, cfg(port, 1 + i, 60_000));
         reloads.push({ kind: "in place", at });
         await sleep(opts.gapMs);
       }
       for (let i = 1; i <= opts.reloads; i++) {
-        const at = await reload(child, file, config(port, backends, 1, 60_000 + i * 1000));
+        const at = await reload(child, file, cfg(port, 1, 60_000 + i * 1000));
         reloads.push({ kind: "reopens the listener", at });
         await sleep(opts.gapMs);
       }
@@ -191,18 +236,24 @@ async function main(): Promise<void> {
       await page.evaluate("window.__stop = true");
       await sleep(500);
       const samples = (await page.evaluate("window.__samples")) as Sample[];
-      const closing = child.lines.filter((l) => l.msg === "listener closing").length;
+      // Not counting the reopen that wrote the port out, before the load.
+      const closing = child.lines.filter((l) => l.msg === "listener closing").length - 1;
+      const version = browser.version();
+      await browser.close();
+      closed = true;
+      const sessions = quicSessionStarts(await Bun.file(netlog).text());
+      const before = sessions.filter((t) => t < (reloads[0]?.at ?? 0)).length;
       console.log(`# SIGHUP and live HTTP/3 connections, ${m.date}\n`);
       console.log(
         `- ${m.cpuModel}, nproc ${m.nproc}, ${m.kernel}, Bun ${m.bun}, load ${m.loadAvg.join(" ")}`,
       );
       console.log(`- command: \`${m.command}\``);
       console.log(
-        `- Chromium ${browser.version()} forced onto QUIC, ${opts.loops} fetch loops; ${opts.reloads} reloads in place, then ${opts.reloads} that reopen the listener (tether logged "listener closing" ${closing} times), ${opts.gapMs} ms apart\n`,
+        `- Chromium ${version} forced onto QUIC, ${opts.loops} fetch loops; ${opts.reloads} reloads in place, then ${opts.reloads} that reopen the listener (tether logged "listener closing" ${closing} times), ${opts.gapMs} ms apart; shutdownGraceMs ${opts.graceMs}; QUIC connections opened before the load: ${before}\n`,
       );
-      console.log(table(samples, reloads, end));
+      console.log(table(samples, reloads, end, sessions));
     } finally {
-      await browser.close();
+      if (!closed) await browser.close();
     }
   } finally {
     if (child && child.proc.exitCode === null) await child.stop();
