@@ -166,8 +166,8 @@ export function quicSessionStarts(netlog: string): number[] {
 
 function table(samples: Sample[], reloads: Reload[], end: number, sessions: number[]): string {
   const rows = [
-    "| window | reload before it | requests | failed | protocols | QUIC connections opened | errors |",
-    "|---|---|---:|---:|---|---:|---|",
+    "| window | reload before it | requests | failed | protocols | QUIC connections opened (ms after the SIGHUP) | errors (ms after the SIGHUP) |",
+    "|---|---|---:|---:|---|---|---|",
   ];
   reloads.forEach((r, i) => {
     const until = reloads[i + 1]?.at ?? end;
@@ -178,9 +178,10 @@ function table(samples: Sample[], reloads: Reload[], end: number, sessions: numb
       for (const x of xs) m.set(x, (m.get(x) ?? 0) + 1);
       return [...m].map(([k, v]) => `${k} ${v}`).join(", ");
     };
-    const opened = sessions.filter((t) => t >= r.at && t < until).length;
+    const opened = sessions.filter((t) => t >= r.at && t < until).map((t) => Math.round(t - r.at));
+    const errorsAt = failed.map((s) => Math.round(s.at - r.at)).join(", ");
     rows.push(
-      `| ${i} | ${r.kind} | ${inside.length} | ${failed.length} | ${count(inside.map((s) => s.protocol))} | ${opened} | ${count(failed.map((s) => s.error.slice(0, 60)))} |`,
+      `| ${i} | ${r.kind} | ${inside.length} | ${failed.length} | ${count(inside.map((s) => s.protocol))} | ${opened.length}${opened.length ? ` (${opened.join(", ")})` : ""} | ${count(failed.map((s) => s.error.slice(0, 60)))}${errorsAt ? ` (${errorsAt})` : ""} |`,
     );
   });
   return rows.join("\n");
