@@ -263,5 +263,7 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
-process.exit();
+if (import.meta.main) {
+  await main();
+  process.exit();
+}

@@ -5,6 +5,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { makeCert, run } from "../../test/support/certs.ts";
+import { quicSessionStarts } from "../h3-reload.ts";
 import { countsBetween } from "./backends.ts";
 import {
   haproxyConfig,
@@ -216,5 +217,28 @@ describe("where the requests went", () => {
       "| tether | 90 | 110 | 95.0% |",
       "| nginx | 0 | 50 | 100.0% |",
     ]);
+  });
+});
+
+describe("h3-reload", () => {
+  const constants = {
+    logSourceType: { QUIC_SESSION: 7, URL_REQUEST: 2 },
+    logEventTypes: { QUIC_SESSION: 40, REQUEST_ALIVE: 3 },
+    timeTickOffset: "1000000",
+  };
+  const events = [
+    { type: 40, phase: 1, time: "10", source: { type: 7, id: 1 } },
+    { type: 40, phase: 2, time: "90", source: { type: 7, id: 1 } },
+    { type: 3, phase: 1, time: "20", source: { type: 2, id: 2 } },
+    { type: 40, phase: 1, time: "95", source: { type: 7, id: 3 } },
+  ];
+
+  test("counts the QUIC connections Chromium began, at their epoch time", () => {
+    expect(quicSessionStarts(JSON.stringify({ constants, events }))).toEqual([1000010, 1000095]);
+  });
+
+  test("reads a NetLog whose events array was left open", () => {
+    const open = `{"constants":${JSON.stringify(constants)},"events":[${events.map((e) => JSON.stringify(e)).join(",\n")},\n`;
+    expect(quicSessionStarts(open)).toEqual([1000010, 1000095]);
   });
 });
