@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { makeCert, run } from "../../test/support/certs.ts";
 import { quicSessionStarts } from "../h3-reload.ts";
 import { countsBetween } from "./backends.ts";
+import { summaryChart } from "./chart.ts";
 import {
   haproxyConfig,
   nginxConfig,
@@ -241,4 +242,13 @@ describe("h3-reload", () => {
     const open = `{"constants":${JSON.stringify(constants)},"events":[${events.map((e) => JSON.stringify(e)).join(",\n")},\n`;
     expect(quicSessionStarts(open)).toEqual([1000010, 1000095]);
   });
+});
+
+test("the chart's title names the h2 job", () => {
+  const machine = { date: "2026-12-05T06:51:00.000Z", cpuModel: "Xeon", nproc: 2 };
+  const job = { connections: 16, threads: 1, durationS: 10, rounds: 5, keepAlive: 1 };
+  expect(summaryChart([], machine, { ...job, h2: true, streams: 4 })).toContain(
+    "HTTP/2, h2load -t1 -c16 -m4",
+  );
+  expect(summaryChart([], machine, job)).toContain("wrk -t1 -c16");
 });
