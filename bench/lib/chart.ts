@@ -9,7 +9,8 @@ import type { PeerSummary } from "./report.ts";
 import { el, svgDocument, text } from "./svg.ts";
 
 export type ChartMachine = Pick<Machine, "date" | "cpuModel" | "nproc">;
-export type ChartOptions = Pick<Options, "connections" | "threads" | "durationS" | "rounds" | "keepAlive">;
+export type ChartOptions = Pick<Options, "connections" | "threads" | "durationS" | "rounds" | "keepAlive"> &
+  Partial<Pick<Options, "h2" | "streams">>;
 
 interface Panel {
   title: string;
@@ -49,7 +50,9 @@ function when(iso: string): string {
 
 function settings(o: ChartOptions): string {
   return [
-    `wrk -t${o.threads} -c${o.connections}`,
+    o.h2
+      ? `HTTP/2, h2load -t${o.threads} -c${o.connections} -m${o.streams}`
+      : `wrk -t${o.threads} -c${o.connections}`,
     `${o.durationS} s per run`,
     `${o.rounds} interleaved round${o.rounds === 1 ? "" : "s"}, medians`,
     ...(o.keepAlive === 0 ? ["client keep-alive off"] : []),

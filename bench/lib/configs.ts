@@ -9,21 +9,48 @@ export interface Backend {
   port: number;
 }
 
+/** One certificate for every peer of a TLS run: PEM files, and both in one file for HAProxy. */
+export interface TlsFiles {
+  cert: string;
+  key: string;
+  /** Certificate followed by its key (HAProxy's `crt`). */
+  pem: string;
+}
+
 export interface TetherConfigInput {
   port: number;
   backends: Backend[];
   persistence: boolean;
   /** tether's "workers" (default 0: one thread). */
   workers?: number;
+  /** An https listener with this certificate instead of the http one. */
+  tls?: TlsFiles;
+  /** The listener's "protocols" (default: tether's, HTTP/1.1 only). */
+  protocols?: string[];
 }
 
-export function tetherConfig({ port, backends, persistence, workers = 0 }: TetherConfigInput): object {
+export function tetherConfig({
+  port,
+  backends,
+  persistence,
+  workers = 0,
+  tls,
+  protocols,
+}: TetherConfigInput): object {
   const pool: Record<string, unknown> = {
     backends: backends.map((b) => ({ id: b.id, url: `http://127.0.0.1:${b.port}` })),
   };
   if (persistence) pool.persistence = [{ type: "cookie", mode: "insert", name: "TETHER" }];
+  const listener: Record<string, unknown> = {
+    name: "web",
+    protocol: tls ? "https" : "http",
+    address: `127.0.0.1:${port}`,
+    pool: "app",
+  };
+  if (tls) listener.tls = { certificates: [{ cert: tls.cert, key: tls.key }] };
+  if (protocols) listener.protocols = protocols;
   return {
-    listeners: [{ name: "web", protocol: "http", address: `127.0.0.1:${port}`, pool: "app" }],
+    listeners: [listener],
     pools: { app: pool },
     accessLog: false,
     workers,
@@ -37,8 +64,9 @@ export function tetherConfig({ port, backends, persistence, workers = 0 }: Tethe
  * keepalive_requests is raised on both sides: the 1000-request default closes
  * client and upstream connections mid-run, a cost the other peers do not pay.
  */
-export function nginxConfig(dir: string, port: number, backends: Backend[]): string {
+export function nginxConfig(dir: string, port: number, backends: Backend[], h2?: NginxH2): string {
   const servers = backends.map((b) => `    server 127.0.0.1:${b.port};`).join("\n");
+  const listen = h2 ? nginxH2Listen(port, h2) : `    listen 127.0.0.1:${port};`;
   return `daemon off;
 master_process on;
 worker_processes 1;
@@ -66,7 +94,7 @@ ${servers}
   }
 
   server {
-    listen 127.0.0.1:${port};
+${listen}
     location / {
       proxy_pass http://app;
       proxy_http_version 1.1;
@@ -77,11 +105,35 @@ ${servers}
 `;
 }
 
+/** HTTP/2 over TLS for nginx: the certificate, and which way this nginx spells "h2 on this listener". */
+export interface NginxH2 {
+  tls: TlsFiles;
+  /** `http2 on;` exists from nginx 1.25.1; older versions take `http2` as a `listen` parameter. */
+  directive: boolean;
+}
+
+function nginxH2Listen(port: number, { tls, directive }: NginxH2): string {
+  return [
+    directive
+      ? `    listen 127.0.0.1:${port} ssl;\n    http2 on;`
+      : `    listen 127.0.0.1:${port} ssl http2;`,
+    `    ssl_certificate ${tls.cert};`,
+    `    ssl_certificate_key ${tls.key};`,
+  ].join("\n");
+}
+
+/** Whether nginx `version` ("1.22.1") knows the `http2` directive (1.25.1 and later). */
+export function nginxHasHttp2Directive(version: string): boolean {
+  const [major = 0, minor = 0, patch = 0] = version.split(".").map(Number);
+  return major > 1 || (major === 1 && (minor > 25 || (minor === 25 && patch >= 1)));
+}
+
 /**
  * HAProxy inserts its own cookie naming the server (s1, s2, ...) and strips it before forwarding.
- * With `pem` (certificate and key in one file) it terminates TLS on the same bind.
+ * With `pem` (certificate and key in one file) it terminates TLS on the same bind, and with
+ * `alpn` ("h2,http/1.1") it offers those protocols there.
  */
-export function haproxyConfig(port: number, backends: Backend[], pem?: string): string {
+export function haproxyConfig(port: number, backends: Backend[], pem?: string, alpn?: string): string {
   const servers = backends
     .map((b, i) => `  server s${i + 1} 127.0.0.1:${b.port} cookie s${i + 1}`)
     .join("\n");
@@ -99,7 +151,7 @@ defaults
   http-reuse always
 
 listen web
-  bind 127.0.0.1:${port}${pem ? ` ssl crt ${pem}` : ""}
+  bind 127.0.0.1:${port}${pem ? ` ssl crt ${pem}` : ""}${pem && alpn ? ` alpn ${alpn}` : ""}
   balance roundrobin
   cookie SRVID insert indirect nocache
 ${servers}

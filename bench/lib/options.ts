@@ -31,6 +31,10 @@ export interface Options {
   tetherWorkers: number;
   /** Hidden: a stand-in for `bun src/main.ts`; "{config}" is replaced by the config path. */
   tetherCmd: string | null;
+  /** HTTP/2 over TLS with h2load instead of HTTP/1.1 with wrk (--h2). */
+  h2: boolean;
+  /** h2load -m: concurrent streams per connection (h2 mode). */
+  streams: number;
   quick: boolean;
   help: boolean;
 }
@@ -65,14 +69,27 @@ export const SPECS: Record<string, Spec> = {
     min: 0,
     help: "unmeasured seconds before each run (2)",
   },
-  "--connections": { key: "connections", env: "BENCH_CONNECTIONS", kind: "int", min: 1, help: "wrk -c (64)" },
-  "--threads": { key: "threads", env: "BENCH_THREADS", kind: "int", min: 1, help: "wrk -t (1)" },
+  "--connections": {
+    key: "connections",
+    env: "BENCH_CONNECTIONS",
+    kind: "int",
+    min: 1,
+    help: "wrk -c (64); h2load -c with --h2 (16)",
+  },
+  "--threads": { key: "threads", env: "BENCH_THREADS", kind: "int", min: 1, help: "wrk -t / h2load -t (1)" },
   "--tether-workers": {
     key: "tetherWorkers",
     env: "BENCH_TETHER_WORKERS",
     kind: "int",
     min: 0,
     help: 'tether "workers" (0)',
+  },
+  "--streams": {
+    key: "streams",
+    env: "BENCH_STREAMS",
+    kind: "int",
+    min: 1,
+    help: "h2 mode: h2load -m, streams per connection (4)",
   },
   "--backends": { key: "backends", env: "BENCH_BACKENDS", kind: "int", min: 1, help: "backend servers (3)" },
   "--body-bytes": {
@@ -136,10 +153,19 @@ export function defaults(): Options {
     outDir: "bench/results",
     svgFile: null,
     tetherCmd: null,
+    h2: false,
+    streams: 4,
     quick: false,
     help: false,
   };
 }
+
+/**
+ * --h2: the same in-flight requests as the HTTP/1.1 mode's 64 connections, as
+ * 16 connections × 4 streams; no `direct` row, since the backends speak only
+ * HTTP/1.1 in cleartext.
+ */
+const H2: Partial<Options> = { peers: ["tether", "nginx", "haproxy"], connections: 16, streams: 4 };
 
 /** --quick: one short round, enough to see that every peer starts and answers. */
 const QUICK: Partial<Options> = { rounds: 1, durationS: 3, warmupS: 1 };
@@ -155,7 +181,11 @@ function assign(o: Options, spec: Spec, value: Options[keyof Options]): void {
 export function parseOptions(argv: string[], env: Record<string, string | undefined>): Options {
   const fromFlags = new Map<Spec, Options[keyof Options]>();
   const o = defaults();
-  const read = readFlags(argv, (flag) => flag in SPECS);
+  const read = readFlags(
+    argv.filter((a) => a !== "--h2"),
+    (flag) => flag in SPECS,
+  );
+  if (argv.includes("--h2") || env.BENCH_H2 === "1") Object.assign(o, H2, { h2: true });
   o.quick = read.quick;
   o.help = read.help;
   for (const [flag, raw] of read.values) {
@@ -179,6 +209,7 @@ export function usage(): string {
     "usage: bun run bench [-- options]",
     "",
     `  ${"--quick".padEnd(20)} ${"1 round of 3 s, 1 s warm-up (smoke run)".padEnd(44)} env BENCH_QUICK=1`,
+    `  ${"--h2".padEnd(20)} ${"HTTP/2 over TLS with h2load (-c16 -m4, no direct)".padEnd(44)} env BENCH_H2=1`,
     ...lines,
     "",
     "See bench/README.md for what each column means.",

@@ -5,7 +5,14 @@
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { type Backend, haproxyConfig, nginxConfig, tetherConfig } from "./configs.ts";
+import {
+  type Backend,
+  haproxyConfig,
+  nginxConfig,
+  nginxHasHttp2Directive,
+  type TlsFiles,
+  tetherConfig,
+} from "./configs.ts";
 import { freePort, waitReady } from "./net.ts";
 import type { Options, PeerName } from "./options.ts";
 import { type Child, capture, childrenOf, logTail, processTree, spawnLogged, stopChild } from "./procs.ts";
@@ -18,6 +25,11 @@ export interface StartContext {
   backendsPid: number;
   opts: Options;
   repoRoot: string;
+  /**
+   * h2 mode: every proxy listens with TLS on this certificate and offers h2
+   * and http/1.1 by ALPN (readiness and stickiness probes use https/1.1).
+   */
+  tls?: TlsFiles;
 }
 
 export interface Running {
@@ -74,9 +86,10 @@ async function launch(
   logPath: string,
   port: number,
   cwd?: string,
+  tls = false,
 ): Promise<Child> {
   const child = spawnLogged(name, cmd, logPath, cwd);
-  const r = await waitReady(port, child, READY_TIMEOUT_MS);
+  const r = await waitReady(port, child, READY_TIMEOUT_MS, tls);
   if (r.ready) return child;
   await stopChild(child);
   const tail = logTail(child);
@@ -152,6 +165,7 @@ export function tetherPeer({ persistence: wanted = true } = {}): Peer {
         backends: ctx.backends,
         persistence: withPersistence,
         workers: ctx.opts.tetherWorkers,
+        ...(ctx.tls ? { tls: ctx.tls, protocols: ["http/1.1", "h2"] } : {}),
       }),
       null,
       2,
@@ -160,7 +174,7 @@ export function tetherPeer({ persistence: wanted = true } = {}): Peer {
     writeFileSync(configPath, cfg);
     peer.lastConfig = cfg;
     const cmd = [...pin(ctx.opts.proxyCore), ...tetherCommand(ctx.opts, configPath)];
-    const child = await launch("tether", cmd, join(ctx.dir, "tether.log"), port, ctx.repoRoot);
+    const child = await launch("tether", cmd, join(ctx.dir, "tether.log"), port, ctx.repoRoot, !!ctx.tls);
     // Whole tree: tether may run Workers (threads, same pid) or helper processes later.
     return running(port, child, () => processTree(child.proc.pid));
   }
@@ -168,19 +182,21 @@ export function tetherPeer({ persistence: wanted = true } = {}): Peer {
 }
 
 function nginxPeer(): Peer {
+  const version = () => /nginx\/(\S+)/.exec(capture(["nginx", "-v"]))?.[1] ?? "?";
   const peer: Peer = {
     name: "nginx",
     notes: new Set([
-      "nginx OSS cannot insert a cookie: it hashes a cookie the client brings (hash $cookie_SRVID consistent); the Lua client makes one up",
+      "nginx OSS cannot insert a cookie: it hashes a cookie the client brings (hash $cookie_SRVID consistent); the load client makes one up",
     ]),
     lastConfig: "",
     unavailable: () => (Bun.which("nginx") ? null : "nginx is not installed (apt-get install nginx)"),
-    version: () => /nginx\/(\S+)/.exec(capture(["nginx", "-v"]))?.[1] ?? "?",
+    version,
     async start(ctx) {
       const port = freePort();
       const dir = join(ctx.dir, "nginx");
       mkdirSync(dir, { recursive: true });
-      const conf = nginxConfig(dir, port, ctx.backends);
+      const h2 = ctx.tls ? { tls: ctx.tls, directive: nginxHasHttp2Directive(version()) } : undefined;
+      const conf = nginxConfig(dir, port, ctx.backends, h2);
       writeFileSync(join(dir, "nginx.conf"), conf);
       peer.lastConfig = conf;
       // -e: otherwise nginx opens its compiled-in error log before reading the config.
@@ -194,7 +210,7 @@ function nginxPeer(): Peer {
         "-c",
         join(dir, "nginx.conf"),
       ];
-      const child = await launch("nginx", cmd, join(ctx.dir, "nginx.log"), port);
+      const child = await launch("nginx", cmd, join(ctx.dir, "nginx.log"), port, undefined, !!ctx.tls);
       // The worker does the work; the master only waits. Charge the worker(s).
       return running(port, child, () => childrenOf(child.proc.pid));
     },
@@ -211,13 +227,15 @@ function haproxyPeer(): Peer {
     version: () => /version (\S+)/.exec(capture(["haproxy", "-v"]))?.[1] ?? "?",
     async start(ctx) {
       const port = freePort();
-      const cfg = haproxyConfig(port, ctx.backends);
+      const cfg = ctx.tls
+        ? haproxyConfig(port, ctx.backends, ctx.tls.pem, "h2,http/1.1")
+        : haproxyConfig(port, ctx.backends);
       const path = join(ctx.dir, "haproxy.cfg");
       writeFileSync(path, cfg);
       peer.lastConfig = cfg;
       // -db: stay in the foreground as one process (no master-worker), so its pid is the one that works.
       const cmd = [...pin(ctx.opts.proxyCore), "haproxy", "-db", "-f", path];
-      const child = await launch("haproxy", cmd, join(ctx.dir, "haproxy.log"), port);
+      const child = await launch("haproxy", cmd, join(ctx.dir, "haproxy.log"), port, undefined, !!ctx.tls);
       return running(port, child, () => processTree(child.proc.pid));
     },
   };
@@ -225,12 +243,13 @@ function haproxyPeer(): Peer {
 }
 
 /** wrk straight at the first backend: the ceiling the load core allows, to put proxy overhead in context. */
-function directPeer(): Peer {
+function directPeer(h2: boolean): Peer {
   return {
     name: "direct",
     notes: new Set(["direct: wrk straight at backend app-1, no proxy; CPU and RSS are not measured"]),
     lastConfig: "",
-    unavailable: () => null,
+    unavailable: () =>
+      h2 ? "the backends speak HTTP/1.1 in cleartext only: no direct row in the h2 mode" : null,
     version: () => "",
     async start(ctx) {
       const first = ctx.backends[0];
@@ -240,12 +259,12 @@ function directPeer(): Peer {
   };
 }
 
-export function makePeers(names: PeerName[]): Peer[] {
+export function makePeers(names: PeerName[], { h2 = false } = {}): Peer[] {
   const all: Record<PeerName, () => Peer> = {
     tether: tetherPeer,
     nginx: nginxPeer,
     haproxy: haproxyPeer,
-    direct: directPeer,
+    direct: () => directPeer(h2),
   };
   return names.map((n) => all[n]());
 }

@@ -1,4 +1,5 @@
 /** Medians per peer, same-round ratios against tether, and the Markdown table. */
+import type { H2loadResult } from "./h2load.ts";
 import type { PeerName } from "./options.ts";
 import type { WrkResult } from "./wrk.ts";
 
@@ -18,7 +19,19 @@ export interface RunRecord {
   /** Others' user time plus steal during the run, % of one core: on the proxy core and on the load core. */
   noisePct: { proxy: number | null; load: number | null };
   sticky: boolean;
-  wrk: WrkResult;
+  /** The HTTP/1.1 mode's load tool output. */
+  wrk?: WrkResult;
+  /** The h2 mode's: h2load, one returning client's cookie on every request. */
+  h2?: {
+    h2load: H2loadResult;
+    cookie: string;
+    /** false: the proxy set no cookie, so the harness made one up. */
+    cookieIssued: boolean;
+    /** The backend that answered the cookie before the run: where its requests should go. */
+    cookieBackend: string;
+    /** Requests each backend answered during the measured run, by backend id. */
+    backendRequests: Record<string, number>;
+  };
 }
 
 export interface PeerSummary {
@@ -85,7 +98,9 @@ export function summarize(records: RunRecord[], order: PeerName[]): PeerSummary[
       },
       errors: rs.reduce((n, r) => n + r.errors, 0),
       sticky: rs.every((r) => r.sticky),
-      clientMadeCookies: rs.some((r) => r.wrk.clients.synthesizedThreads > 0),
+      clientMadeCookies: rs.some(
+        (r) => (r.wrk?.clients.synthesizedThreads ?? 0) > 0 || r.h2?.cookieIssued === false,
+      ),
     });
   }
   return out;
@@ -140,6 +155,50 @@ export function ratioTable(rs: Ratio[]): string {
   const body = rs.map(
     (r) =>
       `| ${r.against} | ${times(r.rps)} | ${times(r.p99)} | ${times(r.cpuUsPerReq)} | ${times(r.rssMiB)} | ${r.rounds} |`,
+  );
+  return [...head, ...body].join("\n");
+}
+
+export interface BackendSpread {
+  peer: PeerName;
+  /** Requests each backend answered during the measured runs, summed over rounds. */
+  byBackend: Record<string, number>;
+  /** Of all those, the share answered by the backend the run's cookie named (1: every request stuck). */
+  toCookieBackend: number;
+}
+
+/** h2 mode: where each peer's requests went, from the backends' own counts. */
+export function backendSpread(records: RunRecord[], order: PeerName[]): BackendSpread[] {
+  const out: BackendSpread[] = [];
+  for (const peer of order) {
+    const runs = records.filter((r) => r.peer === peer && r.h2);
+    if (runs.length === 0) continue;
+    const byBackend: Record<string, number> = {};
+    let total = 0;
+    let stuck = 0;
+    for (const r of runs) {
+      const h2 = r.h2 as NonNullable<RunRecord["h2"]>;
+      for (const [id, n] of Object.entries(h2.backendRequests)) {
+        byBackend[id] = (byBackend[id] ?? 0) + n;
+        total += n;
+      }
+      stuck += h2.backendRequests[h2.cookieBackend] ?? 0;
+    }
+    out.push({ peer, byBackend, toCookieBackend: total > 0 ? stuck / total : Number.NaN });
+  }
+  return out;
+}
+
+export function backendTable(rows: BackendSpread[]): string {
+  if (rows.length === 0) return "";
+  const ids = [...new Set(rows.flatMap((r) => Object.keys(r.byBackend)))].sort();
+  const head = [
+    `| proxy | ${ids.join(" | ")} | to the cookie's backend |`,
+    `|---|${ids.map(() => "---:|").join("")}---:|`,
+  ];
+  const body = rows.map(
+    (r) =>
+      `| ${r.peer} | ${ids.map((id) => (r.byBackend[id] ?? 0).toLocaleString("en-US")).join(" | ")} | ${fmt(r.toCookieBackend * 100, 1)}% |`,
   );
   return [...head, ...body].join("\n");
 }
