@@ -290,11 +290,8 @@ export async function handleAdmin(req: Request, ctx: AdminContext): Promise<Resp
       if (!removed.ok) return problem(409, removed.reason);
       const p2 = ctx.current().pools.get(pool.name);
       const b2 = p2?.get(backend.id);
-      // 202: it drains now and leaves once nothing is in flight to it (or removeAfterMs).
-      return json(
-        { backend: p2 && b2 ? backendView(p2, b2) : null, removeAfterMs: pool.settings.removeAfterMs },
-        202,
-      );
+      // 202: it drains now and leaves once nothing is in flight to it, or at its drain deadline (shown in "drain").
+      return json({ backend: p2 && b2 ? backendView(p2, b2) : null }, 202);
     }
     const parsed = parseStateBody(await req.text(), now, pool.settings.drainDeadlineMs);
     if ("error" in parsed) return problem(400, parsed.error);

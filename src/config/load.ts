@@ -51,6 +51,8 @@ export interface ResolvedBackend extends BackendConfig {
   source?: Exclude<BackendSource, "config">;
   /** A dynamic backend being removed: it drains until it leaves. */
   removing?: boolean;
+  /** A backend being removed: its drain deadline (ms since the epoch). */
+  removeUntil?: number;
 }
 
 export interface ResolvedCertificate {

@@ -24,6 +24,8 @@ export interface Member {
   serverName?: string;
   /** Being removed: it drains (keeps its sessions, takes no new ones) until it leaves. */
   removing?: boolean;
+  /** Being removed: its drain deadline (ms since the epoch), when its WebSockets close and it leaves. */
+  removeUntil?: number;
 }
 
 export interface Skipped {
@@ -95,7 +97,10 @@ export function composeConfig(
     const ca = base.pools[m.pool]?.discoverCaPem;
     if (m.source === "dns" && b.secure && ca) b.caPem = ca;
     b.source = m.source;
-    if (m.removing) b.removing = true;
+    if (m.removing) {
+      b.removing = true;
+      if (m.removeUntil) b.removeUntil = m.removeUntil;
+    }
     const list = extra.get(m.pool) ?? [];
     list.push(b);
     extra.set(m.pool, list);

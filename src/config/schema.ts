@@ -366,10 +366,6 @@ export const poolSchema = z.strictObject({
     .default([])
     .describe("Backends of the pool; at least one unless discover is set"),
   discover: discoverSchema.optional(),
-  removeAfterMs: durationMs(
-    30_000,
-    "A backend being removed (by DNS or the admin API) drains until nothing is in flight to it, or at most this long (default 30000)",
-  ),
   connectTimeoutMs: durationMs(5_000, "Time allowed to open a backend connection (default 5000)"),
   responseTimeoutMs: durationMs(
     300_000,
@@ -410,7 +406,7 @@ export const poolSchema = z.strictObject({
     .min(1)
     .optional()
     .describe(
-      "A drain set through the admin API without deadlineMs ends after this long: the backend goes to maint, its sessions move and its WebSockets close with 1001 (default: no deadline)",
+      "A drain set through the admin API without deadlineMs, and the drain of a backend being removed (by DNS or the admin API), end after this long: the backend goes to maint (a removed one leaves), its sessions move and its WebSockets close with 1001 (default: no deadline for a drain; 30000 for a removal)",
     ),
   healthCheck: healthCheckSchema.optional(),
   maxFails: z

@@ -47,6 +47,8 @@ export class Backend {
   source: BackendSource = "config";
   /** A dynamic backend being removed: it drains until it leaves the pool. */
   removing = false;
+  /** Being removed: its drain deadline (ms since the epoch), after which it is in maintenance; 0 = none. */
+  removeUntil = 0;
   /** The URL it was given. */
   url = "";
 
@@ -142,11 +144,13 @@ export interface PoolSettings {
   tcp: boolean;
   /** failover "strict": what Retry-After says to a session held while its backend is down (seconds). */
   retryAfterSec: number;
-  /** A backend being removed drains at most this long before it leaves. */
-  removeAfterMs: number;
   /** tls-passthrough pools: the PROXY protocol version sent to backends, if any. */
   sendProxyProtocol?: "v1" | "v2";
-  /** A drain set through the admin API without a deadline gets this one (ms from then); 0 = none. */
+  /**
+   * A drain set through the admin API without a deadline gets this one (ms
+   * from then); 0 = none. A backend being removed drains this long at most
+   * (removal.ts has the default).
+   */
   drainDeadlineMs: number;
 }
 
@@ -187,7 +191,6 @@ export class Pool {
       failTimeoutMs: config.failTimeoutMs,
       failOn5xx: config.failOn5xx,
       tcp: isTcpPool(config),
-      removeAfterMs: config.removeAfterMs,
       drainDeadlineMs: config.drainDeadlineMs ?? 0,
       // About when a down backend can be seen up again: active checks need `rise` passes, passive ones expire.
       retryAfterSec: Math.max(
@@ -213,6 +216,7 @@ export class Pool {
         old.maxWebSockets = b.maxWebSockets ?? Number.POSITIVE_INFINITY;
         old.source = b.source ?? "config";
         old.removing = b.removing === true;
+        old.removeUntil = b.removeUntil ?? 0;
         if (old.sessions.windowMs !== activeWindowMs) old.sessions = new ActiveSessions(activeWindowMs);
         return old;
       }
@@ -221,6 +225,7 @@ export class Pool {
       const fresh = new Backend(b.id, b.weight, b.state, target, maxConn, activeWindowMs, maxWs);
       fresh.source = b.source ?? "config";
       fresh.removing = b.removing === true;
+      fresh.removeUntil = b.removeUntil ?? 0;
       fresh.url = b.url;
       // A backend that joins a running pool with active checks takes no new sessions before its
       // first checks pass (the listed ones start up, as they always have). Every thread builds it

@@ -10,6 +10,7 @@ import type { Config } from "../config/load.ts";
 import type { ClusterLookup, ListenerHandle, ProxyDeps, Runtime } from "../contracts.ts";
 import type { Logger } from "../log.ts";
 import { DrainTimers, effectiveState, type OperatorState } from "../pool/drain.ts";
+import type { Backend } from "../pool/pool.ts";
 import { UpstreamClient } from "../proxy/upstream/client.ts";
 import { chainLookups } from "../state/sibling-lookup.ts";
 import { type ControlPlane, type Role, startControlPlane } from "./control-plane.ts";
@@ -64,8 +65,18 @@ export interface Tether {
 function forgetRemoved(before: Runtime, after: Runtime, metrics: Metrics): void {
   for (const pool of before.pools.values()) {
     const next = after.pools.get(pool.name);
-    for (const b of pool.backends) if (next?.get(b.id) !== b) metrics.forgetBackend(pool.name, b.id);
+    for (const b of pool.backends) {
+      if (next?.get(b.id) === b) continue;
+      metrics.forgetBackend(pool.name, b.id);
+      // A backend that left at its removal's deadline before this thread's timer fired.
+      if (b.removing && b.removeUntil > 0 && Date.now() >= b.removeUntil) goAway(b);
+    }
   }
+}
+
+/** Closes a backend's open WebSockets with 1001 (going away). */
+function goAway(b: Backend): void {
+  for (const socket of [...b.sockets]) socket.goAway();
 }
 
 /** True when some pool has a rule that needs cookie keys (sealing, route prefixes, table hashing). */
@@ -142,6 +153,8 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
   let refusedBefore = new Set<string>();
   const build = (c: Config, previous?: Runtime) => {
     const r = buildRuntime(c, previous, fallbackKeys);
+    /** Backends being removed, keyed "pool\0id": their drain deadlines. */
+    const removals = new Map<string, number>();
     const refusedNow = new Set<string>();
     for (const pool of r.pools.values()) {
       for (const { id, reason } of pool.chain.refusedByRing) {
@@ -157,10 +170,18 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       }
       const now = Date.now();
       for (const b of pool.backends) {
-        const s = operatorStates.get(`${pool.name}\0${b.id}`);
-        // A backend being removed drains whatever an operator set before.
-        b.drainUntil = s?.state === "drain" && !b.removing ? s.until : 0;
-        if (s && !b.removing) b.state = effectiveState(s, now);
+        const key = `${pool.name}\0${b.id}`;
+        if (b.removing) {
+          // A backend being removed drains to its removal's deadline, whatever an operator set before.
+          const removal: OperatorState = { state: "drain", until: b.removeUntil };
+          b.drainUntil = b.removeUntil;
+          b.state = effectiveState(removal, now);
+          removals.set(key, b.removeUntil);
+          continue;
+        }
+        const s = operatorStates.get(key);
+        b.drainUntil = s?.state === "drain" ? s.until : 0;
+        if (s) b.state = effectiveState(s, now);
       }
       for (const [name, table] of pool.chain.tables) {
         const redis = table.clusterShared;
@@ -170,7 +191,9 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       }
     }
     refusedBefore = refusedNow;
-    for (const [key, s] of operatorStates) if (s.state === "drain" && s.until > 0) drains.set(key, s.until);
+    for (const [key, s] of operatorStates)
+      if (s.state === "drain" && s.until > 0 && !removals.has(key)) drains.set(key, s.until);
+    for (const [key, until] of removals) drains.set(key, until);
     return r;
   };
   let runtime = build(config);
@@ -230,16 +253,20 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
     };
   }
 
-  /** A drain's deadline passed: maintenance; its sessions move on their next request, its WebSockets close. */
+  /**
+   * A drain's deadline passed (an operator's, or a removal's): maintenance;
+   * its sessions move on their next request, its WebSockets close.
+   */
   function deadlinePassed(key: string): void {
-    const s = operatorStates.get(key);
     const [poolName = "", id = ""] = key.split("\0");
     const b = runtime.pools.get(poolName)?.get(id);
+    const s = b?.removing ? { state: "drain" as const, until: b.removeUntil } : operatorStates.get(key);
     if (!s || !b || effectiveState(s, Date.now()) !== "maint") return;
     const before = b.state;
     b.state = "maint";
-    for (const socket of [...b.sockets]) socket.goAway();
-    if (role === "worker" || before === "maint") return;
+    goAway(b);
+    // A removal's end is logged and audited as "backend.removed" when it leaves (membership.ts).
+    if (role === "worker" || before === "maint" || b.removing) return;
     const fields = { pool: poolName, backend: id, from: before, state: "maint", by: "deadline" };
     log.info("backend state changed", fields);
     audit.emit("backend.state", fields);
@@ -281,6 +308,8 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
       const key = `${pool}\0${backend}`;
       operatorStates.set(key, state);
       const b = runtime.pools.get(pool)?.get(backend);
+      // A backend being removed keeps its removal's drain and deadline.
+      if (b?.removing) return;
       if (b) {
         b.state = effectiveState(state, Date.now());
         b.drainUntil = state.state === "drain" ? state.until : 0;

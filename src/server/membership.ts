@@ -7,17 +7,18 @@
  * each and none is lost. Lives in the thread that owns the control plane
  * (the primary, or the only thread).
  *
- * Removal: the member is marked removing (merged as "drain"), then a sweep
- * lets it leave once removal.ts says so; its learned sessions then name an
- * unknown backend and are placed afresh once, like any session of a removed
- * backend.
+ * Removal: the member is marked removing (merged as "drain", with its drain
+ * deadline: the pool's drainDeadlineMs from now, removal.ts), then a sweep
+ * lets it leave once removal.ts says so. At the deadline every thread has
+ * already put it in maintenance and closed its WebSockets (server/app.ts);
+ * its sessions move once, to their next choice.
  */
 import type { Audit } from "../audit.ts";
 import type { Config } from "../config/load.ts";
 import { composeConfig, type Member, memberKey, memberProblem } from "../config/members.ts";
 import type { Runtime } from "../contracts.ts";
 import type { Logger } from "../log.ts";
-import { removalVerdict } from "../pool/removal.ts";
+import { removalDeadlineMs, removalVerdict } from "../pool/removal.ts";
 
 const SWEEP_MS = 250;
 
@@ -158,10 +159,9 @@ export class Membership {
     for (const id of remove) {
       const m = this.members.get(memberKey(pool, id));
       if (!m || m.source !== source || m.removing) continue;
-      m.removing = true;
-      this.draining.set(memberKey(pool, id), Date.now());
+      const until = this.startRemoval(m);
       changed = true;
-      const fields = { pool, backend: id, source, by: source };
+      const fields = { pool, backend: id, source, by: source, deadline: new Date(until).toISOString() };
       this.opts.log.info("backend removing", fields);
       this.opts.audit.emit("backend.removing", fields);
     }
@@ -190,9 +190,8 @@ export class Membership {
     const m = this.members.get(key);
     if (!m) return false;
     if (m.removing) return true;
-    m.removing = true;
-    this.draining.set(key, Date.now());
-    const fields = { pool, backend: id, source: m.source, by };
+    const until = this.startRemoval(m);
+    const fields = { pool, backend: id, source: m.source, by, deadline: new Date(until).toISOString() };
     this.opts.log.info("backend removing", fields);
     if (elsewhere) this.removedElsewhere.add(key);
     else this.opts.audit.emit("backend.removing", fields);
@@ -243,6 +242,14 @@ export class Membership {
     }
   }
 
+  /** Marks a member removing, with its drain deadline; returns the deadline. */
+  private startRemoval(m: Member, now = Date.now()): number {
+    m.removing = true;
+    m.removeUntil = now + removalDeadlineMs(this.base.pools[m.pool]?.drainDeadlineMs);
+    this.draining.set(memberKey(m.pool, m.id), now);
+    return m.removeUntil;
+  }
+
   private startSweeper(): void {
     if (this.sweeper) return;
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
@@ -262,8 +269,8 @@ export class Membership {
       const verdict = removalVerdict({
         now,
         since,
+        until: m.removeUntil ?? since,
         load: b ? b.inflight + b.websockets : 0,
-        removeAfterMs: pool?.settings.removeAfterMs ?? 0,
         settleMs: this.opts.settleMs,
       });
       if (verdict === "wait") continue;

@@ -1,5 +1,5 @@
 /**
- * The discover block and removeAfterMs in the config: bad settings are
+ * The discover block in the config: bad settings are
  * reported with their JSON path.
  */
 import { describe, expect, test } from "bun:test";
@@ -34,7 +34,7 @@ describe("discover config", () => {
       holdCount: 3,
       maxBackends: 64,
     });
-    expect(c.pools.app?.removeAfterMs).toBe(30_000);
+    expect(c.pools.app?.drainDeadlineMs).toBeUndefined();
   });
 
   test.each([

@@ -66,7 +66,7 @@ async function setup(records: number[], discover: Record<string, unknown> = {}) 
           ...discover,
         },
         persistence: [{ type: "cookie", mode: "insert" }],
-        removeAfterMs: 5_000,
+        drainDeadlineMs: 5_000,
       },
     },
     admin: { address: "127.0.0.1:0", token: "t" },
@@ -234,7 +234,7 @@ describe('DNS discovery with "workers": 2 through the CLI', () => {
         app: {
           discover: { dns: "app.test", port, intervalMs: 100, holdCount: 2, resolver: dns.address },
           persistence: [{ type: "cookie", mode: "insert" }],
-          removeAfterMs: 10_000,
+          drainDeadlineMs: 10_000,
         },
       },
       secrets: { cookieKeys: [Buffer.alloc(32, 5).toString("base64")] },

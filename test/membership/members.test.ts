@@ -4,7 +4,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { composeConfig, type Member, memberProblem } from "../../src/config/members.ts";
-import { removalVerdict } from "../../src/pool/removal.ts";
+import { REMOVAL_DEADLINE_MS, removalDeadlineMs, removalVerdict } from "../../src/pool/removal.ts";
 import { buildRuntime } from "../../src/server/runtime.ts";
 import { dynamicBackends } from "../../src/state/snapshot.ts";
 import { config } from "../support/tether.ts";
@@ -69,9 +69,18 @@ describe("composeConfig", () => {
     expect(saved.find((b) => b.id === "x")?.serverName).toBeUndefined();
   });
 
-  test("a member being removed is merged as drain (keeps its sessions, takes no new ones)", () => {
-    const { config: c } = composeConfig(base, [api("z", { removing: true })]);
-    expect(c.pools.app?.backends[1]).toMatchObject({ id: "z", state: "drain", removing: true });
+  test("a member being removed is merged as drain (keeps its sessions, takes no new ones), with its deadline", () => {
+    const { config: c } = composeConfig(base, [api("z", { removing: true, removeUntil: 1_767_225_600_000 })]);
+    expect(c.pools.app?.backends[1]).toMatchObject({
+      id: "z",
+      state: "drain",
+      removing: true,
+      removeUntil: 1_767_225_600_000,
+    });
+    const b = buildRuntime(c, undefined, [Buffer.alloc(32)])
+      .pools.get("app")
+      ?.get("z");
+    expect([b?.removing, b?.removeUntil]).toEqual([true, 1_767_225_600_000]);
   });
 
   test("members that no longer fit are left out with the reason, never fatal", () => {
@@ -99,15 +108,21 @@ describe("composeConfig", () => {
 });
 
 describe("removalVerdict", () => {
-  const facts = { now: 10_000, since: 9_000, load: 0, removeAfterMs: 30_000, settleMs: 0 };
+  const facts = { now: 10_000, since: 9_000, until: 39_000, load: 0, settleMs: 0 };
   test.each([
     ["nothing in flight: it leaves", {}, "idle"],
     ["requests in flight: it waits", { load: 2 }, "wait"],
     ["still busy at the deadline: it leaves anyway", { load: 2, now: 39_000 }, "deadline"],
     ["idle but the load report may predate the drain: it waits", { settleMs: 1_500 }, "wait"],
     ["idle once a report since the drain has come", { settleMs: 1_000 }, "idle"],
-    ["removeAfterMs 0: it leaves at once", { load: 5, removeAfterMs: 0 }, "deadline"],
+    ["a deadline already passed: it leaves at once", { load: 5, until: 9_000 }, "deadline"],
   ] as const)("%s", (_what, change, verdict) => {
     expect(removalVerdict({ ...facts, ...change })).toBe(verdict);
+  });
+
+  test("the deadline is the pool's drainDeadlineMs, or the default when the pool sets none", () => {
+    expect(removalDeadlineMs(5_000)).toBe(5_000);
+    expect(removalDeadlineMs(undefined)).toBe(REMOVAL_DEADLINE_MS);
+    expect(removalDeadlineMs(0)).toBe(REMOVAL_DEADLINE_MS);
   });
 });
