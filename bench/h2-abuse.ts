@@ -2,7 +2,7 @@
  * How much of its request rate a normal HTTP/2 client keeps while tether is
  * under each abuse of test/security/h2-abuse.test.ts.
  *
- *   bun bench/h2-abuse.ts                  # 5 s per phase (~40 s in all)
+ *   bun bench/h2-abuse.ts                  # 5 s per phase (~55 s in all)
  *   bun bench/h2-abuse.ts --seconds 10
  *
  * tether (a `bun src/main.ts` child: one https listener, protocols http/1.1
@@ -20,13 +20,17 @@
  *   takes them, reconnecting whenever tether closes the connection;
  * - idle: 1,000 h2 connections opened, their SETTINGS acknowledged, then silent.
  *
- * Phases: a warm-up, a baseline, each abuse, a last baseline; "÷ baseline" is
- * against the mean of the two baselines. Prints one Markdown table; each
- * abuser's own counts (frames written, connections opened, and those tether
- * closed) are printed beside it. Everything runs on this machine and competes
- * for its cores, so a rate under abuse also shows what the abuser's CPU costs
- * the others. Only 127.0.0.1 is contacted; every process started is stopped.
+ * Phases: a warm-up, then baselines and abuses alternated (baseline, reset,
+ * baseline, settings, ... baseline); each abuse's "÷ baseline" is against the
+ * mean of the baselines either side of it, so slow drift of a shared machine
+ * cancels out. Prints one Markdown table, with each abuser's own counts
+ * (frames written, connections opened, and those tether closed or sent GOAWAY
+ * on), and the load average before and after. Everything runs on this machine
+ * and competes for its cores, so a rate under abuse also shows what the
+ * abuser's CPU costs the others. Only 127.0.0.1 is contacted; every process
+ * started is stopped.
  */
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import { h2Client, h2Request } from "../test/support/h2.ts";
 import {
@@ -235,28 +239,39 @@ async function main() {
     const first = await h2Request(origin, { ":path": "/" });
     const cookie = (first.headers["set-cookie"] ?? []).map((c) => c.split(";")[0]).join("; ");
     await measure(origin, 1, cookie); // warm-up
-    const rows: { phase: string; rate: number; failed: number; stats?: AttackStats }[] = [];
-    rows.push({ phase: "baseline", ...(await measure(origin, seconds, cookie)) });
+    const load = () =>
+      loadavg()
+        .map((l) => l.toFixed(2))
+        .join(" ");
+    const loadBefore = load();
+    const baselines = [await measure(origin, seconds, cookie)];
+    const rows: { phase: string; rate: number; failed: number; base: number; stats?: AttackStats }[] = [];
     for (const kind of ATTACKS) {
       const abuser = await startAbuser(kind, port);
       const m = await measure(origin, seconds, cookie);
-      rows.push({ phase: LABEL[kind], ...m, stats: await abuser.stop() });
-      // Let tether finish with the abuser's connections before the next phase.
+      const stats = await abuser.stop();
+      // Let tether finish with the abuser's connections before the next baseline.
       await Bun.sleep(1000);
+      const after = await measure(origin, seconds, cookie);
+      const before = baselines.at(-1) ?? after;
+      baselines.push(after);
+      rows.push({ phase: LABEL[kind], ...m, base: (before.rate + after.rate) / 2, stats });
     }
-    rows.push({ phase: "baseline (again)", ...(await measure(origin, seconds, cookie)) });
-    const base = ((rows[0]?.rate ?? 0) + (rows.at(-1)?.rate ?? 0)) / 2;
     const n = (x: number) => Math.round(x).toLocaleString("en-US");
-    console.log(`\n${seconds} s per phase, Bun ${Bun.version}, ${navigator.hardwareConcurrency} CPUs\n`);
+    console.log(
+      `\n${seconds} s per phase, Bun ${Bun.version}, ${navigator.hardwareConcurrency} CPUs, load average ${loadBefore} before, ${load()} after\n`,
+    );
     console.log(
       "| phase | req/s | ÷ baseline | failed | abuser: frames written, connections opened, closed by tether |",
     );
     console.log("|---|---:|---:|---:|---|");
+    const failed = baselines.reduce((f, b) => f + b.failed, 0);
+    console.log(`| baselines (${baselines.map((b) => n(b.rate)).join(", ")}) | | | ${failed} | |`);
     for (const r of rows) {
       const s = r.stats
         ? `${n(r.stats.frames)}, ${n(r.stats.connections)}, ${n(r.stats.closedByServer)}`
         : "";
-      console.log(`| ${r.phase} | ${n(r.rate)} | ${(r.rate / base).toFixed(2)} | ${r.failed} | ${s} |`);
+      console.log(`| ${r.phase} | ${n(r.rate)} | ${(r.rate / r.base).toFixed(2)} | ${r.failed} | ${s} |`);
     }
   } finally {
     await tether.stop();
