@@ -1,8 +1,8 @@
 /**
  * HTTP/2 and HTTP/3 towards clients: persistence works as over HTTP/1.1, with
- * real clients (curl --http2, node:http2, Chromium over h2 and over h3) in
- * front of the demo backends, whose visit counter climbs only while a session
- * stays on one backend.
+ * real clients (curl --http2, node:http2, nghttp, Chromium over h2 and over
+ * h3, curl --http2-prior-knowledge over h2c) in front of the demo backends,
+ * whose visit counter climbs only while a session stays on one backend.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
@@ -150,6 +150,24 @@ describe("persistence over HTTP/2 and HTTP/3", () => {
     expect(visits).toEqual([1, 2, 3]);
   });
 
+  test("nghttp -v: h2 negotiated by ALPN, tether's cookie in the response, and the session kept with it", async () => {
+    const first = await run(["nghttp", "-v", `${origin}/`]);
+    expect(first.code).toBe(0);
+    expect(first.out).toContain("The negotiated protocol: h2");
+    expect(first.out).toMatch(/recv \(stream_id=\d+\) :status: 200$/m);
+    const cookie =
+      /recv \(stream_id=\d+\) set-cookie: (TETHER=[A-Za-z0-9_-]{87}); Path=\/; HttpOnly; SameSite=Lax; Secure$/m.exec(
+        first.out,
+      )?.[1];
+    expect(cookie).toBeDefined();
+    // The demo counts visits by its own cookie: sent back too, the count climbs only on the same backend.
+    const demoCookie = /set-cookie: (demo_session=[^;]+)/.exec(first.out)?.[1];
+    const home = /"backend":"(b\d)"/.exec(first.out)?.[1];
+    const again = await run(["nghttp", "-v", "-H", `cookie: ${cookie}; ${demoCookie}`, `${origin}/`]);
+    expect(again.out).toContain(`{"backend":"${home}","visits":2}`);
+    expect(again.out).not.toContain("set-cookie: TETHER=");
+  });
+
   test("Alt-Svc: the backend's is dropped, tether's names the bound port once, over HTTP/1.1 and HTTP/2", async () => {
     const port = proxy.port("secure");
     for (const flag of ["--http1.1", "--http2"]) {
@@ -264,4 +282,72 @@ ws.onerror = () => { document.getElementById("out").textContent = "error"; };
       await browser.close();
     }
   }, 30_000);
+});
+
+describe("an http listener with h2c", () => {
+  let demo: Server<undefined>[] = [];
+  let proxy: Running;
+
+  beforeAll(() => {
+    demo = ["b1", "b2", "b3"].map((id) => startDemoBackend(id, "127.0.0.1:0"));
+    proxy = startInProcess({
+      listeners: [
+        {
+          name: "plain",
+          protocol: "http",
+          address: "127.0.0.1:0",
+          pool: "demo",
+          protocols: ["http/1.1", "h2c"],
+        },
+      ],
+      pools: {
+        demo: {
+          backends: demo.map((s, i) => ({ id: `b${i + 1}`, url: `http://127.0.0.1:${s.port}` })),
+          persistence: [{ type: "cookie", mode: "insert", name: "TETHER" }],
+        },
+      },
+      secrets: { cookieKeys: [Buffer.alloc(32, 6).toString("base64")] },
+    } as ConfigInput);
+  });
+  afterAll(async () => {
+    await proxy.stop();
+    for (const s of demo) s.stop(true);
+  });
+
+  test("curl --http2-prior-knowledge gets HTTP/2 and tether's cookie, and returns to one backend; HTTP/1.1 on the same listener joins the session", async () => {
+    const jar = join(tempDir(), "jar");
+    const curl = async (flag: string) => {
+      const r = await run(["curl", "-s", flag, "-c", jar, "-b", jar, "-D", "-", `${proxy.url()}/`]);
+      const [head = "", body = ""] = r.out.split("\r\n\r\n");
+      const { backend: id, visits } = JSON.parse(body);
+      return {
+        status: head.split("\r\n")[0]?.trim(),
+        cookie: /^set-cookie: (TETHER=[^;]+)/im.exec(head)?.[1],
+        id,
+        visits,
+      };
+    };
+    const first = await curl("--http2-prior-knowledge");
+    expect(first.status).toBe("HTTP/2 200");
+    expect(first.cookie).toMatch(/^TETHER=[A-Za-z0-9_-]{87}$/);
+    const again = [await curl("--http2-prior-knowledge"), await curl("--http2-prior-knowledge")];
+    const plain = await curl("--http1.1");
+    expect([first, ...again, plain].map((r) => `${r.status} ${r.id} ${r.visits}`)).toEqual([
+      `HTTP/2 200 ${first.id} 1`,
+      `HTTP/2 200 ${first.id} 2`,
+      `HTTP/2 200 ${first.id} 3`,
+      `HTTP/1.1 200 OK ${first.id} 4`,
+    ]);
+    // A returning session is not given another cookie.
+    expect([...again, plain].map((r) => r.cookie)).toEqual([undefined, undefined, undefined]);
+  });
+
+  test("a plain HTTP/1.1 client without a cookie is served and given one", async () => {
+    const res = await fetch(`${proxy.url()}/`);
+    expect(res.status).toBe(200);
+    expect(JSON.parse(await res.text())).toMatchObject({ visits: 1 });
+    expect(res.headers.getSetCookie().find((c) => c.startsWith("TETHER="))).toMatch(
+      /^TETHER=[A-Za-z0-9_-]{87}; Path=\/; HttpOnly; SameSite=Lax$/,
+    );
+  });
 });

@@ -2,7 +2,8 @@
  * HTTP/2 abuse against a running tether: a rapid-reset storm (CVE-2023-44487),
  * SETTINGS and PING floods, an oversize header block, many idle connections.
  * Each checks behaviour (normal clients served, backend work bounded); the
- * rates are measured by bench/h2.ts, not asserted here.
+ * rates a normal client keeps under each are measured by bench/h2-abuse.ts,
+ * not asserted here.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
