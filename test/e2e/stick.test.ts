@@ -96,8 +96,8 @@ describe("a url rule with stick (workers: 2, Redis)", () => {
   let port = 0;
   const dir = tempDir();
   let file = "";
-  const write = (count: number) =>
-    writeConfig(dir, {
+  const write = (count: number, into = dir) =>
+    writeConfig(into, {
       listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
       pools: {
         app: {
@@ -111,12 +111,13 @@ describe("a url rule with stick (workers: 2, Redis)", () => {
       secrets: { cookieKeys: [KEY] },
       workers: 2,
       snapshot: false,
-      cluster: { redis: { url: redis.url, prefix: "urlstick:" } },
+      // A loaded test machine answers in more than the default 5 ms: a timeout would count as a miss.
+      cluster: { redis: { url: redis.url, prefix: "urlstick:", lookupTimeoutMs: 2_000 } },
     });
 
   beforeAll(async () => {
     redis = await startRedis();
-    backends = sessionBackends(["b1", "b2", "b3", "b4", "b5"]);
+    backends = sessionBackends(["b1", "b2", "b3", "b4", "b5", "b6"]);
     file = write(4);
     child = spawnCli(["--config", file]);
     port = await workersListening(child);
@@ -127,8 +128,8 @@ describe("a url rule with stick (workers: 2, Redis)", () => {
     await redis?.close();
   });
 
-  const get = async (target: string) => {
-    const raw = await rawRequest(port, `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+  const get = async (target: string, at = port) => {
+    const raw = await rawRequest(at, `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
     return /x-backend: (b\d)/i.exec(raw)?.[1] ?? null;
   };
   const sids = Array.from({ length: 60 }, (_, i) => `made-up-${i}`);
@@ -161,6 +162,37 @@ describe("a url rule with stick (workers: 2, Redis)", () => {
       expect(await client.keys("urlstick:t:app:0:url-stick:*")).toEqual([]);
     } finally {
       client.close();
+    }
+  });
+
+  test("another instance whose ring differs looks a shared stuck ID up in Redis; an unshared one it cannot", async () => {
+    const shared = Array.from({ length: 60 }, (_, i) => `/?t=across-${i}`);
+    const local = Array.from({ length: 60 }, (_, i) => `/?s=across-${i}`);
+    const client = new RedisClient(redis.url);
+    let onA: (string | null)[] = [];
+    try {
+      const stored = async () => (await client.keys("urlstick:t:app:1:url-stick:*")).length;
+      const before = await stored();
+      onA = await Promise.all([...shared, ...local].map((t) => get(t)));
+      // A's writes to Redis leave in batches: wait until all of them are there.
+      for (let i = 0; i < 80 && (await stored()) < before + shared.length; i++) await Bun.sleep(25);
+      expect(await stored()).toBe(before + shared.length);
+    } finally {
+      client.close();
+    }
+    // B has a sixth backend: its ring puts about a sixth of these IDs elsewhere.
+    const other = spawnCli(["--config", write(6, tempDir())]);
+    try {
+      const at = await workersListening(other);
+      // Until a worker's own Redis connection is up, its lookups answer null at once.
+      for (const worker of ["0", "1"])
+        await other.waitFor((l) => l.msg === "cluster: connected to redis" && l.worker === worker);
+      const onB = await Promise.all([...shared, ...local].map((t) => get(t, at)));
+      expect(onB.slice(0, shared.length)).toEqual(onA.slice(0, shared.length));
+      expect(onB.slice(shared.length)).not.toEqual(onA.slice(shared.length));
+      expect(onB.slice(shared.length)).toContain("b6");
+    } finally {
+      await other.stop();
     }
   });
 });
