@@ -40,7 +40,7 @@ export function describePersistence(pool: ResolvedPool): string[] {
       case "header":
         return `${at}: header ${r.name} (${r.mode})${r.mode === "hash" ? stickText(r) : ""}`;
       case "url":
-        return `${at}: url ${[r.param && `?${r.param}=`, r.pathParam && `;${r.pathParam}=`].filter(Boolean).join(" ")}`;
+        return `${at}: url ${[r.param && `?${r.param}=`, r.pathParam && `;${r.pathParam}=`].filter(Boolean).join(" ")}${stickText({ ...r, maxEntries: r.stickMaxEntries ?? r.maxEntries })}`;
       case "client-ip":
         return `${at}: client-ip /${r.ipv4Prefix} /${r.ipv6Prefix}${stickText(r)}`;
       default:

@@ -190,9 +190,27 @@ const urlRule = z
       .optional()
       .describe('Path parameter, e.g. "jsessionid" in /cart;jsessionid=ABC'),
     ...tableOptions,
+    stick: z
+      .boolean()
+      .optional()
+      .describe(
+        "Remember the backend the ring gave an ID no backend issued, in a table of its own beside the learned one, so adding a backend moves none of them (default false)",
+      ),
+    share: stickOptions.share,
+    stickMaxEntries: z
+      .number()
+      .int()
+      .min(1)
+      .max(50_000_000)
+      .optional()
+      .describe(
+        "With stick: entries of the stick table kept at most, least recently used first (default: maxEntries); a flood of invented IDs evicts only these",
+      ),
   })
   .refine((r) => r.param !== undefined || r.pathParam !== undefined, "needs param, pathParam or both")
-  .describe("A session ID in the URL; learned from Set-Cookie and Location, else hashed");
+  .describe(
+    "A session ID in the URL; learned from Set-Cookie and Location, else hashed (and, with stick, remembered)",
+  );
 const clientIpRule = z
   .strictObject({
     type: z.literal("client-ip"),
@@ -776,11 +794,21 @@ export const configSchema = z
           message: "the PROXY protocol is sent only to tcp:// backends",
         });
       pool.persistence.forEach((r, i) => {
-        if ((r.type === "client-ip" || (r.type === "header" && r.mode === "hash")) && r.share && !r.stick)
+        if (
+          (r.type === "client-ip" || r.type === "url" || (r.type === "header" && r.mode === "hash")) &&
+          r.share &&
+          !r.stick
+        )
           ctx.addIssue({
             code: "custom",
             message: 'share needs "stick": true (only a stick table has entries to share)',
             path: ["pools", poolName, "persistence", i, "share"],
+          });
+        if (r.type === "url" && r.stickMaxEntries !== undefined && !r.stick)
+          ctx.addIssue({
+            code: "custom",
+            message: 'stickMaxEntries sizes the stick table: it needs "stick": true',
+            path: ["pools", poolName, "persistence", i, "stickMaxEntries"],
           });
         if (r.type === "cookie" && r.mode === "insert" && r.partitioned && r.sameSite !== "None")
           ctx.addIssue({

@@ -92,7 +92,7 @@ function buildRule(
   r: PersistenceRuleConfig,
   opts: ChainOptions,
   ids: readonly string[],
-  tableFor: (expireMs: number, maxEntries: number) => StickTable,
+  tableFor: (expireMs: number, maxEntries: number, name?: string) => StickTable,
   rebalancer: Rebalancer,
 ): Rule {
   switch (r.type) {
@@ -107,8 +107,13 @@ function buildRule(
         );
       if (r.mode === "prefix") return new CookiePrefixRule(r.name, opts.pool, opts.keys, ids);
       return new CookieLearnRule(r.name, tableFor(r.expireMs, r.maxEntries));
-    case "url":
-      return new UrlRule(r.param, r.pathParam, tableFor(r.expireMs, r.maxEntries));
+    case "url": {
+      const learned = tableFor(r.expireMs, r.maxEntries);
+      if (!r.stick) return new UrlRule(r.param, r.pathParam, learned);
+      const stick = tableFor(r.expireMs, r.stickMaxEntries ?? r.maxEntries, "url-stick");
+      stick.clusterShared = r.share === true;
+      return new UrlRule(r.param, r.pathParam, learned, stick);
+    }
     case "client-ip": {
       const rule = new ClientIpRule(r.ipv4Prefix, r.ipv6Prefix);
       return r.stick
@@ -170,8 +175,9 @@ export class PersistenceChain {
     });
     this.rebalancer = new Rebalancer(ids, (h) => this.ring.lookup(h), opts.previousMemberships);
     this.rules = opts.rules.map((r, i) => {
-      const tableFor = (expireMs: number, maxEntries: number) => {
-        const key = `${i}:${r.type}`;
+      // A rule's table is named by its position and type; a second table of the rule by its own name.
+      const tableFor = (expireMs: number, maxEntries: number, name: string = r.type) => {
+        const key = `${i}:${name}`;
         const old = opts.previousTables?.get(key);
         const table =
           old && old.expireMs === expireMs && old.maxEntries === maxEntries
@@ -372,8 +378,12 @@ export class PersistenceChain {
       if (!rule.table || !rule.lookupKey) return;
       const key = rule.lookupKey(req);
       const table = rule.table;
-      if (key === null || table.peekHashed(key, req.nowSec) || table.missedRecently(key, req.nowSec)) return;
-      out.push({ table: `${i}:${this.ruleTypes[i]}`, key });
+      if (key === null || table.peekHashed(key, req.nowSec)) return;
+      if (!table.missedRecently(key, req.nowSec)) out.push({ table: `${i}:${this.ruleTypes[i]}`, key });
+      // Not learned here: the rule's stick table (url with "stick") may hold it, here or elsewhere.
+      const stick = rule.stickTable;
+      if (stick && !stick.peekHashed(key, req.nowSec) && !stick.missedRecently(key, req.nowSec))
+        out.push({ table: `${i}:${this.ruleTypes[i]}-stick`, key });
     });
     return out;
   }
@@ -398,7 +408,7 @@ export class PersistenceChain {
       if (!rule.remember) continue;
       const own = placement.decisions[i] ?? { kind: "none", rule: rule.name };
       for (const e of rule.remember(req, placement, own, res)) {
-        if (e.kind === "learn") this.learn(i, e.key, e.backendId, req.nowSec);
+        if (e.kind === "learn") this.learn(i, e.key, e.backendId, req.nowSec, e.stick);
         else if (effects === NO_EFFECTS) effects = [e];
         else effects.push(e);
       }
@@ -406,7 +416,8 @@ export class PersistenceChain {
     return effects;
   }
 
-  private learn(ruleIndex: number, key: string, backendId: string, nowSec: number) {
-    this.rules[ruleIndex]?.table?.set(key, backendId, nowSec);
+  private learn(ruleIndex: number, key: string, backendId: string, nowSec: number, stick?: true) {
+    const rule = this.rules[ruleIndex];
+    (stick ? rule?.stickTable : rule?.table)?.set(key, backendId, nowSec);
   }
 }

@@ -43,6 +43,8 @@ export type Decision =
       keyHash?: number;
       /** "rebalance": "balanced": a backend that joined since the session was placed, where it moves if eligible. */
       rebalanceTo?: string;
+      /** url with "stick": found in the rule's stick table (an ID the ring placed), not its learned one. */
+      stuck?: true;
     }
   /** A pure hash key: the ring places it, the same way on every instance. */
   | { kind: "hash"; key: string; rule: RuleName }
@@ -88,7 +90,8 @@ export type Effect =
   | { kind: "rewrite-set-cookie"; index: number; header: string }
   /** Set (replace) a response field towards the client. */
   | { kind: "set-header"; name: string; value: string }
-  | { kind: "learn"; rule: RuleName; key: string; backendId: string }
+  /** Stored in the rule's table, or with `stick` in its stick table (Rule.stickTable). */
+  | { kind: "learn"; rule: RuleName; key: string; backendId: string; stick?: true }
   | { kind: "cache-private" };
 
 /** Learns TLS session IDs from backends' ServerHellos (passthrough listeners). */
@@ -113,6 +116,13 @@ export interface Rule {
   readonly table?: StickTable;
   /** With a table: the key this request would look up in it, or null when it carries no session ID. */
   lookupKey?(req: RequestFacts): number | null;
+  /**
+   * A second table beside `table` (url with "stick"): keys no backend issued,
+   * remembered where the ring first placed them. Looked up under the same key
+   * as `table` (a pool's tables share one secret); "learn" effects with
+   * `stick` are stored here.
+   */
+  readonly stickTable?: StickTable;
   /** A rule that learns from backends' ServerHellos (see ServerHelloLearner). */
   learnServerHello?(sessionId: string, backendId: string, nowSec: number): void;
 }

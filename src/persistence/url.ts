@@ -5,8 +5,13 @@
  * carry it), else hashed on the ring. The URL reaches the backend unchanged.
  *
  * Only IDs a backend issued are learned. An ID that only a client ever sent
- * is placed by the ring and never stored: anyone can make IDs up, and each
- * stored one would evict a learned session and cost a cluster write.
+ * is placed by the ring and never stored there: anyone can make IDs up, and
+ * each stored one would evict a learned session and cost a cluster write.
+ *
+ * With "stick", such an ID's first placement is remembered in a second table
+ * of its own (bounded by stickMaxEntries), so a backend that joins moves none
+ * of them: a flood of invented IDs evicts only entries of that table, never a
+ * learned session, and reaches Redis only with "share".
  */
 import { isDeletion, parseSetCookie } from "./cookies.ts";
 import type { StickTable } from "./stick-table.ts";
@@ -41,12 +46,17 @@ export function sessionIdFromTarget(target: string, param?: string, pathParam?: 
 
 export class UrlRule implements Rule {
   readonly name = "url" as const;
+  /** With "stick": IDs no backend issued, where the ring first placed them. */
+  readonly stickTable?: StickTable;
 
   constructor(
     private readonly param: string | undefined,
     private readonly pathParam: string | undefined,
     readonly table: StickTable,
-  ) {}
+    stickTable?: StickTable,
+  ) {
+    if (stickTable) this.stickTable = stickTable;
+  }
 
   private idFrom(target: string): string | null {
     const id = sessionIdFromTarget(target, this.param, this.pathParam);
@@ -58,6 +68,8 @@ export class UrlRule implements Rule {
     if (id === null) return { kind: "none", rule: this.name };
     const entry = this.table.get(id, req.nowSec);
     if (entry) return { kind: "pinned", backendId: entry.backendId, key: id, rule: this.name };
+    const stuck = this.stickTable?.get(id, req.nowSec);
+    if (stuck) return { kind: "pinned", backendId: stuck.backendId, key: id, rule: this.name, stuck: true };
     return { kind: "hash", key: id, rule: this.name };
   }
 
@@ -81,10 +93,33 @@ export class UrlRule implements Rule {
       if (id) learned.add(id);
     }
     // A learned session that was re-placed is learned again where it now lives.
-    if (own.kind === "pinned" && own.backendId !== placement.backendId) learned.add(own.key);
+    if (own.kind === "pinned" && !own.stuck && own.backendId !== placement.backendId) learned.add(own.key);
     void req;
-    return [...learned]
+    const effects: Effect[] = [...learned]
       .filter((k) => k.length <= MAX_ID_LENGTH)
       .map((key) => ({ kind: "learn", rule: this.name, key, backendId: placement.backendId }));
+    // With stick: an ID this rule placed by the ring (its first placement, or a remembered one that
+    // had to move) is remembered in the stick table, unless the backend just issued it.
+    if (
+      this.stickTable &&
+      own.kind !== "none" &&
+      !learned.has(own.key) &&
+      (own.kind === "hash" || own.backendId !== placement.backendId) &&
+      deciding(placement.decisions) === own
+    )
+      effects.push({
+        kind: "learn",
+        rule: this.name,
+        key: own.key,
+        backendId: placement.backendId,
+        stick: true,
+      });
+    return effects;
   }
+}
+
+/** The first decision that is not "none": the one that placed the request. */
+function deciding(decisions: readonly Decision[]): Decision | undefined {
+  for (const d of decisions) if (d.kind !== "none") return d;
+  return undefined;
 }

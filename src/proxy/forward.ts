@@ -32,7 +32,7 @@ import {
 } from "./headers.ts";
 import { IDEMPOTENT } from "./methods.ts";
 import { accessLog, failedResponse, record, unexpected, upstreamFailed } from "./outcomes.ts";
-import { clientUsesTls, poolFor, type SplitSlot, withSplitCookie } from "./request-facts.ts";
+import { auditSplit, clientUsesTls, poolFor, type SplitSlot, withSplitCookie } from "./request-facts.ts";
 import { requestTarget } from "./request-target.ts";
 import type { ExchangeSink } from "./upstream/exchange.ts";
 import type { AbortLike, RequestOptions, UpstreamRequest, UpstreamResponse } from "./upstream/types.ts";
@@ -365,13 +365,7 @@ export class ProxiedRequest
   /** A traffic split's cookie, and its audit line when it gave a new session a pool (apart: the slow path). */
   private splitEffects(effects: Effect[], secure: boolean, backend: Backend) {
     const split = this.split as SplitChoice;
-    if (split.by === "weight")
-      this.deps.audit.emit("session.split", {
-        listener: this.listener.name,
-        pool: split.pool,
-        client: this.clientIp,
-        backend: backend.id,
-      });
+    auditSplit(this.deps.audit, split, this.listener.name, this.clientIp, backend.id);
     return withSplitCookie(effects, split, secure);
   }
 

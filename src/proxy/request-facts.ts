@@ -4,6 +4,7 @@
  * scanRequestFields): its pool, the facts the persistence rules read, and
  * the facts the forwarding headers are built from.
  */
+import type { Audit } from "../audit.ts";
 import type { RequestInfo, SplitChoice } from "../contracts.ts";
 import type { Effect, RequestFacts } from "../persistence/types.ts";
 import type { Pool } from "../pool/pool.ts";
@@ -82,4 +83,18 @@ export function withSplitCookie(effects: Effect[], split: SplitChoice | null, se
   if (split === null || split.cookie === null) return effects;
   const header = secure ? `${split.cookie}; Secure` : split.cookie;
   return [...effects, { kind: "set-cookie", header }];
+}
+
+/**
+ * A new session given a pool by a split's weights gets one audit line, once
+ * its backend answered: an HTTP response or a WebSocket upgrade alike.
+ */
+export function auditSplit(
+  audit: Audit,
+  split: SplitChoice | null,
+  listener: string,
+  client: string,
+  backend: string,
+): void {
+  if (split?.by === "weight") audit.emit("session.split", { listener, pool: split.pool, client, backend });
 }

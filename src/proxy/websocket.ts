@@ -21,6 +21,7 @@ import { errorResponse, ProxyError } from "./errors.ts";
 import { appendBackendFields, emptyHead, scanRequestFields } from "./headers.ts";
 import { failedResponse, record, unexpected, upstreamFailed } from "./outcomes.ts";
 import {
+  auditSplit,
   clientUsesTls,
   forwardFacts,
   poolFor,
@@ -158,6 +159,8 @@ export async function upgradeWebSocket(
     deps.health.answered(pool, backend, status);
     placing.settle(placement);
     record(deps, info, pool, backend, status);
+    if (slot.split !== null)
+      auditSplit(deps.audit, slot.split, info.listener.name, facts.clientIp, backend.id);
     const secure = clientUsesTls(head, fwd);
     if (upgrade.kind === "refused") {
       backend.closeWebSocket();

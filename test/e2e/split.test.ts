@@ -3,9 +3,11 @@
  * and a second instance with the same keys: new sessions split by weight, a
  * SIGHUP that changes the weights moves no returning session, weight 0 keeps
  * its sessions and takes no new ones, and client-address sessions are split
- * the same way by every instance.
+ * the same way by every instance. A WebSocket upgrade the split places is
+ * audited as an HTTP request is.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import type { Server } from "bun";
 import { backend, rawRequest, type TestBackend } from "../support/backends.ts";
 import { tempDir, writeConfig } from "../support/files.ts";
 import { type Child, spawnCli, workersListening } from "../support/tether.ts";
@@ -208,4 +210,109 @@ describe("traffic splits (workers: 2, two instances)", () => {
     expect(got.length).toBe(count);
     return got;
   }
+});
+
+describe("a traffic split placing WebSocket upgrades (workers: 2)", () => {
+  let servers: Server<undefined>[];
+  let child: Child;
+  let port = 0;
+  const dir = tempDir();
+
+  beforeAll(async () => {
+    // WebSocket backends that say who they are as the socket opens.
+    servers = ["w1", "w2"].map((name) =>
+      Bun.serve({
+        hostname: "127.0.0.1",
+        port: 0,
+        fetch: (req, srv) =>
+          srv.upgrade(req) ? undefined : new Response(name, { headers: { "x-backend": name } }),
+        websocket: {
+          open(ws) {
+            ws.send(name);
+          },
+          message() {},
+        },
+      }),
+    );
+    const file = writeConfig(dir, {
+      listeners: [
+        {
+          name: "ws",
+          protocol: "http",
+          address: "127.0.0.1:0",
+          pool: "p1",
+          routes: [
+            {
+              pathPrefix: "/",
+              split: [
+                { pool: "p1", weight: 50 },
+                { pool: "p2", weight: 50 },
+              ],
+            },
+          ],
+        },
+      ],
+      pools: Object.fromEntries(
+        servers.map((s, i) => [
+          `p${i + 1}`,
+          {
+            backends: [{ id: `w${i + 1}`, url: `http://127.0.0.1:${s.port}` }],
+            persistence: [{ type: "cookie", mode: "insert" }],
+          },
+        ]),
+      ),
+      secrets: { cookieKeys: [KEY] },
+      workers: 2,
+      snapshot: false,
+      audit: "stdout",
+    });
+    child = spawnCli(["--config", file]);
+    port = await workersListening(child, 2, "ws");
+  });
+  afterAll(async () => {
+    await child?.stop();
+    for (const s of servers ?? []) s.stop(true);
+  });
+
+  /** Opens a WebSocket through the split and returns the backend that greeted it. */
+  const greeting = (headers: Record<string, string> = {}) =>
+    new Promise<string>((resolve, reject) => {
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/live`, { headers });
+      ws.onmessage = (ev) => {
+        resolve(String(ev.data));
+        ws.close();
+      };
+      ws.onerror = () => reject(new Error("websocket failed to open"));
+    });
+  const splitLines = () => child.lines.filter((l) => l.event === "session.split");
+
+  test("a new session's upgrade is audited once with its pool and backend, as an HTTP request is", async () => {
+    const reached = await Promise.all(Array.from({ length: 40 }, () => greeting()));
+    expect(new Set(reached)).toEqual(new Set(["w1", "w2"]));
+    const end = Date.now() + 5_000;
+    while (splitLines().length < reached.length && Date.now() < end) await Bun.sleep(20);
+    await Bun.sleep(50);
+    const lines = splitLines();
+    expect(lines).toHaveLength(reached.length);
+    for (const l of lines) {
+      expect(l.listener).toBe("ws");
+      expect(l.backend).toBe(l.pool === "p1" ? "w1" : "w2");
+    }
+    expect(lines.filter((l) => l.pool === "p2").length).toBe(reached.filter((b) => b === "w2").length);
+  });
+
+  test("a returning session's upgrade (the split's cookie) keeps its pool and is not audited again", async () => {
+    const seen = splitLines().length;
+    const raw = await rawRequest(port, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    const home = /x-backend: (w\d)/i.exec(raw)?.[1];
+    const cookie = [...raw.matchAll(/set-cookie: ([^;\r\n]+)/gi)].map((m) => m[1]).join("; ");
+    expect(cookie).toContain("TETHER_SPLIT=");
+    const end = Date.now() + 5_000;
+    while (splitLines().length < seen + 1 && Date.now() < end) await Bun.sleep(20);
+    const before = splitLines().length;
+    expect(before).toBe(seen + 1);
+    for (let i = 0; i < 10; i++) expect(await greeting({ cookie })).toBe(home as string);
+    await Bun.sleep(100);
+    expect(splitLines().length).toBe(before);
+  });
 });

@@ -97,6 +97,22 @@ describe("stick on the hashing rules", () => {
     expect(c.tables.get("1:header")?.clusterShared).toBe(true);
   });
 
+  test('"share" without "stick" on a url rule is a config error naming the rule', () => {
+    const cfg = (rule: object) => () =>
+      config({
+        listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+        pools: {
+          app: {
+            backends: [{ id: "b1", url: "http://127.0.0.1:9001" }],
+            persistence: [{ type: "url", param: "sid", ...rule }],
+          },
+        },
+      });
+    expect(cfg({ share: true })).toThrow("pools.app.persistence[0].share");
+    expect(cfg({ stickMaxEntries: 10 })).toThrow("pools.app.persistence[0].stickMaxEntries");
+    expect(cfg({ stick: true, share: true, stickMaxEntries: 10 })).not.toThrow();
+  });
+
   test('"share" without "stick" is a config error naming the rule', () => {
     expect(() =>
       config({
@@ -109,5 +125,93 @@ describe("stick on the hashing rules", () => {
         },
       }),
     ).toThrow("pools.app.persistence[0].share");
+  });
+});
+
+describe("stick on the url rule", () => {
+  const url: PersistenceRuleConfig = {
+    type: "url",
+    param: "sid",
+    expireMs: 1_800_000,
+    maxEntries: 1000,
+  };
+  const stuck: PersistenceRuleConfig = { ...url, stick: true };
+  const withSid = (sid: string): RequestFacts => ({ ...fromIp("192.0.2.1"), target: `/cart?sid=${sid}` });
+  const sids = Array.from({ length: 500 }, (_, i) => `made-up-${i}`);
+
+  test("without stick, adding a fifth backend moves about a fifth of the IDs no backend issued", () => {
+    const before = chain(FOUR, [url]);
+    const first = sids.map((sid) => serve(before, withSid(sid)));
+    const after = chain(FIVE, [url], before);
+    const moved = sids.filter((sid, i) => serve(after, withSid(sid)) !== first[i]).length;
+    expect(moved).toBeGreaterThan(sids.length * 0.1);
+    expect(before.tables.get("0:url")?.size).toBe(0);
+  });
+
+  test("with stick, adding a fifth backend moves none of them; new IDs still reach it", () => {
+    const before = chain(FOUR, [stuck]);
+    const first = sids.map((sid) => serve(before, withSid(sid)));
+    expect(before.tables.get("0:url-stick")?.size).toBe(sids.length);
+    expect(before.tables.get("0:url")?.size).toBe(0);
+    const after = chain(FIVE, [stuck], before);
+    expect(sids.map((sid) => serve(after, withSid(sid)))).toEqual(first);
+    const fresh = Array.from({ length: 200 }, (_, i) => serve(after, withSid(`fresh-${i}`)));
+    expect(fresh).toContain("b5");
+  });
+
+  test("a flood of invented IDs evicts only stick entries, never a learned session", () => {
+    const c = chain(FOUR, [{ ...stuck, stickMaxEntries: 50 }]);
+    const learned = c.tables.get("0:url") as NonNullable<ReturnType<typeof c.tables.get>>;
+    const stick = c.tables.get("0:url-stick") as NonNullable<ReturnType<typeof c.tables.get>>;
+    // A backend issues a session ID (Set-Cookie of the same name): learned, not stuck.
+    const f = fromIp("192.0.2.1");
+    const placed = c.place(f);
+    if (!placed) throw new Error("not placed");
+    c.remember(f, placed.placement, { ...noResponse, setCookies: ["sid=issued-1; Path=/"] });
+    const home = placed.placement.backendId;
+    for (let i = 0; i < 5000; i++) serve(c, withSid(`flood-${i}`));
+    expect(stick.size).toBe(50);
+    expect(learned.size).toBe(1);
+    expect(learned.peekHashed(learned.keyOf("issued-1"), NOW)?.backendId).toBe(home);
+    expect(serve(c, withSid("issued-1"))).toBe(home);
+    expect(stick.size).toBe(50);
+  });
+
+  test("a stuck ID whose backend goes to maintenance moves once and stays; a learned one takes precedence", () => {
+    const c = chain(FOUR, [stuck]);
+    const home = serve(c, withSid("abc"));
+    const m = c.members.find((x) => x.id === home) as Member;
+    m.state = "maint";
+    const moved = serve(c, withSid("abc"));
+    expect(moved).not.toBe(home);
+    m.state = "ready";
+    expect(serve(c, withSid("abc"))).toBe(moved);
+    // A backend then issues the same ID: the learned entry wins over the stuck one.
+    const other = FOUR.find((id) => id !== moved) as string;
+    c.tables.get("0:url")?.set("abc", other, NOW);
+    expect(serve(c, withSid("abc"))).toBe(other);
+  });
+
+  test("the stick table stays out of Redis unless the rule says share; the learned one is always shared", () => {
+    const local = chain(FOUR, [stuck]);
+    expect(local.tables.get("0:url")?.clusterShared).toBe(true);
+    expect(local.tables.get("0:url-stick")?.clusterShared).toBe(false);
+    const shared = chain(FOUR, [{ ...stuck, share: true }]);
+    expect(shared.tables.get("0:url-stick")?.clusterShared).toBe(true);
+    expect(chain(FOUR, [url]).tables.has("0:url-stick")).toBe(false);
+  });
+
+  test("an ID held nowhere here is looked up in both tables; one learned here is looked up in neither", () => {
+    const c = chain(FOUR, [stuck]);
+    expect(c.missingKeys(withSid("elsewhere")).map((m) => m.table)).toEqual(["0:url", "0:url-stick"]);
+    serve(c, withSid("stuck-here"));
+    expect(c.missingKeys(withSid("stuck-here")).map((m) => m.table)).toEqual(["0:url"]);
+    c.tables.get("0:url")?.set("learned-here", "b1", NOW);
+    expect(c.missingKeys(withSid("learned-here"))).toEqual([]);
+    expect(
+      chain(FOUR, [url])
+        .missingKeys(withSid("elsewhere"))
+        .map((m) => m.table),
+    ).toEqual(["0:url"]);
   });
 });

@@ -46,6 +46,16 @@ describe("tether route", () => {
     ]);
   });
 
+  test("reports a url rule's stick table", () => {
+    const url = (over: object) =>
+      route(cfg({ persistence: [{ type: "url", param: "sid", ...over }] }), query());
+    expect(url({}).settings?.[0]).toBe("persistence[0]: url ?sid=");
+    expect(url({ stick: true }).settings?.[0]).toBe("persistence[0]: url ?sid= stick maxEntries=1000000");
+    expect(url({ stick: true, stickMaxEntries: 500, share: true }).settings?.[0]).toBe(
+      "persistence[0]: url ?sid= stick maxEntries=500 share",
+    );
+  });
+
   test("reports a cookie insert rule's rebalance mode", () => {
     const insert = (rebalance?: string) => ({
       type: "cookie",
