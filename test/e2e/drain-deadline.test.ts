@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { Server } from "bun";
+import { adminClient } from "../support/admin.ts";
 import { rawRequest } from "../support/backends.ts";
 import { tempDir, writeConfig } from "../support/files.ts";
 import { type Child, spawnCli, workersListening } from "../support/tether.ts";
@@ -74,22 +75,7 @@ describe("drain with a deadline (workers: 2)", () => {
     for (const s of servers) s.stop(true);
   });
 
-  const api = async (method: string, path: string, body?: unknown) => {
-    const res = await fetch(`http://127.0.0.1:${adminPort}${path}`, {
-      method,
-      headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
-      ...(body ? { body: JSON.stringify(body) } : {}),
-    });
-    return { status: res.status, body: (await res.json()) as { backend?: BackendJson; error?: string } };
-  };
-  const backends = async () =>
-    (
-      (await (
-        await fetch(`http://127.0.0.1:${adminPort}/api/backends`, {
-          headers: { authorization: `Bearer ${TOKEN}` },
-        })
-      ).json()) as { backends: BackendJson[] }
-    ).backends;
+  const { api, backends } = adminClient<BackendJson>(() => adminPort, TOKEN);
   /** Each request on a fresh connection, so both workers answer some. */
   const get = async (cookie?: string) => {
     const raw = await rawRequest(

@@ -7,6 +7,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import type { Server } from "bun";
+import { adminClient } from "../support/admin.ts";
 import { rawRequest } from "../support/backends.ts";
 import { startDnsmasq } from "../support/dnsmasq.ts";
 import { tempDir, writeConfig } from "../support/files.ts";
@@ -61,22 +62,7 @@ async function start(config: Record<string, unknown>) {
   cleanup.push(() => child.stop());
   const adminPort = await child.listening("admin");
   const port = await workersListening(child);
-  const api = async (method: string, path: string, body?: unknown) => {
-    const res = await fetch(`http://127.0.0.1:${adminPort}${path}`, {
-      method,
-      headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
-      ...(body ? { body: JSON.stringify(body) } : {}),
-    });
-    return { status: res.status, body: (await res.json()) as { backend?: BackendJson; error?: string } };
-  };
-  const backends = async () =>
-    (
-      (await (
-        await fetch(`http://127.0.0.1:${adminPort}/api/backends`, {
-          headers: { authorization: `Bearer ${TOKEN}` },
-        })
-      ).json()) as { backends: BackendJson[] }
-    ).backends;
+  const { api, backends } = adminClient<BackendJson>(adminPort, TOKEN);
   /** Each request on a fresh connection, so both workers answer some. */
   const get = async (cookie?: string) => {
     const raw = await rawRequest(
