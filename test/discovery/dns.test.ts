@@ -7,6 +7,7 @@ import type { Server } from "bun";
 import { makeCert } from "../support/certs.ts";
 import { type Dnsmasq, startDnsmasq } from "../support/dnsmasq.ts";
 import { spawnCli, startInProcess, tempDir, workersListening, writeConfig } from "../support/tether.ts";
+import { until } from "../support/wait.ts";
 
 let cleanup: (() => unknown)[] = [];
 afterEach(async () => {
@@ -39,14 +40,6 @@ function client(base: string) {
     return await res.text();
   };
 }
-
-const until = async (cond: () => boolean, ms: number, what: string) => {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(20);
-  }
-};
 
 async function setup(records: number[], discover: Record<string, unknown> = {}) {
   const { port } = loopbackBackends(4);

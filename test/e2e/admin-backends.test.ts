@@ -6,6 +6,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { backend, type TestBackend } from "../support/backends.ts";
 import { tempDir, writeConfig } from "../support/files.ts";
 import { spawnCli, startInProcess, workersListening } from "../support/tether.ts";
+import { until } from "../support/wait.ts";
 
 const TOKEN = "admin-test-token";
 const KEY = Buffer.alloc(32, 7).toString("base64");
@@ -28,14 +29,6 @@ const post = (admin: string, pool: string, body: unknown) =>
     method: "POST",
     body: typeof body === "string" ? body : JSON.stringify(body),
   });
-
-const until = async (cond: () => Promise<boolean> | boolean, ms: number, what: string) => {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await Bun.sleep(20);
-  }
-};
 
 async function sources(admin: string): Promise<Record<string, string>> {
   const body = (await (await api(admin, "/api/backends")).json()) as {

@@ -11,6 +11,7 @@ import { backend, type TestBackend } from "../support/backends.ts";
 import { tempDir, writeConfig } from "../support/files.ts";
 import { startRedis } from "../support/redis.ts";
 import { type Running, spawnCli, startInProcess, workersListening } from "../support/tether.ts";
+import { until } from "../support/wait.ts";
 
 const TOKEN = "cluster-backends-token";
 const KEY = Buffer.alloc(32, 9).toString("base64");
@@ -38,14 +39,6 @@ async function sources(admin: string): Promise<Record<string, string>> {
   };
   return Object.fromEntries(body.backends.map((b) => [b.id, b.source]));
 }
-
-const until = async (cond: () => Promise<boolean> | boolean, ms: number, what: string) => {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await Bun.sleep(20);
-  }
-};
 
 /** A cookie pinned to backend `name`: fresh sessions until one lands there (it has the weight). */
 async function cookieFor(web: string, name: string): Promise<string> {
