@@ -8,29 +8,12 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { Server } from "bun";
 import { adminClient } from "../support/admin.ts";
-import { rawRequest } from "../support/backends.ts";
+import { getOnFreshConnection, wsEchoBackend } from "../support/backends.ts";
 import { tempDir, writeConfig } from "../support/files.ts";
 import { type Child, spawnCli, workersListening } from "../support/tether.ts";
 
 const TOKEN = "drain-deadline-token";
 const KEY = Buffer.alloc(32, 9).toString("base64");
-
-/** A backend answering its name over HTTP and echoing "<name>:<message>" over WebSocket. */
-function wsBackend(name: string): Server<undefined> {
-  return Bun.serve({
-    hostname: "127.0.0.1",
-    port: 0,
-    fetch(req, srv) {
-      if (req.headers.get("upgrade") === "websocket" && srv.upgrade(req)) return undefined;
-      return new Response(name, { headers: { "x-backend": name } });
-    },
-    websocket: {
-      message(ws, msg) {
-        ws.send(`${name}:${msg}`);
-      },
-    },
-  });
-}
 
 interface BackendJson {
   id: string;
@@ -41,7 +24,7 @@ interface BackendJson {
 
 describe("drain with a deadline (workers: 2)", () => {
   const dir = tempDir();
-  const servers = ["b1", "b2", "b3"].map(wsBackend);
+  const servers = ["b1", "b2", "b3"].map((name) => wsEchoBackend(name));
   let file = "";
   let child: Child;
   let port = 0;
@@ -76,17 +59,7 @@ describe("drain with a deadline (workers: 2)", () => {
   });
 
   const { api, backends } = adminClient<BackendJson>(() => adminPort, TOKEN);
-  /** Each request on a fresh connection, so both workers answer some. */
-  const get = async (cookie?: string) => {
-    const raw = await rawRequest(
-      port,
-      `GET / HTTP/1.1\r\nHost: x\r\n${cookie ? `Cookie: ${cookie}\r\n` : ""}Connection: close\r\n\r\n`,
-    );
-    return {
-      backend: /x-backend: (b\d)/i.exec(raw)?.[1] ?? null,
-      cookie: /set-cookie: (TETHER=[^;\r\n]+)/i.exec(raw)?.[1] ?? null,
-    };
-  };
+  const get = (cookie?: string) => getOnFreshConnection(port, cookie);
 
   test("the backend keeps its sessions until the deadline, then they move once and its WebSockets close with 1001", async () => {
     const sessions = await Promise.all(Array.from({ length: 24 }, () => get()));

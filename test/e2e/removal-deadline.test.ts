@@ -8,7 +8,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import type { Server } from "bun";
 import { adminClient } from "../support/admin.ts";
-import { rawRequest } from "../support/backends.ts";
+import { getOnFreshConnection, wsEchoBackend } from "../support/backends.ts";
 import { startDnsmasq } from "../support/dnsmasq.ts";
 import { tempDir, writeConfig } from "../support/files.ts";
 import { type Child, spawnCli, workersListening } from "../support/tether.ts";
@@ -22,21 +22,9 @@ afterEach(async () => {
   cleanup = [];
 });
 
-/** A backend answering its name over HTTP and echoing "<name>:<message>" over WebSocket. */
+/** The WebSocket echo backend, stopped after the test. */
 function wsBackend(name: string, hostname = "127.0.0.1", port = 0): Server<undefined> {
-  const s = Bun.serve({
-    hostname,
-    port,
-    fetch(req, srv) {
-      if (req.headers.get("upgrade") === "websocket" && srv.upgrade(req)) return undefined;
-      return new Response(name, { headers: { "x-backend": name } });
-    },
-    websocket: {
-      message(ws, msg) {
-        ws.send(`${name}:${msg}`);
-      },
-    },
-  });
+  const s = wsEchoBackend(name, hostname, port);
   cleanup.push(() => s.stop(true));
   return s;
 }
@@ -63,17 +51,7 @@ async function start(config: Record<string, unknown>) {
   const adminPort = await child.listening("admin");
   const port = await workersListening(child);
   const { api, backends } = adminClient<BackendJson>(adminPort, TOKEN);
-  /** Each request on a fresh connection, so both workers answer some. */
-  const get = async (cookie?: string) => {
-    const raw = await rawRequest(
-      port,
-      `GET / HTTP/1.1\r\nHost: x\r\n${cookie ? `Cookie: ${cookie}\r\n` : ""}Connection: close\r\n\r\n`,
-    );
-    return {
-      backend: /x-backend: ([\w.]+)/i.exec(raw)?.[1] ?? null,
-      cookie: /set-cookie: (TETHER=[^;\r\n]+)/i.exec(raw)?.[1] ?? null,
-    };
-  };
+  const get = (cookie?: string) => getOnFreshConnection(port, cookie);
   const until = async (cond: () => Promise<boolean>, ms: number, what: string) => {
     const end = Date.now() + ms;
     while (!(await cond())) {

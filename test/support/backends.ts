@@ -118,3 +118,39 @@ export function sessionBackends(names = ["b1", "b2", "b3"]): TestBackend[] {
     }),
   );
 }
+
+/** A backend answering its name (and x-backend) over HTTP and echoing "<name>:<message>" over WebSocket. */
+export function wsEchoBackend(name: string, hostname = "127.0.0.1", port = 0): Server<undefined> {
+  return Bun.serve({
+    hostname,
+    port,
+    fetch(req, srv) {
+      if (req.headers.get("upgrade") === "websocket" && srv.upgrade(req)) return undefined;
+      return new Response(name, { headers: { "x-backend": name } });
+    },
+    websocket: {
+      message(ws, msg) {
+        ws.send(`${name}:${msg}`);
+      },
+    },
+  });
+}
+
+/**
+ * A GET through tether on a connection of its own (so every worker thread
+ * answers some), with an optional Cookie: the backend that answered
+ * (x-backend) and the TETHER cookie set, if any.
+ */
+export async function getOnFreshConnection(
+  port: number,
+  cookie?: string,
+): Promise<{ backend: string | null; cookie: string | null }> {
+  const raw = await rawRequest(
+    port,
+    `GET / HTTP/1.1\r\nHost: x\r\n${cookie ? `Cookie: ${cookie}\r\n` : ""}Connection: close\r\n\r\n`,
+  );
+  return {
+    backend: /x-backend: ([\w.]+)/i.exec(raw)?.[1] ?? null,
+    cookie: /set-cookie: (TETHER=[^;\r\n]+)/i.exec(raw)?.[1] ?? null,
+  };
+}
