@@ -67,7 +67,8 @@ export interface RequestInfo {
  * runs long gets its client's idle timer suspended and its client watched.
  */
 export interface Tracked {
-  readonly req: Request;
+  /** A Bun.serve Request (the clock's server.timeout and signal need one). */
+  readonly req: { readonly signal: AbortSignal | null };
   /** Client signal attached (and idle timer suspended). */
   promoted: boolean;
   /** Idle timer suspended: restored when the request finishes. */

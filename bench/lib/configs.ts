@@ -27,6 +27,8 @@ export interface TetherConfigInput {
   tls?: TlsFiles;
   /** The listener's "protocols" (default: tether's, HTTP/1.1 only). */
   protocols?: string[];
+  /** The listener's "engine" (default: tether's, "bun"). */
+  engine?: "bun" | "tether";
 }
 
 export function tetherConfig({
@@ -36,6 +38,7 @@ export function tetherConfig({
   workers = 0,
   tls,
   protocols,
+  engine,
 }: TetherConfigInput): object {
   const pool: Record<string, unknown> = {
     backends: backends.map((b) => ({ id: b.id, url: `http://127.0.0.1:${b.port}` })),
@@ -49,6 +52,7 @@ export function tetherConfig({
   };
   if (tls) listener.tls = { certificates: [{ cert: tls.cert, key: tls.key }] };
   if (protocols) listener.protocols = protocols;
+  if (engine) listener.engine = engine;
   return {
     listeners: [listener],
     pools: { app: pool },

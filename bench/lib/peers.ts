@@ -130,8 +130,17 @@ function tetherVersion(): string {
   }
 }
 
-/** tether; `persistence: false` runs it with no persistence rule (bench/price.ts's "tether-plain"). */
-export function tetherPeer({ persistence: wanted = true } = {}): Peer {
+/**
+ * tether; `persistence: false` runs it with no persistence rule (bench/price.ts's "tether-plain"),
+ * `engine: "tether"` on its own HTTP/1.1 front end ("tether-h1").
+ */
+export function tetherPeer({
+  persistence: wanted = true,
+  engine,
+}: {
+  persistence?: boolean;
+  engine?: "bun" | "tether";
+} = {}): Peer {
   // Tried with cookie persistence first; once tether rejects it (exit 2), later rounds go without.
   let persistence = wanted;
   const peer: Peer = {
@@ -166,6 +175,7 @@ export function tetherPeer({ persistence: wanted = true } = {}): Peer {
         persistence: withPersistence,
         workers: ctx.opts.tetherWorkers,
         ...(ctx.tls ? { tls: ctx.tls, protocols: ["http/1.1", "h2"] } : {}),
+        ...(engine ? { engine } : {}),
       }),
       null,
       2,

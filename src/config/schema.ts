@@ -564,6 +564,12 @@ export const listenerSchema = z.strictObject({
     .describe(
       'HTTP versions served to clients: "http/1.1", "h2" (https, by ALPN), "h2c" (http, prior knowledge), "h3" (https, QUIC on the same UDP port). Bun marks HTTP/2 and HTTP/3 experimental (default ["http/1.1"])',
     ),
+  engine: z
+    .enum(["bun", "tether"])
+    .default("bun")
+    .describe(
+      'Who reads HTTP/1.1 from clients: "bun" (Bun.serve) or "tether" (tether\'s own HTTP/1.1 front end on Bun.listen: less CPU per request; HTTP/1.1 only, no WebSocket upgrades yet) (default "bun")',
+    ),
   altSvcPort: z
     .number()
     .int()
@@ -869,6 +875,18 @@ function protocolProblems(
     else if (p === "h2c" && l.protocol !== "http")
       out.push({ path, message: 'h2c is cleartext HTTP/2: use "h2" on an https listener' });
   });
+  if (l.engine === "tether" && l.protocol === "tls-passthrough")
+    out.push({ path: ["engine"], message: "a tls-passthrough listener relays bytes and never reads HTTP" });
+  else if (l.engine === "tether" && (l.protocols.length !== 1 || l.protocols[0] !== "http/1.1"))
+    out.push({
+      path: ["engine"],
+      message: 'tether\'s front end speaks HTTP/1.1 only: use "bun" for h2, h2c or h3',
+    });
+  else if (l.engine === "tether" && (l.tls?.certificates.length ?? 0) > 1)
+    out.push({
+      path: ["engine"],
+      message: 'tether\'s front end takes one certificate: use "bun" to choose by SNI',
+    });
   if (l.altSvcPort !== undefined && !seen.has("h3"))
     out.push({ path: ["altSvcPort"], message: 'names the HTTP/3 port: only with "h3" in protocols' });
   return out;

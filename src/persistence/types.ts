@@ -16,13 +16,19 @@ export type RuleName =
 
 export type RejectReason = "malformed" | "bad-mac" | "expired" | "unknown-key" | "unknown-backend";
 
+/** A request field by name, as Headers.get answers it. */
+export interface FieldLookup {
+  get(name: string): string | null;
+}
+
 export interface RequestFacts {
   /** The raw Cookie header, or null. */
   cookie: string | null;
   /** Origin-form target, "/path;p?q". */
   target: string;
   clientIp: string;
-  headers: Headers;
+  /** The request's fields by name (a Headers, or tether's HTTP/1.1 front end's own). */
+  headers: FieldLookup;
   /** Seconds since the epoch. */
   nowSec: number;
   /** TLS passthrough: the ClientHello's legacy session ID (hex), when non-empty. */

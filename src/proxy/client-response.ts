@@ -63,7 +63,7 @@ function guarded(
  * rewritten (by its position among the response's Set-Cookies, as the rules
  * saw them in responseFacts) or added, and Cache-Control made private.
  */
-function applyEffects(headers: Headers, effects: readonly Effect[]): void {
+export function applyEffects(headers: Headers, effects: readonly Effect[]): void {
   let cookies: string[] | null = null;
   let cachePrivate = false;
   for (const e of effects) {

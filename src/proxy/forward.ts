@@ -16,7 +16,7 @@
 
 import type { ResolvedListener } from "../config/load.ts";
 import type { ListenerContext, ProxyDeps, RequestInfo, Runtime, SplitChoice, Tracked } from "../contracts.ts";
-import type { Effect, Placement, RequestFacts } from "../persistence/types.ts";
+import type { Effect, FieldLookup, Placement, RequestFacts } from "../persistence/types.ts";
 import { Placing } from "../pool/placement.ts";
 import type { Backend, Pool } from "../pool/pool.ts";
 import { ClientAbort } from "./client-abort.ts";
@@ -26,6 +26,7 @@ import {
   appendBackendFields,
   asksToClose,
   clientAddress,
+  type FieldRecord,
   type ForwardFacts,
   type ScannedHead,
   scanRequestFields,
@@ -33,7 +34,6 @@ import {
 import { IDEMPOTENT } from "./methods.ts";
 import { accessLog, failedResponse, record, unexpected, upstreamFailed } from "./outcomes.ts";
 import { auditSplit, clientUsesTls, poolFor, type SplitSlot, withSplitCookie } from "./request-facts.ts";
-import { requestTarget } from "./request-target.ts";
 import type { ExchangeSink } from "./upstream/exchange.ts";
 import type { AbortLike, RequestOptions, UpstreamRequest, UpstreamResponse } from "./upstream/types.ts";
 
@@ -95,6 +95,24 @@ function retryable(err: ProxyError, request: UpstreamRequest): boolean {
   return err.code === "RESET_BEFORE_RESPONSE" && request.body === null && IDEMPOTENT.has(request.method);
 }
 
+/**
+ * What the forwarder reads of the client's request: Bun.serve's Request, or
+ * the head tether's own HTTP/1.1 front end parsed (server/h1/).
+ */
+export interface ClientRequest {
+  readonly method: string;
+  readonly body: ReadableStream<Uint8Array> | null;
+  /**
+   * Aborts when the client goes away; read only for a request with a body.
+   * Null: the front end calls clientGone itself.
+   */
+  readonly signal: AbortSignal | null;
+  readonly headers: FieldLookup;
+}
+
+/** What run() gives the front end: the Response, a promise of it, or nothing when deliver and reply tell it. */
+export type Answer = Response | Promise<Response | undefined> | undefined;
+
 export class ProxiedRequest
   extends ClientAbort
   implements
@@ -140,7 +158,7 @@ export class ProxiedRequest
   readonly proto: string;
 
   // RequestFacts (cookie is ScannedHead's, target UpstreamRequest's): what the persistence rules read
-  readonly headers: Headers;
+  readonly headers: FieldLookup;
   clientIp = "";
   nowSec = 0;
 
@@ -150,7 +168,7 @@ export class ProxiedRequest
   // UpstreamRequest
   readonly method: string;
   readonly target: string;
-  private readonly bareTarget: boolean;
+  private readonly badHost: boolean;
   /** The fields for the backend: the client's, then (once placed) its Cookie and the forwarding fields. */
   readonly fields: string[] = fieldList();
   body: ReadableStream<Uint8Array> | null;
@@ -171,8 +189,14 @@ export class ProxiedRequest
   private answer: ((res: Response) => void) | null = null;
 
   constructor(
-    readonly req: Request,
-    private readonly ctx: ListenerContext,
+    readonly req: ClientRequest,
+    /** Origin-form. */
+    target: string,
+    /** The Host is not a valid authority (Bun.serve then hands over a bare target). */
+    badHost: boolean,
+    /** Lowercase names, repeated fields merged as Headers.toJSON merges them. */
+    fields: FieldRecord,
+    protected readonly ctx: ListenerContext,
     readonly runtime: Runtime,
     readonly peerIp: string,
   ) {
@@ -180,17 +204,15 @@ export class ProxiedRequest
     this.listener = runtime.listeners.get(ctx.config.name) ?? ctx.config;
     this.deps = ctx.deps;
     this.method = req.method;
-    const url = req.url;
-    this.target = requestTarget(url);
-    // Bun hands over a bare target instead of a URL when the Host is not a valid authority.
-    this.bareTarget = url.charCodeAt(0) === 47;
+    this.target = target;
+    this.badHost = badHost;
     this.body = req.body;
     this.bodyIdleMs = this.listener.clientIdleMs;
     // A request with a body watches its client from the start: when Bun rejects a malformed
     // body or a pipelined request it closes the connection, and nothing may reach the backend.
-    this.signal = this.body === null ? this : req.signal;
+    this.signal = this.body === null ? this : (req.signal ?? this);
     this.headers = req.headers;
-    scanRequestFields(this.headers.toJSON(), this, this.fields);
+    scanRequestFields(fields, this, this.fields);
     this.peerTrusted = runtime.trusted.has(peerIp);
     this.proto = this.listener.protocol;
   }
@@ -206,7 +228,7 @@ export class ProxiedRequest
   malformed(): Response | null {
     if (this.method === "CONNECT") return errorResponse(501, "CONNECT is not supported.");
     const host = this.host;
-    if (host !== null && (host.includes(",") || this.bareTarget))
+    if (host !== null && (host.includes(",") || this.badHost))
       return errorResponse(400, "The request is malformed.");
     return null;
   }
@@ -216,8 +238,11 @@ export class ProxiedRequest
     return this.upgrade !== null && this.method === "GET" && this.upgrade.toLowerCase() === "websocket";
   }
 
-  /** The Response, or a promise of it once the backend answers. */
-  run(): Response | Promise<Response> {
+  /**
+   * The Response, or a promise of it once the backend answers; undefined when
+   * the front end is handed the answer itself (deliver and reply).
+   */
+  run(): Answer {
     this.ctx.inflight++;
     this.ctx.tracker.track(this);
     try {
@@ -235,12 +260,12 @@ export class ProxiedRequest
     }
   }
 
-  private async afterPrefetch(): Promise<Response> {
+  private async afterPrefetch(): Promise<Response | undefined> {
     await (this.placing as Placing).prefetch();
     return this.begin();
   }
 
-  private begin(): Response | Promise<Response> {
+  private begin(): Answer {
     try {
       const pool = this.pool as Pool;
       const first = (this.placing as Placing).start();
@@ -250,10 +275,9 @@ export class ProxiedRequest
       const cookie = this.cookie === null ? null : pool.chain.backendCookie(this.cookie);
       appendBackendFields(this.fields, this, this, cookie);
       if (pool.chain.rewritesFields) pool.chain.backendFields(this.fields);
-      const { promise, resolve } = Promise.withResolvers<Response>();
-      this.answer = resolve;
+      const pending = this.awaitAnswer();
       this.tryBackend();
-      return promise;
+      return pending;
     } catch (e) {
       return this.failed(e);
     }
@@ -287,15 +311,20 @@ export class ProxiedRequest
     }
   }
 
+  /** The promise run() returns while the backend is asked; a front end that is told directly returns none. */
+  protected awaitAnswer(): Promise<Response> | undefined {
+    const { promise, resolve } = Promise.withResolvers<Response>();
+    this.answer = resolve;
+    return promise;
+  }
+
   /** ExchangeSink: the backend's response head arrived. */
   resolve(res: UpstreamResponse): void {
-    let out: Response;
     try {
-      out = this.finishAnswered(res);
+      this.finishAnswered(res);
     } catch (e) {
-      out = this.failed(e);
+      this.reply(this.failed(e));
     }
-    this.reply(out);
   }
 
   /**
@@ -338,7 +367,7 @@ export class ProxiedRequest
     queueMicrotask(() => this.tryBackend());
   }
 
-  private finishAnswered(res: UpstreamResponse): Response {
+  private finishAnswered(res: UpstreamResponse): void {
     const pool = this.pool as Pool;
     const backend = this.backend as Backend;
     const placement = this.placement as Placement;
@@ -351,14 +380,21 @@ export class ProxiedRequest
     let effects = pool.chain.remember(this, placement, responseFacts(res, secure));
     if (this.split !== null) effects = this.splitEffects(effects, secure, backend);
     accessLog(deps, this, this.req, this.target, pool.name, backend.id, res.status);
-    return toClientResponse(
-      response,
-      this.method,
-      effects,
-      this,
-      this.listener.clientIdleMs,
-      this.ctx.hsts,
-      asksToClose(this.connection),
+    this.deliver(response, effects);
+  }
+
+  /** Hands the backend's answer, with the persistence rules' effects, to the client. */
+  protected deliver(res: UpstreamResponse, effects: readonly Effect[]): void {
+    this.reply(
+      toClientResponse(
+        res,
+        this.method,
+        effects,
+        this,
+        this.listener.clientIdleMs,
+        this.ctx.hsts,
+        asksToClose(this.connection),
+      ),
     );
   }
 
@@ -370,7 +406,7 @@ export class ProxiedRequest
   }
 
   /** The answer for a request that could not be forwarded (the request is finished with it). */
-  private failed(e: unknown): Response {
+  protected failed(e: unknown): Response {
     const err = e instanceof ProxyError ? e : unexpected(e, this.deps, this);
     accessLog(this.deps, this, this.req, this.target, this.pool?.name ?? "", "", err.status, err.code);
     this.responded();
@@ -380,7 +416,8 @@ export class ProxiedRequest
     return res;
   }
 
-  private reply(res: Response): void {
+  /** Hands a finished Response (an error, or the backend's answer built by deliver) to the client. */
+  protected reply(res: Response): void {
     const answer = this.answer;
     this.answer = null;
     answer?.(res);

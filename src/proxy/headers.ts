@@ -293,19 +293,22 @@ export function backendRequestFields(
  * through the iterator protocol.
  */
 export function clientResponseHeaders(headers: readonly [string, string][]): Headers {
-  let listed: ReadonlySet<string> | null = null;
-  for (const [name, value] of headers) {
-    if (name.length === 10 && equalsLower(name, 0, "connection")) {
-      listed = connectionListed(value);
-      break;
-    }
-  }
+  const listed = listedInConnection(headers);
   const out = new Headers();
-  for (const [name, value] of headers) {
-    if (droppedTowardsClient(name) || listed?.has(name.toLowerCase())) continue;
-    out.append(name, value);
-  }
+  for (const [name, value] of headers) if (passesToClient(name, listed)) out.append(name, value);
   return out;
+}
+
+/** The names the backend's Connection field lists (hop-by-hop for this response), or null. */
+export function listedInConnection(headers: readonly [string, string][]): ReadonlySet<string> | null {
+  for (const [name, value] of headers)
+    if (name.length === 10 && equalsLower(name, 0, "connection")) return connectionListed(value);
+  return null;
+}
+
+/** Whether a backend's response field goes on to the client (`listed`: listedInConnection's answer). */
+export function passesToClient(name: string, listed: ReadonlySet<string> | null): boolean {
+  return !droppedTowardsClient(name) && !listed?.has(name.toLowerCase());
 }
 
 /**

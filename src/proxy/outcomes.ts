@@ -66,7 +66,7 @@ export function record(deps: ProxyDeps, info: RequestInfo, pool: Pool, backend: 
 export function accessLog(
   deps: ProxyDeps,
   info: RequestInfo,
-  req: Request,
+  req: { readonly method: string },
   target: string,
   pool: string,
   backend: string,

@@ -3,7 +3,7 @@
  * each request to the forwarder (a ProxiedRequest) with the Runtime current
  * at that moment.
  */
-import type { Server, TLSOptions } from "bun";
+import type { Server } from "bun";
 import type { ResolvedListener } from "../config/load.ts";
 import type {
   ListenerContext,
@@ -17,43 +17,13 @@ import type {
 import { ClientAbort } from "../proxy/client-abort.ts";
 import { errorResponse } from "../proxy/errors.ts";
 import { ProxiedRequest } from "../proxy/forward.ts";
+import { requestTarget } from "../proxy/request-target.ts";
 import { normalizeIp } from "../proxy/trusted-proxies.ts";
 import { upgradeWebSocket, type WsData, websocketHandler } from "../proxy/websocket.ts";
+import { startH1Listener } from "./h1/listener.ts";
+import { hstsValue, tlsOptions } from "./listener-options.ts";
 import { altSvcValue, protocolLabel, servePlan } from "./protocols.ts";
 import { RequestClock } from "./request-clock.ts";
-
-/**
- * TLS 1.2 suites: AEAD with forward secrecy only (Mozilla "intermediate").
- * Bun's default list still offers CBC, SHA-1 and static-RSA suites. TLS 1.3
- * suites are all AEAD and are not affected by this list.
- */
-export const TLS12_CIPHERS = [
-  "ECDHE-ECDSA-AES128-GCM-SHA256",
-  "ECDHE-RSA-AES128-GCM-SHA256",
-  "ECDHE-ECDSA-AES256-GCM-SHA384",
-  "ECDHE-RSA-AES256-GCM-SHA384",
-  "ECDHE-ECDSA-CHACHA20-POLY1305",
-  "ECDHE-RSA-CHACHA20-POLY1305",
-].join(":");
-
-function tlsOptions(l: ResolvedListener): TLSOptions[] | undefined {
-  if (l.protocol !== "https") return undefined;
-  return l.certificates.map((c) => ({
-    cert: c.cert,
-    key: c.key,
-    ciphers: TLS12_CIPHERS,
-    ...(c.serverName ? { serverName: c.serverName } : {}),
-  }));
-}
-
-function hstsValue(l: ResolvedListener): string | null {
-  if (l.protocol !== "https" || l.hsts === false) return null;
-  const h = l.hsts === true ? { maxAgeMs: 31_536_000_000, includeSubDomains: false, preload: false } : l.hsts;
-  let v = `max-age=${Math.floor(h.maxAgeMs / 1000)}`;
-  if (h.includeSubDomains) v += "; includeSubDomains";
-  if (h.preload) v += "; preload";
-  return v;
-}
 
 /** 308 keeps the method and body (RFC 9110 §15.4.9). */
 function redirectToHttps(req: Request, l: ResolvedListener): Response | null {
@@ -77,6 +47,7 @@ export function startListener(
   deps: ProxyDeps,
   opts: { reusePort?: boolean } = {},
 ): ListenerHandle {
+  if (config.engine === "tether") return startH1Listener(config, currentRuntime, deps, opts);
   const plan = servePlan(config);
   const tcp = plan.tcp ? serveHttp(config, currentRuntime, deps, opts, { ...plan.tcp, http3: false }) : null;
   let quic: Served | null = null;
@@ -174,7 +145,17 @@ function serveHttp(
 
   function answer(req: Request, srv: Server<WsData>) {
     const runtime = currentRuntime();
-    const proxied = new ProxiedRequest(req, ctx, runtime, peerAddress(srv.requestIP(req)));
+    const url = req.url;
+    const proxied = new ProxiedRequest(
+      req,
+      requestTarget(url),
+      // Bun hands over a bare target instead of a URL when the Host is not a valid authority.
+      url.charCodeAt(0) === 47,
+      req.headers.toJSON(),
+      ctx,
+      runtime,
+      peerAddress(srv.requestIP(req)),
+    );
     const malformed = proxied.malformed();
     if (malformed) return malformed;
     const redirect = redirectToHttps(req, config);

@@ -63,7 +63,7 @@ export class RequestClock implements RequestTracker {
     if (!t.suspended) return;
     // Bun keeps a request's timeout for the rest of its connection: restore it for the next request.
     try {
-      this.server()?.timeout(t.req, this.idleSeconds);
+      this.server()?.timeout(t.req as Request, this.idleSeconds);
     } catch {
       // The connection is already gone.
     }
@@ -90,7 +90,7 @@ export class RequestClock implements RequestTracker {
   private suspend(t: Tracked, srv = this.server()): void {
     t.suspended = true;
     try {
-      srv?.timeout(t.req, 0);
+      srv?.timeout(t.req as Request, 0);
     } catch {
       // The connection is already gone: its signal is aborted.
     }
@@ -110,7 +110,7 @@ export class RequestClock implements RequestTracker {
       t.clockGeneration = null;
       t.promoted = true;
       if (!t.suspended) this.suspend(t, srv);
-      const signal = t.req.signal;
+      const signal = (t.req as Request).signal;
       if (signal.aborted) t.clientGone(signal.reason);
       else signal.addEventListener("abort", () => t.clientGone(signal.reason), { once: true });
     }

@@ -6,7 +6,6 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import type { Server } from "bun";
 import { adminClient } from "../support/admin.ts";
 import { getOnFreshConnection, wsEchoBackend } from "../support/backends.ts";
 import { tempDir, writeConfig } from "../support/files.ts";

@@ -27,13 +27,15 @@ function byteTable(chars: string, from = 0, to = -1): Uint8Array {
 }
 
 /** tchar (RFC 9110 5.6.2): the bytes a field name may contain. */
-const TCHAR = byteTable("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz");
+export const TCHAR = byteTable(
+  "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+);
 
 /**
  * Bytes allowed inside a field value or reason phrase (RFC 9110 5.5,
  * RFC 9112 4): SP, HTAB, VCHAR and obs-text; never NUL, CR, LF or another CTL.
  */
-const FIELD_CHAR = (() => {
+export const FIELD_CHAR = (() => {
   const table = byteTable("\t ", 0x21, 0x7e);
   table.fill(1, 0x80, 0x100);
   return table;
@@ -58,7 +60,7 @@ type BytesIndexOf = (this: Uint8Array, needle: Uint8Array, byteOffset: number) =
  * so byte offsets are string offsets. TextDecoder("latin1") is windows-1252
  * and would turn obs-text bytes 0x80-0x9F into other characters.
  */
-const latin1Slice = (Buffer.prototype as unknown as { latin1Slice: Latin1Slice }).latin1Slice;
+export const latin1Slice = (Buffer.prototype as unknown as { latin1Slice: Latin1Slice }).latin1Slice;
 /** Buffer's native substring search, applied to any Uint8Array. */
 const bytesIndexOf = Buffer.prototype.indexOf as unknown as BytesIndexOf;
 
@@ -75,7 +77,7 @@ export function findHeadEnd(buf: Uint8Array, from: number): number {
   if (i >= 0) return i + 4;
   // RFC 9112 2.2 lets a recipient accept a bare LF as a line end; we do not,
   // and say so now rather than wait for a CRLFCRLF that will never come.
-  if (bytesIndexOf.call(buf, LF_LF, from) >= 0) throw new HttpParseError("bare LF in response head");
+  if (bytesIndexOf.call(buf, LF_LF, from) >= 0) throw new HttpParseError("bare LF in head");
   return -1;
 }
 
@@ -221,7 +223,7 @@ const MAX_LENGTH_DIGITS = 15; // keeps every value below 2^53
  * identical fields) is one value, differing ones are an error (RFC 9110 8.6,
  * RFC 9112 6.3 item 5).
  */
-function mergeContentLength(previous: number | null, value: string): number {
+export function mergeContentLength(previous: number | null, value: string): number {
   let result = previous;
   for (const element of value.split(",")) {
     const s = trimOws(element);
@@ -242,7 +244,7 @@ function mergeContentLength(previous: number | null, value: string): number {
  * Counts "chunked" in a Transfer-Encoding list. Any other coding is refused:
  * after a proxy strips the hop-by-hop field the client could not decode it.
  */
-function countChunked(value: string): number {
+export function countChunked(value: string): number {
   let count = 0;
   for (const element of value.split(",")) {
     const coding = trimOws(element);
@@ -266,7 +268,7 @@ export function equalsLower(s: string, offset: number, lower: string): boolean {
 }
 
 /** Whether a comma-separated list (RFC 9110 5.6.1) holds token, case-insensitively. */
-function hasToken(value: string, token: string): boolean {
+export function hasToken(value: string, token: string): boolean {
   let start = 0;
   while (start <= value.length) {
     let end = value.indexOf(",", start);
@@ -282,7 +284,7 @@ function hasToken(value: string, token: string): boolean {
 }
 
 /** Trims SP and HTAB only: String.prototype.trim would also eat obs-text such as 0xA0. */
-function trimOws(s: string): string {
+export function trimOws(s: string): string {
   let a = 0;
   let b = s.length;
   while (a < b && (s.charCodeAt(a) === SP || s.charCodeAt(a) === HTAB)) a++;

@@ -1,0 +1,274 @@
+/**
+ * A traffic listener on tether's own HTTP/1.1 front end ("engine": "tether"):
+ * Bun.listen instead of Bun.serve, so a request costs no Request, Headers,
+ * URL or Response object and no getpeername: the head is parsed once into
+ * what the forwarder reads, and the answer is written as bytes. The
+ * forwarder (proxy/forward.ts) is the same one Bun.serve's listener runs;
+ * only how the request arrives and how its answer leaves differ.
+ */
+import type { Socket, TCPSocketListener } from "bun";
+import type { ResolvedListener } from "../../config/load.ts";
+import type {
+  ListenerContext,
+  ListenerHandle,
+  ProxyDeps,
+  RequestTracker,
+  Runtime,
+  Tracked,
+} from "../../contracts.ts";
+import type { Effect } from "../../persistence/types.ts";
+import { errorResponse } from "../../proxy/errors.ts";
+import { ProxiedRequest } from "../../proxy/forward.ts";
+import { normalizeIp } from "../../proxy/trusted-proxies.ts";
+import type { UpstreamResponse } from "../../proxy/upstream/types.ts";
+import { hstsValue, tlsOptions } from "../listener-options.ts";
+import { Connection, type ConnectionHandler } from "./connection.ts";
+import { type RequestHead, validAuthority } from "./request-head.ts";
+import { clientResponseHead, httpDate } from "./response-head.ts";
+
+/** How often the sweep looks for connections past their deadline. */
+const SWEEP_MS = 250;
+
+/**
+ * The connection tells its request when the client leaves, and a request
+ * waiting on its backend holds no idle timer: the clock only marks a
+ * request finished.
+ */
+const NO_CLOCK: RequestTracker = {
+  track(): void {},
+  finished(t: Tracked): void {
+    t.done = true;
+  },
+};
+
+/** The forwarder with its answer written to the connection instead of handed over as a Response. */
+class H1Request extends ProxiedRequest {
+  constructor(
+    private readonly conn: Connection,
+    private readonly head: RequestHead,
+    ctx: ListenerContext,
+    runtime: Runtime,
+  ) {
+    const host = head.fields.host;
+    const badHost = typeof host === "string" && !validAuthority(host);
+    super(head, head.target, badHost, head.fields, ctx, runtime, conn.peerIp);
+  }
+
+  protected override awaitAnswer(): undefined {
+    return undefined;
+  }
+
+  protected override deliver(res: UpstreamResponse, effects: readonly Effect[]): void {
+    const conn = this.conn;
+    const head = clientResponseHead(res, effects, {
+      method: this.method,
+      minor: this.head.minor,
+      close: conn.closeAfter,
+      hsts: this.ctx.hsts,
+    });
+    if (head.close) conn.closeAfter = true;
+    const body = res.body;
+    if (head.framing === "whole") {
+      conn.sendWhole(withBody(head.text, body as Uint8Array));
+      this.responded();
+      return;
+    }
+    if (head.framing === "none" || !(body instanceof ReadableStream)) {
+      if (body instanceof ReadableStream) body.cancel().catch(() => {});
+      conn.sendWhole(Buffer.from(head.text, "latin1"));
+      this.responded();
+      return;
+    }
+    conn
+      .sendStream(Buffer.from(head.text, "latin1"), body, head.framing === "chunked")
+      .finally(() => this.responded());
+  }
+
+  protected override reply(res: Response): void {
+    writeResponse(this.conn, res, this.method, this.head.minor, this.ctx.hsts).catch(() =>
+      this.conn.terminate(),
+    );
+  }
+}
+
+/** Head and body in one buffer: one write, one packet for a small answer. */
+function withBody(head: string, body: Uint8Array): Uint8Array {
+  const out = Buffer.allocUnsafe(head.length + body.length);
+  out.write(head, 0, "latin1");
+  out.set(body, head.length);
+  return out;
+}
+
+/**
+ * A Response tether made itself (an error, a redirect) written to the
+ * connection: the slow path, so it may wait for the body.
+ */
+async function writeResponse(
+  conn: Connection,
+  res: Response,
+  method: string,
+  minor: number,
+  hsts: string | null,
+): Promise<void> {
+  const body = method === "HEAD" ? null : new Uint8Array(await res.arrayBuffer());
+  let text = `HTTP/1.1 ${res.status} ${res.statusText}\r\n`;
+  for (const [name, value] of res.headers) {
+    if (name === "content-length" || name === "connection") continue;
+    text += `${name}: ${value}\r\n`;
+  }
+  if (!res.headers.has("date")) text += `date: ${httpDate()}\r\n`;
+  if (hsts !== null && !res.headers.has("strict-transport-security"))
+    text += `strict-transport-security: ${hsts}\r\n`;
+  if (res.status !== 204 && res.status !== 304) text += `content-length: ${body?.length ?? 0}\r\n`;
+  if (conn.closeAfter || res.headers.get("connection") === "close") {
+    conn.closeAfter = true;
+    text += "connection: close\r\n";
+  } else if (minor === 0) text += "connection: keep-alive\r\n";
+  text += "\r\n";
+  conn.sendWhole(body === null ? Buffer.from(text, "latin1") : withBody(text, body));
+}
+
+/** The client's address; an IPv4 peer (the common case) needs no normalizing. */
+function peerAddress(address: string): string {
+  return address.includes(":") ? normalizeIp(address) || "0.0.0.0" : address;
+}
+
+/** 308 keeps the method and body (RFC 9110 §15.4.9). */
+function httpsLocation(head: RequestHead, l: ResolvedListener): string | null {
+  if (l.protocol !== "http" || l.redirectToHttps === false) return null;
+  const host = head.get("host");
+  if (host === null || !validAuthority(host)) return null;
+  // The port goes: the https URL names its own (or none, for 443).
+  const name = host.startsWith("[") ? host.slice(0, host.indexOf("]") + 1) : host.split(":")[0];
+  const port = typeof l.redirectToHttps === "object" ? `:${l.redirectToHttps.port}` : "";
+  return `https://${name}${port}${head.target}`;
+}
+
+export function startH1Listener(
+  config: ResolvedListener,
+  currentRuntime: () => Runtime,
+  deps: ProxyDeps,
+  opts: { reusePort?: boolean } = {},
+): ListenerHandle {
+  const ctx: ListenerContext = {
+    config,
+    deps,
+    tracker: NO_CLOCK,
+    hsts: hstsValue(config),
+    inflight: 0,
+    protocol: "http/1.1",
+  };
+  const settings = {
+    maxHeadBytes: currentRuntime().config.maxHeaderBytes,
+    maxBodyBytes: config.maxBodyBytes,
+    idleMs: config.clientIdleMs,
+  };
+  const connections = new Set<Connection>();
+
+  const handler: ConnectionHandler = {
+    request(conn, head) {
+      const runtime = currentRuntime();
+      const proxied = new H1Request(conn, head, ctx, runtime);
+      conn.inFlight = proxied;
+      const malformed = proxied.malformed();
+      if (malformed) {
+        conn.closeAfter = true;
+        void writeResponse(conn, malformed, head.method, head.minor, ctx.hsts);
+        return;
+      }
+      const location = httpsLocation(head, config);
+      if (location !== null) {
+        const redirect = new Response(null, { status: 308, headers: { location } });
+        void writeResponse(conn, redirect, head.method, head.minor, ctx.hsts);
+        return;
+      }
+      if (proxied.isWebSocketUpgrade) {
+        const refused = errorResponse(501, 'WebSocket upgrades need the listener\'s "engine": "bun".');
+        void writeResponse(conn, refused, head.method, head.minor, ctx.hsts);
+        return;
+      }
+      const answer = proxied.run();
+      if (answer === undefined) return;
+      if (answer instanceof Response) {
+        void writeResponse(conn, answer, head.method, head.minor, ctx.hsts);
+        return;
+      }
+      answer.then(
+        (res) => res && writeResponse(conn, res, head.method, head.minor, ctx.hsts),
+        () => conn.terminate(),
+      );
+    },
+    refuse(conn, status) {
+      const text = status === 431 ? "Request header fields too large." : "The request is malformed.";
+      void writeResponse(conn, errorResponse(status, text), "GET", 1, ctx.hsts);
+    },
+  };
+
+  const tls = tlsOptions(config);
+  const options = {
+    hostname: config.hostname,
+    port: config.port,
+    ...(opts.reusePort ? { reusePort: true } : {}),
+    // One certificate: Bun.listen takes no list (the config refuses several for this engine).
+    ...(tls ? { tls: tls[0] } : {}),
+    socket: {
+      open(socket: Socket<Connection>) {
+        const conn = new Connection(socket, peerAddress(socket.remoteAddress), settings, handler);
+        socket.data = conn;
+        connections.add(conn);
+      },
+      data(socket: Socket<Connection>, chunk: Uint8Array) {
+        socket.data.received(chunk);
+      },
+      drain(socket: Socket<Connection>) {
+        socket.data.flush();
+      },
+      close(socket: Socket<Connection>) {
+        const conn = socket.data;
+        connections.delete(conn);
+        conn?.gone(new Error("client closed the connection"));
+      },
+      error(socket: Socket<Connection>) {
+        socket.data?.gone(new Error("client connection failed"));
+      },
+    },
+  };
+  const listener: TCPSocketListener<Connection> = Bun.listen<Connection>(options);
+
+  const sweep = setInterval(() => {
+    const now = performance.now();
+    for (const conn of connections) if (conn.deadline !== 0 && now > conn.deadline) conn.expire();
+  }, SWEEP_MS);
+  sweep.unref();
+
+  let stopped = false;
+  return {
+    config,
+    server: {
+      get port() {
+        return listener.port;
+      },
+      get hostname() {
+        return listener.hostname;
+      },
+      get pendingRequests() {
+        let n = 0;
+        for (const conn of connections) if (conn.busy) n++;
+        return n;
+      },
+      pendingWebSockets: 0,
+      stop(closeActiveConnections) {
+        if (!stopped) {
+          stopped = true;
+          listener.stop(false);
+        }
+        for (const conn of connections) {
+          if (closeActiveConnections) conn.terminate();
+          else conn.closeWhenIdle();
+        }
+        if (closeActiveConnections || connections.size === 0) clearInterval(sweep);
+      },
+    },
+    inflight: () => ctx.inflight,
+  };
+}
