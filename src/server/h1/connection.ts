@@ -60,6 +60,7 @@ export class Connection {
   private readonly outbox: Uint8Array[] = [];
   private drainWaiter: (() => void) | null = null;
   private paused = false;
+  private draining = false;
 
   constructor(
     readonly socket: Socket<Connection>,
@@ -141,7 +142,7 @@ export class Connection {
   private start(head: RequestHead): void {
     this.state = BUSY;
     this.deadline = 0;
-    this.closeAfter = head.close;
+    this.closeAfter = head.close || this.draining;
     if (head.contentLength !== null && head.contentLength > this.settings.maxBodyBytes) {
       this.refuse(413);
       return;
@@ -284,13 +285,14 @@ export class Connection {
     else this.deadline = performance.now() + this.settings.idleMs;
   }
 
-  /** The listener's sweep: the deadline passed. */
+  /**
+   * The listener's sweep: the deadline passed (no head in time, or a client
+   * that stopped reading its answer). Closed with a FIN, so what the client
+   * already received stays readable; its request, if any, is told.
+   */
   expire(): void {
-    if (this.state === AWAIT_HEAD && this.pending === null && this.outbox.length === 0) {
-      this.socket.end();
-      return;
-    }
-    this.terminate();
+    this.socket.end();
+    this.gone(new Error("client idle past the deadline"));
   }
 
   /** Ends the connection at once (a broken answer, a stopped listener). */
@@ -300,10 +302,15 @@ export class Connection {
     this.gone(new Error("connection closed"));
   }
 
-  /** Closes an idle connection now; a busy one after its answer. For a listener that stops. */
-  closeWhenIdle(): void {
-    if (this.state === AWAIT_HEAD && this.pending === null) this.socket.end();
-    else this.closeAfter = true;
+  /**
+   * The listener stopped accepting: the connection closes after the answer
+   * it is giving, or after the next request it carries. An idle one is not
+   * closed here, where a request may already be on its way (the listener's
+   * stop(true) ends it once nothing is in flight, as Bun.serve does).
+   */
+  drain(): void {
+    this.draining = true;
+    if (this.state === BUSY) this.closeAfter = true;
   }
 
   /** Bun's close callback (or terminate): the client is gone. */

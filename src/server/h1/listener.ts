@@ -264,7 +264,7 @@ export function startH1Listener(
         }
         for (const conn of connections) {
           if (closeActiveConnections) conn.terminate();
-          else conn.closeWhenIdle();
+          else conn.drain();
         }
         if (closeActiveConnections || connections.size === 0) clearInterval(sweep);
       },

@@ -74,8 +74,9 @@ export class RequestHead {
     return this;
   }
 
+  /** Case-insensitive, as Headers.get is (rules name fields as users spell them). */
   get(name: string): string | null {
-    const value = this.fields[name];
+    const value = this.fields[name] ?? this.fields[name.toLowerCase()];
     if (value === undefined) return null;
     return typeof value === "string" ? value : value.join(", ");
   }
