@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { connect, type Socket as NetSocket } from "node:net";
 import type { Socket, TCPSocketListener } from "bun";
 import { backend, type TestBackend } from "../support/backends.ts";
-import { type Running, startInProcess } from "../support/tether.ts";
+import { ENGINES, engineLabel, onEngine, type Running, startInProcess } from "../support/tether.ts";
 
 const IDLE_MS = 1000;
 const WAIT_MS = 10_000;
@@ -92,89 +92,95 @@ function rawClient(port: number): { socket: NetSocket; received: () => string; c
   return { socket, received: () => text, closed: () => closed };
 }
 
-describe("slow clients", () => {
-  let stalling: ReturnType<typeof recordingBackend>;
-  let streaming: ReturnType<typeof recordingBackend>;
-  let counting: TestBackend;
-  let proxy: Running;
+for (const engine of ENGINES)
+  describe(`slow clients${engineLabel(engine)}`, () => {
+    let stalling: ReturnType<typeof recordingBackend>;
+    let streaming: ReturnType<typeof recordingBackend>;
+    let counting: TestBackend;
+    let proxy: Running;
 
-  beforeAll(() => {
-    // Never answers: it waits for a body that does not come.
-    stalling = recordingBackend(() => {});
-    streaming = recordingBackend((s) => {
-      s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${DOWNLOAD_BYTES}\r\n\r\n`);
-      sentBy.set(s.data, 0);
-      pump(s);
+    beforeAll(() => {
+      // Never answers: it waits for a body that does not come.
+      stalling = recordingBackend(() => {});
+      streaming = recordingBackend((s) => {
+        s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${DOWNLOAD_BYTES}\r\n\r\n`);
+        sentBy.set(s.data, 0);
+        pump(s);
+      });
+      counting = backend("count", async (req) => {
+        let n = 0;
+        for await (const c of req.body ?? []) n += c.byteLength;
+        return new Response(String(n));
+      });
+      const listener = { protocol: "http", address: "127.0.0.1:0", clientIdleMs: IDLE_MS };
+      proxy = startInProcess(
+        onEngine(
+          {
+            listeners: [
+              { ...listener, name: "stall", pool: "stall" },
+              { ...listener, name: "stream", pool: "stream" },
+              { ...listener, name: "count", pool: "count" },
+            ],
+            pools: {
+              stall: { backends: [{ id: "stall", url: stalling.url }] },
+              stream: { backends: [{ id: "stream", url: streaming.url }] },
+              count: { backends: [{ id: "count", url: counting.url }] },
+            },
+          } as Parameters<typeof startInProcess>[0],
+          engine,
+        ),
+      );
     });
-    counting = backend("count", async (req) => {
-      let n = 0;
-      for await (const c of req.body ?? []) n += c.byteLength;
-      return new Response(String(n));
+
+    afterAll(async () => {
+      await proxy.stop();
+      stalling.listener.stop(true);
+      streaming.listener.stop(true);
+      counting.stop();
     });
-    const listener = { protocol: "http", address: "127.0.0.1:0", clientIdleMs: IDLE_MS };
-    proxy = startInProcess({
-      listeners: [
-        { ...listener, name: "stall", pool: "stall" },
-        { ...listener, name: "stream", pool: "stream" },
-        { ...listener, name: "count", pool: "count" },
-      ],
-      pools: {
-        stall: { backends: [{ id: "stall", url: stalling.url }] },
-        stream: { backends: [{ id: "stream", url: streaming.url }] },
-        count: { backends: [{ id: "count", url: counting.url }] },
-      },
-    } as Parameters<typeof startInProcess>[0]);
-  });
 
-  afterAll(async () => {
-    await proxy.stop();
-    stalling.listener.stop(true);
-    streaming.listener.stop(true);
-    counting.stop();
-  });
+    test("a body that stops arriving gets 408 and the backend connection is closed", async () => {
+      const client = rawClient(proxy.port("stall"));
+      client.socket.write(
+        "POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 100\r\n\r\n0123456789",
+      );
+      await until("the backend to get the request", () => stalling.conns.length === 1);
+      await until("a 408", () => client.received().startsWith("HTTP/1.1 408"));
+      await until("the backend connection to close", () => stalling.conns[0]?.closed === true);
+      client.socket.destroy();
+      // The backend got the head and the part of the body that came, nothing more.
+      expect(stalling.conns).toHaveLength(1);
+      expect(stalling.conns[0]?.head.endsWith("\r\n\r\n0123456789")).toBe(true);
+      // The client's stall is not the backend's failure.
+      const stallBackend = proxy.tether.runtime.pools.get("stall")?.get("stall");
+      expect(stallBackend?.errors).toBe(0);
+    });
 
-  test("a body that stops arriving gets 408 and the backend connection is closed", async () => {
-    const client = rawClient(proxy.port("stall"));
-    client.socket.write(
-      "POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 100\r\n\r\n0123456789",
-    );
-    await until("the backend to get the request", () => stalling.conns.length === 1);
-    await until("a 408", () => client.received().startsWith("HTTP/1.1 408"));
-    await until("the backend connection to close", () => stalling.conns[0]?.closed === true);
-    client.socket.destroy();
-    // The backend got the head and the part of the body that came, nothing more.
-    expect(stalling.conns).toHaveLength(1);
-    expect(stalling.conns[0]?.head.endsWith("\r\n\r\n0123456789")).toBe(true);
-    // The client's stall is not the backend's failure.
-    const stallBackend = proxy.tether.runtime.pools.get("stall")?.get("stall");
-    expect(stallBackend?.errors).toBe(0);
-  });
+    test("a client that stops reading a streamed response has the backend connection closed", async () => {
+      const client = rawClient(proxy.port("stream"));
+      client.socket.pause();
+      client.socket.write("GET /big HTTP/1.1\r\nHost: shop.example\r\n\r\n");
+      await until("the backend to get the request", () => streaming.conns.length === 1);
+      await until("the backend connection to close", () => streaming.conns[0]?.closed === true);
+      // Reading again, the client finds its connection closed before the whole body.
+      client.socket.resume();
+      await until("the client connection to close", client.closed);
+      expect(client.received().startsWith("HTTP/1.1 200")).toBe(true);
+      expect(client.received().length).toBeLessThan(DOWNLOAD_BYTES);
+    });
 
-  test("a client that stops reading a streamed response has the backend connection closed", async () => {
-    const client = rawClient(proxy.port("stream"));
-    client.socket.pause();
-    client.socket.write("GET /big HTTP/1.1\r\nHost: shop.example\r\n\r\n");
-    await until("the backend to get the request", () => streaming.conns.length === 1);
-    await until("the backend connection to close", () => streaming.conns[0]?.closed === true);
-    // Reading again, the client finds its connection closed before the whole body.
-    client.socket.resume();
-    await until("the client connection to close", client.closed);
-    expect(client.received().startsWith("HTTP/1.1 200")).toBe(true);
-    expect(client.received().length).toBeLessThan(DOWNLOAD_BYTES);
+    test("an upload that is slow but keeps moving goes through", async () => {
+      const chunks = 8;
+      const client = rawClient(proxy.port("count"));
+      client.socket.write(
+        `POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: ${chunks * 10}\r\n\r\n`,
+      );
+      for (let i = 0; i < chunks; i++) {
+        await Bun.sleep(300);
+        client.socket.write("0123456789");
+      }
+      await until("the response", () => /\r\n\r\n80$/.test(client.received()));
+      expect(client.received().startsWith("HTTP/1.1 200")).toBe(true);
+      client.socket.destroy();
+    });
   });
-
-  test("an upload that is slow but keeps moving goes through", async () => {
-    const chunks = 8;
-    const client = rawClient(proxy.port("count"));
-    client.socket.write(
-      `POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: ${chunks * 10}\r\n\r\n`,
-    );
-    for (let i = 0; i < chunks; i++) {
-      await Bun.sleep(300);
-      client.socket.write("0123456789");
-    }
-    await until("the response", () => /\r\n\r\n80$/.test(client.received()));
-    expect(client.received().startsWith("HTTP/1.1 200")).toBe(true);
-    client.socket.destroy();
-  });
-});

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { backend, type TestBackend } from "../support/backends.ts";
 import { tempDir, writeConfig } from "../support/files.ts";
-import { type Child, spawnCli } from "../support/tether.ts";
+import { type Child, ENGINES, engineLabel, onEngine, spawnCli } from "../support/tether.ts";
 
 const TOTAL = Number(process.env.TETHER_STREAM_BYTES ?? 256 * 1024 * 1024);
 const CHUNK = 64 * 1024;
@@ -50,48 +50,49 @@ async function drainCount(stream: ReadableStream<Uint8Array> | null): Promise<nu
   return n;
 }
 
-describe("streaming bodies", () => {
-  let app: TestBackend;
-  let child: Child;
-  let port = 0;
+for (const engine of ENGINES)
+  describe(`streaming bodies${engineLabel(engine)}`, () => {
+    let app: TestBackend;
+    let child: Child;
+    let port = 0;
 
-  beforeAll(async () => {
-    app = backend("stream", async (req, srv) => {
-      srv.timeout(req, 0);
-      if (req.method === "POST") return new Response(String(await drainCount(req.body)));
-      return new Response(generated(TOTAL), { headers: { "content-type": "application/octet-stream" } });
+    beforeAll(async () => {
+      app = backend("stream", async (req, srv) => {
+        srv.timeout(req, 0);
+        if (req.method === "POST") return new Response(String(await drainCount(req.body)));
+        return new Response(generated(TOTAL), { headers: { "content-type": "application/octet-stream" } });
+      });
+      const file = writeConfig(tempDir(), {
+        listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+        pools: { app: { backends: [{ id: "s", url: app.url }] } },
+      });
+      child = spawnCli(["--config", file]);
+      port = await child.listening("web");
     });
-    const file = writeConfig(tempDir(), {
-      listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
-      pools: { app: { backends: [{ id: "s", url: app.url }] } },
+    afterAll(async () => {
+      await child.stop();
+      app.stop();
     });
-    child = spawnCli(["--config", file]);
-    port = await child.listening("web");
-  });
-  afterAll(async () => {
-    await child.stop();
-    app.stop();
-  });
 
-  test(`a ${TOTAL >> 20} MiB download streams through with RSS under 150 MB`, async () => {
-    const stop = watchRss(child.proc.pid);
-    const res = await fetch(`http://127.0.0.1:${port}/download`);
-    expect(await drainCount(res.body)).toBe(TOTAL);
-    const peak = stop();
-    console.log(`download ${TOTAL >> 20} MiB: tether peak RSS ${(peak / 2 ** 20).toFixed(1)} MiB`);
-    expect(peak).toBeLessThan(RSS_LIMIT);
-  }, 120_000);
+    test(`a ${TOTAL >> 20} MiB download streams through with RSS under 150 MB`, async () => {
+      const stop = watchRss(child.proc.pid);
+      const res = await fetch(`http://127.0.0.1:${port}/download`);
+      expect(await drainCount(res.body)).toBe(TOTAL);
+      const peak = stop();
+      console.log(`download ${TOTAL >> 20} MiB: tether peak RSS ${(peak / 2 ** 20).toFixed(1)} MiB`);
+      expect(peak).toBeLessThan(RSS_LIMIT);
+    }, 120_000);
 
-  test(`a ${TOTAL >> 20} MiB upload streams through with RSS under 150 MB`, async () => {
-    const stop = watchRss(child.proc.pid);
-    const res = await fetch(`http://127.0.0.1:${port}/upload`, {
-      method: "POST",
-      body: generated(TOTAL),
-      duplex: "half",
-    } as RequestInit);
-    expect(await res.text()).toBe(String(TOTAL));
-    const peak = stop();
-    console.log(`upload ${TOTAL >> 20} MiB: tether peak RSS ${(peak / 2 ** 20).toFixed(1)} MiB`);
-    expect(peak).toBeLessThan(RSS_LIMIT);
-  }, 120_000);
-});
+    test(`a ${TOTAL >> 20} MiB upload streams through with RSS under 150 MB`, async () => {
+      const stop = watchRss(child.proc.pid);
+      const res = await fetch(`http://127.0.0.1:${port}/upload`, {
+        method: "POST",
+        body: generated(TOTAL),
+        duplex: "half",
+      } as RequestInit);
+      expect(await res.text()).toBe(String(TOTAL));
+      const peak = stop();
+      console.log(`upload ${TOTAL >> 20} MiB: tether peak RSS ${(peak / 2 ** 20).toFixed(1)} MiB`);
+      expect(peak).toBeLessThan(RSS_LIMIT);
+    }, 120_000);
+  });

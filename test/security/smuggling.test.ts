@@ -9,7 +9,14 @@
  * beforeAll (most wait for a quiet period), so the file takes a few seconds.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { simpleConfig, startInProcess } from "../support/tether.ts";
+import {
+  ENGINES,
+  type Engine,
+  engineLabel,
+  onEngine,
+  simpleConfig,
+  startInProcess,
+} from "../support/tether.ts";
 import { type RawExchange, type RecordingBackend, rawExchange, recordingBackend } from "./support.ts";
 
 const H = "Host: shop.example\r\n";
@@ -32,6 +39,14 @@ interface Case {
   forward?: Forwarded[];
   /** Anything else: a custom check. */
   check?: (r: Result) => void;
+  /**
+   * What differs on tether's own front end ("engine": "tether"), which
+   * answers pipelined requests in order instead of closing, forwards a GET's
+   * body, drops a trailer section, and answers 400 where Bun says 505.
+   */
+  tether?: Partial<Case>;
+  /** The bytes hold a second request the client framed itself: its reaching the backend is no smuggling. */
+  pipelined?: boolean;
 }
 
 interface Result {
@@ -91,7 +106,13 @@ const cases: Case[] = [
     // Bun merges them to "5, 5"; tether does not take that as a length and re-frames the body as chunked.
     forward: hello("chunked"),
   },
-  { name: "Content-Length: 5, 5 (one line)", bytes: post("Content-Length: 5, 5\r\n", "hello"), reject: 400 },
+  {
+    name: "Content-Length: 5, 5 (one line)",
+    bytes: post("Content-Length: 5, 5\r\n", "hello"),
+    reject: 400,
+    // A list of identical values is one value (RFC 9110 8.6); re-framed as chunked, as the two-line case.
+    tether: { reject: undefined, forward: hello("chunked") },
+  },
   {
     name: "conflicting Content-Length",
     bytes: post("Content-Length: 5\r\nContent-Length: 41\r\n", `hello${SMUGGLED}`),
@@ -191,6 +212,7 @@ const cases: Case[] = [
     name: "bare LF line endings throughout",
     bytes: "GET /c HTTP/1.1\nHost: shop.example\nX-A: 1\n\n",
     reject: 505,
+    tether: { reject: 400 },
   },
   { name: "one bare LF between headers", bytes: get("X-A: 1\nX-B: 2\r\n"), reject: 400 },
   { name: "NUL in a header value", bytes: get("X-A: a\x00b\r\n"), reject: 400 },
@@ -227,7 +249,12 @@ const cases: Case[] = [
   { name: "two spaces after the method", bytes: get("", "GET  /c HTTP/1.1"), reject: 400 },
   { name: "HTTP/1.2", bytes: get("", "GET /c HTTP/1.2"), reject: 505 },
   { name: "HTTP/2.0 in an HTTP/1 request line", bytes: get("", "GET /c HTTP/2.0"), reject: 505 },
-  { name: "control character in the method", bytes: get("", "G\x01T /c HTTP/1.1"), reject: 505 },
+  {
+    name: "control character in the method",
+    bytes: get("", "G\x01T /c HTTP/1.1"),
+    reject: 505,
+    tether: { reject: 400 },
+  },
 
   // HTTP/1.0.
   {
@@ -262,11 +289,14 @@ const cases: Case[] = [
     bytes: get(`Content-Length: ${SMUGGLED.length}\r\n`) + SMUGGLED,
     // Bun reads the body (it is not taken as a second request) and drops it: GET bodies never reach the backend.
     forward: [{ line: "GET /c HTTP/1.1", framing: "none", body: "" }],
+    // tether's front end passes the body on, framed by its length: still one request.
+    tether: { forward: [{ line: "GET /c HTTP/1.1", framing: `cl:${SMUGGLED.length}`, body: SMUGGLED }] },
   },
   {
     name: "GET with a chunked body holding a request",
     bytes: `${get("Transfer-Encoding: chunked\r\n")}${SMUGGLED.length.toString(16)}\r\n${SMUGGLED}\r\n0\r\n\r\n`,
     forward: [{ line: "GET /c HTTP/1.1", framing: "none", body: "" }],
+    tether: { forward: [{ line: "GET /c HTTP/1.1", framing: "chunked", body: SMUGGLED }] },
   },
   {
     name: "two pipelined requests in one write",
@@ -280,6 +310,14 @@ const cases: Case[] = [
       expect(r.backend.requests.length).toBeLessThanOrEqual(1);
       for (const q of r.backend.requests) expect(q.line).toBe("GET /c HTTP/1.1");
     },
+    // tether's front end answers pipelined requests one after the other, in order.
+    tether: {
+      check: undefined,
+      forward: [
+        { line: "GET /c HTTP/1.1", framing: "none", body: "" },
+        { line: "GET /second HTTP/1.1", framing: "none", body: "" },
+      ],
+    },
   },
   {
     name: "body longer than Content-Length, a request in the excess",
@@ -287,6 +325,12 @@ const cases: Case[] = [
     check: (r) => {
       expect(r.client.statuses).toEqual([]);
       noCompleteRequest(r);
+    },
+    // tether's front end reads the excess as the next request, framed by the client itself, and answers both in order.
+    tether: {
+      check: undefined,
+      pipelined: true,
+      forward: [...hello("cl:5"), { line: "GET /smuggled HTTP/1.1", framing: "none", body: "" }],
     },
   },
   {
@@ -350,7 +394,13 @@ const cases: Case[] = [
   { name: "chunk data longer than its size", bytes: chunked("", "3\r\nhello\r\n0\r\n\r\n"), reject: 400 },
   { name: "bare LF after chunk data", bytes: chunked("", "5\r\nhello\n0\r\n\r\n"), reject: 400 },
   { name: "LF-only chunk lines", bytes: chunked("", "5\nhello\n0\n\n"), reject: 400 },
-  { name: "trailer section", bytes: chunked("", "5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n"), reject: 400 },
+  {
+    name: "trailer section",
+    bytes: chunked("", "5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n"),
+    reject: 400,
+    // Trailer fields are dropped (RFC 9112 7.1.2 lets a recipient discard them).
+    tether: { reject: undefined, forward: hello("chunked") },
+  },
 
   // Errors after part of the body was forwarded: the backend must never see a complete request.
   {
@@ -395,6 +445,12 @@ const cases: Case[] = [
       for (const q of r.backend.requests)
         expect(q).toMatchObject({ line: "POST /c HTTP/1.1", body: "hello" });
     },
+    // tether's front end reads the excess as the next request, framed by the client itself, and answers both in order.
+    tether: {
+      check: undefined,
+      pipelined: true,
+      forward: [...hello("cl:5"), { line: "GET /smuggled HTTP/1.1", framing: "none", body: "" }],
+    },
   },
   {
     name: "trailer section after a pause",
@@ -407,8 +463,13 @@ const cases: Case[] = [
       expect(r.backend.requests.length).toBeLessThanOrEqual(1);
       for (const q of r.backend.requests) expect(q).toMatchObject({ framing: "chunked", body: "hello" });
     },
+    tether: { check: undefined, forward: hello("chunked") },
   },
 ];
+
+/** A case as it runs on `engine`: tether's own front end takes the case's overrides. */
+const onEngineCase = (c: Case, engine: Engine): Case =>
+  engine === "tether" && c.tether ? { ...c, ...c.tether } : c;
 
 const results = new Map<string, Result>();
 const running: { stop(): Promise<void> }[] = [];
@@ -416,21 +477,23 @@ const backends: RecordingBackend[] = [];
 
 beforeAll(async () => {
   await Promise.all(
-    cases.map(async (c) => {
-      const backend = recordingBackend();
-      backends.push(backend);
-      const proxy = startInProcess(simpleConfig([backend.url]));
-      running.push(proxy);
-      const client = await rawExchange(proxy.port(), c.bytes, {
-        ...(c.gapMs ? { gapMs: c.gapMs } : {}),
-        ...(c.finAfter ? { finAfter: true } : {}),
-        quietMs: 300,
-        maxMs: 4000,
-      });
-      // Let the backend side settle (a reset after an abort, a late write).
-      await Bun.sleep(100);
-      results.set(c.name, { client, backend });
-    }),
+    ENGINES.flatMap((engine) =>
+      cases.map(async (c) => {
+        const backend = recordingBackend();
+        backends.push(backend);
+        const proxy = startInProcess(onEngine(simpleConfig([backend.url]), engine));
+        running.push(proxy);
+        const client = await rawExchange(proxy.port(), c.bytes, {
+          ...(c.gapMs ? { gapMs: c.gapMs } : {}),
+          ...(c.finAfter ? { finAfter: true } : {}),
+          quietMs: 300,
+          maxMs: 4000,
+        });
+        // Let the backend side settle (a reset after an abort, a late write).
+        await Bun.sleep(100);
+        results.set(`${engine}:${c.name}`, { client, backend });
+      }),
+    ),
   );
 }, 20_000);
 
@@ -439,35 +502,37 @@ afterAll(async () => {
   for (const b of backends) b.stop();
 });
 
-describe("request smuggling and framing", () => {
-  for (const c of cases) {
-    test(c.name, () => {
-      const r = results.get(c.name) as Result;
-      // The strict backend could read every framing tether produced.
-      expect(r.backend.unreadable).toEqual([]);
-      if (c.reject !== undefined) {
-        expect(r.client.statuses).toEqual([c.reject]);
-        expect(r.client.closed).toBe(true);
-        expect(r.backend.requests).toEqual([]);
-        for (const conn of r.backend.connections) expect(conn.bytes).toBe("");
-      }
-      if (c.forward) {
-        if (!c.check) expect(r.client.statuses).toEqual(c.forward.map(() => 200));
-        expect(r.backend.requests.map(({ line, framing, body }) => ({ line, framing, body }))).toEqual(
-          c.forward,
-        );
-        for (const q of r.backend.requests) {
-          const names = q.headers.map((h) => h.slice(0, h.indexOf(":")).toLowerCase());
-          // One framing header at most, and no look-alike a lenient backend could take for one.
-          expect(names.filter((n) => n === "content-length" || n === "transfer-encoding").length).toBe(
-            q.framing === "none" ? 0 : 1,
-          );
-          expect(names.filter((n) => n.includes("_"))).toEqual([]);
+for (const engine of ENGINES)
+  describe(`request smuggling and framing${engineLabel(engine)}`, () => {
+    for (const base of cases) {
+      const c = onEngineCase(base, engine);
+      test(c.name, () => {
+        const r = results.get(`${engine}:${c.name}`) as Result;
+        // The strict backend could read every framing tether produced.
+        expect(r.backend.unreadable).toEqual([]);
+        if (c.reject !== undefined) {
+          expect(r.client.statuses).toEqual([c.reject]);
+          expect(r.client.closed).toBe(true);
+          expect(r.backend.requests).toEqual([]);
+          for (const conn of r.backend.connections) expect(conn.bytes).toBe("");
         }
-      }
-      c.check?.(r);
-      // Never a request the client did not frame.
-      expect(r.backend.requests.some((q) => q.line.includes("/smuggled"))).toBe(false);
-    });
-  }
-});
+        if (c.forward) {
+          if (!c.check) expect(r.client.statuses).toEqual(c.forward.map(() => 200));
+          expect(r.backend.requests.map(({ line, framing, body }) => ({ line, framing, body }))).toEqual(
+            c.forward,
+          );
+          for (const q of r.backend.requests) {
+            const names = q.headers.map((h) => h.slice(0, h.indexOf(":")).toLowerCase());
+            // One framing header at most, and no look-alike a lenient backend could take for one.
+            expect(names.filter((n) => n === "content-length" || n === "transfer-encoding").length).toBe(
+              q.framing === "none" ? 0 : 1,
+            );
+            expect(names.filter((n) => n.includes("_"))).toEqual([]);
+          }
+        }
+        c.check?.(r);
+        // Never a request the client did not frame.
+        if (!c.pipelined) expect(r.backend.requests.some((q) => q.line.includes("/smuggled"))).toBe(false);
+      });
+    }
+  });

@@ -57,6 +57,20 @@ describe("config validation", () => {
     expect(problemsOf(raw)).toEqual([]);
   });
 
+  test("tether's own front end on an http and an https listener with one certificate is valid", () => {
+    const raw: any = base();
+    raw.listeners[0].engine = "tether";
+    raw.listeners.push({
+      name: "secure",
+      protocol: "https",
+      address: "127.0.0.1:8443",
+      pool: "app",
+      engine: "tether",
+      tls: { certificates: [{ cert: "certs/dev.pem", key: "certs/dev-key.pem" }] },
+    });
+    expect(problemsOf(raw)).toEqual([]);
+  });
+
   const cases: { why: string; edit: (c: any) => void; expected: string }[] = [
     {
       why: "a backend URL that is not http(s) names the exact field",
@@ -189,6 +203,41 @@ describe("config validation", () => {
         c.listeners[0].protocols = ["h2"];
       },
       expected: "listeners[0].protocols[0]: a tls-passthrough listener relays bytes",
+    },
+    {
+      why: "tether's own front end speaks HTTP/1.1 alone",
+      edit: (c) => {
+        c.listeners[0].engine = "tether";
+        c.listeners[0].protocols = ["http/1.1", "h2c"];
+      },
+      expected: 'listeners[0].engine: tether\'s front end speaks HTTP/1.1 only: use "bun" for h2, h2c or h3',
+    },
+    {
+      why: "tether's own front end takes one certificate (no SNI list)",
+      edit: (c) => {
+        c.listeners[0].engine = "tether";
+        c.listeners[0].protocol = "https";
+        c.listeners[0].tls = {
+          certificates: [
+            { cert: "certs/dev.pem", key: "certs/dev-key.pem" },
+            { cert: "certs/dev.pem", key: "certs/dev-key.pem", serverName: "other.test" },
+          ],
+        };
+      },
+      expected: "listeners[0].engine: tether's front end takes one certificate",
+    },
+    {
+      why: "a tls-passthrough listener reads no HTTP, so has no engine",
+      edit: (c) => {
+        c.listeners[0].protocol = "tls-passthrough";
+        c.listeners[0].engine = "tether";
+      },
+      expected: "listeners[0].engine: a tls-passthrough listener relays bytes",
+    },
+    {
+      why: "an unknown engine is refused",
+      edit: (c) => (c.listeners[0].engine = "uws"),
+      expected: "listeners[0].engine",
     },
     {
       why: "altSvcPort without h3 is an error",
