@@ -62,10 +62,16 @@ for (const engine of ENGINES)
         if (req.method === "POST") return new Response(String(await drainCount(req.body)));
         return new Response(generated(TOTAL), { headers: { "content-type": "application/octet-stream" } });
       });
-      const file = writeConfig(tempDir(), {
-        listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
-        pools: { app: { backends: [{ id: "s", url: app.url }] } },
-      });
+      const file = writeConfig(
+        tempDir(),
+        onEngine(
+          {
+            listeners: [{ name: "web", protocol: "http", address: "127.0.0.1:0", pool: "app" }],
+            pools: { app: { backends: [{ id: "s", url: app.url }] } },
+          },
+          engine,
+        ),
+      );
       child = spawnCli(["--config", file]);
       port = await child.listening("web");
     });

@@ -36,6 +36,10 @@ interface Case {
   reopen: boolean;
   /** A fixed port (a reopened listener binds the same port again; port 0 would pick a new one). */
   port: number;
+  /** The listener's front end (default Bun.serve's). */
+  engine?: "tether";
+  /** Appended to the case's name. */
+  suffix: string;
 }
 
 function configFor(backends: ProcBackend[], c: Case, generation: number) {
@@ -52,6 +56,7 @@ function configFor(backends: ProcBackend[], c: Case, generation: number) {
         pool: "app",
         routes,
         ...(c.reopen ? { clientIdleMs: 30_000 + generation * 1000 } : {}),
+        ...(c.engine ? { engine: c.engine } : {}),
       },
     ],
     pools: {
@@ -90,14 +95,27 @@ const noMigration = migrationPossible()
   : "net.ipv4.tcp_migrate_req is off and cannot be set here";
 
 const cases: (Case & { skip?: string })[] = [
-  { workers: 0, reopen: false, port: 0 },
-  { workers: 2, reopen: false, port: 0 },
+  { workers: 0, reopen: false, port: 0, suffix: "" },
+  { workers: 2, reopen: false, port: 0, suffix: "" },
   // One thread has passed without the migration too: its accept queue is short at the moment it closes.
-  { workers: 0, reopen: true, port: closedPort() },
-  { workers: 2, reopen: true, port: closedPort(), skip: noMigration },
+  { workers: 0, reopen: true, port: closedPort(), suffix: "" },
+  { workers: 2, reopen: true, port: closedPort(), skip: noMigration, suffix: "" },
+  {
+    workers: 2,
+    reopen: true,
+    port: closedPort(),
+    skip: noMigration,
+    engine: "tether",
+    suffix: " (engine tether)",
+  },
 ];
 
-describe.each(cases)("workers: $workers, listener reopened: $reopen", (c) => {
+const named = cases.map((c) => ({
+  ...c,
+  name: `workers: ${c.workers}, listener reopened: ${c.reopen}${c.suffix}`,
+}));
+
+describe.each(named)("$name", (c) => {
   const workers = c.workers;
   let child: Child;
   let file = "";
