@@ -158,6 +158,11 @@ export interface ProxyDeps {
   metrics: ProxyMetrics;
   health: HealthSink;
   cluster?: ClusterLookup | null;
+  /**
+   * Sends the entries learned so far to the other threads now (workers), so
+   * a client's next request finds its session on whichever thread takes it.
+   */
+  flushLearned?: () => void;
 }
 
 /** What the app needs of a listening socket: a Bun.serve server, or a tls-passthrough listener. */

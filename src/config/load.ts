@@ -15,6 +15,7 @@ import {
   type ConfigShape,
   configSchema,
   type ListenerConfig,
+  listenerEngine,
   type PoolConfig,
 } from "./schema.ts";
 
@@ -63,7 +64,9 @@ export interface ResolvedCertificate {
   keyFile: string;
 }
 
-export interface ResolvedListener extends Omit<ListenerConfig, "tls"> {
+export interface ResolvedListener extends Omit<ListenerConfig, "tls" | "engine"> {
+  /** The front end, decided (listenerEngine). */
+  engine: "bun" | "tether";
   hostname: string;
   port: number;
   certificates: ResolvedCertificate[];
@@ -198,7 +201,7 @@ export function resolveConfig(raw: unknown, opts: LoadOptions): Config {
         problems.push({ path: `${at}.key`, message: `${keyFile} is not a PEM private key` });
       return { cert, key, certFile, keyFile, ...(c.serverName ? { serverName: c.serverName } : {}) };
     });
-    return { ...rest, hostname, port, certificates };
+    return { ...rest, engine: listenerEngine(l), hostname, port, certificates };
   });
 
   const pools: Config["pools"] = {};

@@ -566,9 +566,9 @@ export const listenerSchema = z.strictObject({
     ),
   engine: z
     .enum(["bun", "tether"])
-    .default("bun")
+    .optional()
     .describe(
-      'Who reads HTTP/1.1 from clients: "bun" (Bun.serve) or "tether" (tether\'s own HTTP/1.1 front end on Bun.listen: less CPU per request; HTTP/1.1 only, no WebSocket upgrades yet) (default "bun")',
+      'Who reads HTTP from clients: "tether" (tether\'s own HTTP/1.1 front end on Bun.listen, the less CPU per request) or "bun" (Bun.serve: HTTP/2, HTTP/3, several certificates chosen by SNI). Default: "tether" for a listener that speaks HTTP/1.1 alone with at most one certificate, else "bun"',
     ),
   altSvcPort: z
     .number()
@@ -890,6 +890,22 @@ function protocolProblems(
   if (l.altSvcPort !== undefined && !seen.has("h3"))
     out.push({ path: ["altSvcPort"], message: 'names the HTTP/3 port: only with "h3" in protocols' });
   return out;
+}
+
+/**
+ * The listener's front end: as configured, else tether's own wherever it
+ * can serve (HTTP/1.1 alone, at most one certificate), Bun.serve elsewhere.
+ */
+export function listenerEngine(l: {
+  engine?: "bun" | "tether";
+  protocol: string;
+  protocols: readonly string[];
+  tls?: { certificates: readonly unknown[] };
+}): "bun" | "tether" {
+  if (l.engine !== undefined) return l.engine;
+  const http1Only = l.protocols.length === 1 && l.protocols[0] === "http/1.1";
+  const oneCertificate = (l.tls?.certificates.length ?? 0) <= 1;
+  return l.protocol !== "tls-passthrough" && http1Only && oneCertificate ? "tether" : "bun";
 }
 
 /** The config file as a user writes it. */

@@ -378,6 +378,8 @@ export class ProxiedRequest
     record(deps, this, pool, backend, res.status);
     const secure = clientUsesTls(this, this);
     let effects = pool.chain.remember(this, placement, responseFacts(res, secure));
+    // What the rules learned leaves for the other threads before the answer leaves for the client.
+    deps.flushLearned?.();
     if (this.split !== null) effects = this.splitEffects(effects, secure, backend);
     accessLog(deps, this, this.req, this.target, pool.name, backend.id, res.status);
     this.deliver(response, effects);

@@ -6,7 +6,7 @@
  */
 import type { Audit } from "../audit.ts";
 import type { RequestInfo, SplitChoice } from "../contracts.ts";
-import type { Effect, RequestFacts } from "../persistence/types.ts";
+import type { Effect, FieldLookup, RequestFacts } from "../persistence/types.ts";
 import type { Pool } from "../pool/pool.ts";
 import { ProxyError } from "./errors.ts";
 import { clientAddress, type ForwardFacts, type ScannedHead } from "./headers.ts";
@@ -22,7 +22,7 @@ export function forwardFacts(info: RequestInfo): ForwardFacts {
 
 export function requestFacts(
   head: ScannedHead,
-  headers: Headers,
+  headers: FieldLookup,
   target: string,
   info: RequestInfo,
 ): RequestFacts {

@@ -11,14 +11,14 @@
  * Frames are relayed as whole messages; each side pauses the other when its
  * buffer fills.
  */
-import type { Server, WebSocketHandler } from "bun";
+import type { WebSocketHandler } from "bun";
 import type { ProxyDeps, RequestInfo } from "../contracts.ts";
-import type { Placement } from "../persistence/types.ts";
+import type { FieldLookup, Placement } from "../persistence/types.ts";
 import { Placing } from "../pool/placement.ts";
 import type { Backend, ClosableSocket, Pool } from "../pool/pool.ts";
 import { responseFacts, toClientResponse } from "./client-response.ts";
 import { errorResponse, ProxyError } from "./errors.ts";
-import { appendBackendFields, emptyHead, scanRequestFields } from "./headers.ts";
+import { appendBackendFields, emptyHead, type FieldRecord, scanRequestFields } from "./headers.ts";
 import { failedResponse, record, unexpected, upstreamFailed } from "./outcomes.ts";
 import {
   auditSplit,
@@ -29,7 +29,6 @@ import {
   type SplitSlot,
   withSplitCookie,
 } from "./request-facts.ts";
-import { requestTarget } from "./request-target.ts";
 import type { AbortLike } from "./upstream/types.ts";
 import {
   openUpstreamWebSocket,
@@ -49,6 +48,38 @@ export interface WsData {
   /** Registered on the backend while open, so a drain's deadline can end it. */
   closer?: ClosableSocket;
 }
+
+/**
+ * The client's side of an open WebSocket, as the relay uses it: Bun.serve's
+ * ServerWebSocket, or the one tether's own HTTP/1.1 front end runs.
+ */
+export interface ClientSocket {
+  readonly data: WsData;
+  /** Bytes sent; -1 when the socket is buffering (backpressure), 0 when dropped. */
+  sendText(data: string): number;
+  sendBinary(data: Uint8Array): number;
+  close(code?: number, reason?: string): void;
+  pause(): void;
+  resume(): void;
+  getBufferedAmount(): number;
+}
+
+/** The handshake as the front end read it. */
+export interface UpgradeRequest {
+  method: string;
+  /** Origin-form. */
+  target: string;
+  /** Lowercase names, merged as Headers.toJSON merges them. */
+  fields: FieldRecord;
+  headers: FieldLookup;
+}
+
+/**
+ * Answers the client's handshake with 101 (Sec-WebSocket-Accept and
+ * `headers` added) and opens the client side with `data`; false when the
+ * client's handshake is malformed.
+ */
+export type Upgrader = (data: WsData, headers: Headers) => boolean;
 
 /** Headers that belong to the client's own handshake; the backend handshake makes its own. */
 const HANDSHAKE = new Set([
@@ -123,17 +154,17 @@ async function handshake(
 }
 
 export async function upgradeWebSocket(
-  req: Request,
-  server: Server<WsData>,
-  info: RequestInfo,
+  req: UpgradeRequest,
+  upgrade: Upgrader,
+  info: RequestInfo & { signal: AbortLike },
   deps: ProxyDeps,
 ): Promise<Response | undefined> {
-  const target = requestTarget(req.url);
+  const target = req.target;
   let pool: Pool | null = null;
   try {
     const head = emptyHead();
     const fields: string[] = [];
-    scanRequestFields(req.headers.toJSON(), head, fields);
+    scanRequestFields(req.fields, head, fields);
     const facts = requestFacts(head, req.headers, target, info);
     const slot: SplitSlot = { split: null };
     pool = poolFor(head.host, target, info, facts, slot);
@@ -149,39 +180,38 @@ export async function upgradeWebSocket(
     }
     const placing = new Placing(pool, facts, info.listener.name, deps);
     if (deps.cluster) await placing.prefetch();
-    const { placement, backend, upgrade } = await handshake(
-      placing,
-      { target, headers },
-      info.signal ?? req.signal,
-      deps,
-    );
-    const status = upgrade.kind === "open" ? 101 : upgrade.response.status;
+    const {
+      placement,
+      backend,
+      upgrade: answer,
+    } = await handshake(placing, { target, headers }, info.signal, deps);
+    const status = answer.kind === "open" ? 101 : answer.response.status;
     deps.health.answered(pool, backend, status);
     placing.settle(placement);
     record(deps, info, pool, backend, status);
     if (slot.split !== null)
       auditSplit(deps.audit, slot.split, info.listener.name, facts.clientIp, backend.id);
     const secure = clientUsesTls(head, fwd);
-    if (upgrade.kind === "refused") {
+    if (answer.kind === "refused") {
       backend.closeWebSocket();
       const effects = withSplitCookie(
-        pool.chain.remember(facts, placement, responseFacts(upgrade.response, secure)),
+        pool.chain.remember(facts, placement, responseFacts(answer.response, secure)),
         slot.split,
         secure,
       );
-      return toClientResponse(upgrade.response, req.method, effects, info);
+      deps.flushLearned?.();
+      return toClientResponse(answer.response, req.method, effects, info);
     }
     const noResponse = { setCookies: [], location: null, cacheControl: null, secure };
-    const upgradeHeaders = new Headers(
-      upgrade.protocol ? { "sec-websocket-protocol": upgrade.protocol } : {},
-    );
+    const upgradeHeaders = new Headers(answer.protocol ? { "sec-websocket-protocol": answer.protocol } : {});
     for (const e of withSplitCookie(pool.chain.remember(facts, placement, noResponse), slot.split, secure)) {
       if (e.kind === "set-cookie") upgradeHeaders.append("set-cookie", e.header);
       else if (e.kind === "set-header") upgradeHeaders.set(e.name, e.value);
     }
-    const data: WsData = { kind: "proxy", upstream: upgrade.connection, backend, closed: false };
-    if (!server.upgrade(req, { data, headers: upgradeHeaders })) {
-      upgrade.connection.abort();
+    deps.flushLearned?.();
+    const data: WsData = { kind: "proxy", upstream: answer.connection, backend, closed: false };
+    if (!upgrade(data, upgradeHeaders)) {
+      answer.connection.abort();
       finish(data);
       return errorResponse(400, "The WebSocket upgrade request is malformed.");
     }
@@ -199,9 +229,9 @@ export async function upgradeWebSocket(
   }
 }
 
-/** Relays messages between the client socket and its backend connection. */
-export const websocketHandler: WebSocketHandler<WsData> = {
-  open(client) {
+/** Relays messages between the client socket and its backend connection, for either front end. */
+export const relay = {
+  open(client: ClientSocket): void {
     const data = client.data;
     const upstream = data.upstream;
     // A drain's deadline ends the socket on both sides with 1001, "going away" (RFC 6455 §7.4.1).
@@ -232,17 +262,25 @@ export const websocketHandler: WebSocketHandler<WsData> = {
       },
     });
   },
-  message(client, message) {
+  message(client: ClientSocket, message: string | Uint8Array): void {
     const { upstream } = client.data;
     const room = typeof message === "string" ? upstream.sendText(message) : upstream.sendBinary(message);
     if (!room) client.pause();
   },
-  drain(client) {
+  drain(client: ClientSocket): void {
     client.data.upstream.resume();
   },
-  close(client, code, reason) {
+  close(client: ClientSocket, code: number | undefined, reason: string): void {
     if (client.data.closed) return;
     finish(client.data);
     client.data.upstream.close(sendableCode(code), reason);
   },
+};
+
+/** Bun.serve's WebSocket handler: the relay. */
+export const websocketHandler: WebSocketHandler<WsData> = {
+  open: (client) => relay.open(client),
+  message: (client, message) => relay.message(client, message),
+  drain: (client) => relay.drain(client),
+  close: (client, code, reason) => relay.close(client, code, reason),
 };

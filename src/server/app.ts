@@ -107,6 +107,8 @@ export interface StartOptions {
   fallbackKeys?: Buffer[];
   /** Entries learned here leave through this (to other threads, Redis). */
   onLearned?: (pool: string, table: string, key: number, backendId: string, expiresAtSec: number) => void;
+  /** Sends what onLearned queued now: called before an answer that learned something leaves. */
+  flushLearned?: () => void;
   /** Workers: entries learned by the other workers of this process, asked on a local miss. */
   siblings?: ClusterLookup;
   /** Operator state changes made here leave through this. */
@@ -275,7 +277,15 @@ export function startTether(config: Config, log: Logger, opts: StartOptions = {}
   const lookups = opts.siblings
     ? chainLookups(opts.siblings, redisLookups(plane.lookups))
     : redisLookups(plane.lookups);
-  const deps: ProxyDeps = { upstream, log, audit, metrics, health, cluster: lookups };
+  const deps: ProxyDeps = {
+    upstream,
+    log,
+    audit,
+    metrics,
+    health,
+    cluster: lookups,
+    ...(opts.flushLearned ? { flushLearned: opts.flushLearned } : {}),
+  };
 
   let data: DataPlane;
   try {

@@ -19,7 +19,7 @@ import { errorResponse } from "../proxy/errors.ts";
 import { ProxiedRequest } from "../proxy/forward.ts";
 import { requestTarget } from "../proxy/request-target.ts";
 import { normalizeIp } from "../proxy/trusted-proxies.ts";
-import { upgradeWebSocket, type WsData, websocketHandler } from "../proxy/websocket.ts";
+import { type Upgrader, upgradeWebSocket, type WsData, websocketHandler } from "../proxy/websocket.ts";
 import { startH1Listener } from "./h1/listener.ts";
 import { hstsValue, tlsOptions } from "./listener-options.ts";
 import { altSvcValue, protocolLabel, servePlan } from "./protocols.ts";
@@ -178,7 +178,7 @@ function serveHttp(
     };
     clock.track(tracked);
     ctx.inflight++;
-    const info: RequestInfo = {
+    const info: RequestInfo & { signal: ClientAbort } = {
       listener: runtime.listeners.get(config.name) ?? config,
       runtime,
       peerIp,
@@ -187,7 +187,14 @@ function serveHttp(
       signal: abort,
     };
     try {
-      const refused = await upgradeWebSocket(req, srv, info, deps);
+      const request = {
+        method: req.method,
+        target: requestTarget(req.url),
+        fields: req.headers.toJSON(),
+        headers: req.headers,
+      };
+      const upgrader: Upgrader = (data, headers) => srv.upgrade(req, { data, headers });
+      const refused = await upgradeWebSocket(request, upgrader, info, deps);
       if (refused) clock.finished(tracked);
       else clock.detached(tracked);
       return refused;

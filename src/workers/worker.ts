@@ -87,6 +87,7 @@ async function handle(m: Message): Promise<void> {
         },
         fallbackKeys: m.keys.map((k) => Buffer.from(k)),
         onLearned: (pool, table, key, backendId, exp) => batcher.add(pool, table, key, backendId, exp),
+        flushLearned: () => batcher.flush(),
         siblings,
         onPassiveVerdict: (pool, backend, untilMs, reason) =>
           post({ v: PROTOCOL_VERSION, t: "passive", pool, backend, untilMs, reason }),

@@ -36,8 +36,8 @@ interface Case {
   reopen: boolean;
   /** A fixed port (a reopened listener binds the same port again; port 0 would pick a new one). */
   port: number;
-  /** The listener's front end (default Bun.serve's). */
-  engine?: "tether";
+  /** The listener's front end (default: tether's own). */
+  engine?: "bun";
   /** Appended to the case's name. */
   suffix: string;
 }
@@ -105,8 +105,8 @@ const cases: (Case & { skip?: string })[] = [
     reopen: true,
     port: closedPort(),
     skip: noMigration,
-    engine: "tether",
-    suffix: " (engine tether)",
+    engine: "bun",
+    suffix: " (engine bun)",
   },
 ];
 

@@ -38,16 +38,16 @@ export function simpleConfig(
 }
 
 /** The two HTTP/1.1 front ends a listener can run ("engine"); suites that cover both loop over these. */
-export const ENGINES = ["bun", "tether"] as const;
+export const ENGINES = ["tether", "bun"] as const;
 export type Engine = (typeof ENGINES)[number];
 
-/** A describe label's suffix: nothing for Bun.serve (the default), " (engine tether)" for tether's own. */
-export const engineLabel = (engine: Engine): string => (engine === "bun" ? "" : ` (engine ${engine})`);
+/** A describe label's suffix: nothing for tether's own (the default), " (engine bun)" for Bun.serve. */
+export const engineLabel = (engine: Engine): string => (engine === "tether" ? "" : ` (engine ${engine})`);
 
 /** The config with every http and https listener on `engine`. */
 export function onEngine<T>(input: T, engine: Engine): T {
   const c = input as { listeners?: { protocol?: string }[] };
-  if (engine === "bun" || !c.listeners) return input;
+  if (!c.listeners) return input;
   return {
     ...c,
     listeners: c.listeners.map((l) => (l.protocol === "tls-passthrough" ? l : { ...l, engine })),

@@ -15,6 +15,7 @@ import type { Socket } from "bun";
 import { findHeadEnd } from "../../proxy/upstream/parser.ts";
 import { RequestBody } from "./request-body.ts";
 import { parseRequestHead, type RequestHead, RequestHeadError } from "./request-head.ts";
+import type { H1WebSocket } from "./websocket.ts";
 
 export interface ConnectionSettings {
   /** Largest request head, 431 above it. */
@@ -40,8 +41,10 @@ export interface InFlight {
 
 const AWAIT_HEAD = 0;
 const BUSY = 1;
-const CLOSING = 2;
-const CLOSED = 3;
+/** A WebSocket now: the bytes are frames (websocket.ts). */
+const UPGRADED = 2;
+const CLOSING = 3;
+const CLOSED = 4;
 
 const CONTINUE = Buffer.from("HTTP/1.1 100 Continue\r\n\r\n");
 /** Pipelined bytes buffered beyond this (while a request is answered) stop the reading. */
@@ -61,6 +64,7 @@ export class Connection {
   private drainWaiter: (() => void) | null = null;
   private paused = false;
   private draining = false;
+  private ws: H1WebSocket | null = null;
 
   constructor(
     readonly socket: Socket<Connection>,
@@ -79,9 +83,41 @@ export class Connection {
     return this.state === CLOSED;
   }
 
+  get upgraded(): boolean {
+    return this.state === UPGRADED;
+  }
+
+  /** Bytes written but not yet taken by the socket. */
+  get buffered(): number {
+    let n = 0;
+    for (const chunk of this.outbox) n += chunk.length;
+    return n;
+  }
+
+  /**
+   * The request became a WebSocket: `head` (the 101 answer) goes out, and
+   * from here on the bytes both ways are the socket's frames.
+   */
+  upgrade(ws: H1WebSocket, head: Uint8Array): void {
+    if (this.state !== BUSY) return;
+    this.write(head);
+    this.state = UPGRADED;
+    this.inFlight = null;
+    this.deadline = 0;
+    this.ws = ws;
+    ws.opened();
+    const pending = this.pending;
+    this.pending = null;
+    if (pending !== null) ws.received(pending);
+  }
+
   /** Bun's data callback. */
   received(chunk: Uint8Array): void {
     if (this.state >= CLOSING) return;
+    if (this.ws !== null) {
+      this.ws.received(chunk);
+      return;
+    }
     let bytes = chunk;
     const body = this.body;
     if (body !== null && !body.done) {
@@ -269,6 +305,7 @@ export class Connection {
     this.drainWaiter = null;
     waiter?.();
     if (this.state === CLOSING) this.socket.end();
+    else if (this.state === UPGRADED) this.ws?.drained();
   }
 
   private drained(): Promise<void> {
@@ -278,7 +315,9 @@ export class Connection {
     });
   }
 
-  private closeWhenFlushed(): void {
+  /** Ends the connection once what was written has gone out. */
+  closeWhenFlushed(): void {
+    if (this.state >= CLOSING) return;
     this.state = CLOSING;
     this.pending = null;
     if (this.outbox.length === 0) this.socket.end();
@@ -325,6 +364,7 @@ export class Connection {
     const inFlight = this.inFlight;
     this.inFlight = null;
     inFlight?.clientGone(reason);
+    this.ws?.gone();
     const waiter = this.drainWaiter;
     this.drainWaiter = null;
     waiter?.();

@@ -17,14 +17,17 @@ import type {
   Tracked,
 } from "../../contracts.ts";
 import type { Effect } from "../../persistence/types.ts";
+import { ClientAbort } from "../../proxy/client-abort.ts";
 import { errorResponse } from "../../proxy/errors.ts";
 import { ProxiedRequest } from "../../proxy/forward.ts";
 import { normalizeIp } from "../../proxy/trusted-proxies.ts";
 import type { UpstreamResponse } from "../../proxy/upstream/types.ts";
+import { type Upgrader, upgradeWebSocket } from "../../proxy/websocket.ts";
 import { hstsValue, tlsOptions } from "../listener-options.ts";
 import { Connection, type ConnectionHandler } from "./connection.ts";
 import { type RequestHead, validAuthority } from "./request-head.ts";
 import { clientResponseHead, httpDate } from "./response-head.ts";
+import { H1WebSocket, handshakeKey, switchingHead } from "./websocket.ts";
 
 /** How often the sweep looks for connections past their deadline. */
 const SWEEP_MS = 250;
@@ -183,8 +186,7 @@ export function startH1Listener(
         return;
       }
       if (proxied.isWebSocketUpgrade) {
-        const refused = errorResponse(501, 'WebSocket upgrades need the listener\'s "engine": "bun".');
-        void writeResponse(conn, refused, head.method, head.minor, ctx.hsts);
+        upgrade(conn, head, runtime);
         return;
       }
       const answer = proxied.run();
@@ -203,6 +205,32 @@ export function startH1Listener(
       void writeResponse(conn, errorResponse(status, text), "GET", 1, ctx.hsts);
     },
   };
+
+  /** A WebSocket handshake: the relay's own path (proxy/websocket.ts), as on Bun.serve's front end. */
+  function upgrade(conn: Connection, head: RequestHead, runtime: Runtime): void {
+    const abort = new ClientAbort();
+    conn.inFlight = { clientGone: (reason) => abort.abort(reason) };
+    ctx.inflight++;
+    const info = {
+      listener: runtime.listeners.get(config.name) ?? config,
+      runtime,
+      peerIp: conn.peerIp,
+      startedAt: performance.now(),
+      signal: abort,
+    };
+    const key = handshakeKey(head);
+    const upgrader: Upgrader = (data, headers) => {
+      if (key === null || conn.closed) return false;
+      conn.upgrade(new H1WebSocket(data, conn), Buffer.from(switchingHead(key, headers), "latin1"));
+      return true;
+    };
+    upgradeWebSocket(head, upgrader, info, deps)
+      .then((refused) => {
+        if (refused) return writeResponse(conn, refused, head.method, head.minor, ctx.hsts);
+      })
+      .catch(() => conn.terminate())
+      .finally(() => ctx.inflight--);
+  }
 
   const tls = tlsOptions(config);
   const options = {
@@ -256,7 +284,11 @@ export function startH1Listener(
         for (const conn of connections) if (conn.busy) n++;
         return n;
       },
-      pendingWebSockets: 0,
+      get pendingWebSockets() {
+        let n = 0;
+        for (const conn of connections) if (conn.upgraded) n++;
+        return n;
+      },
       stop(closeActiveConnections) {
         if (!stopped) {
           stopped = true;
