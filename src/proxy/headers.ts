@@ -240,6 +240,9 @@ export function appendBackendFields(
   cookie: string | null,
 ): string[] {
   if (cookie) out.push("cookie", cookie);
+  // An HTTP/1.0 client may send no Host; an HTTP/1.1 request must carry one, empty when the
+  // target has no authority (RFC 9112 3.2), or the backend refuses it.
+  if (head.host === null) out.push("host", "");
   const trusted = facts.peerTrusted;
   const hostHeader = head.host ?? "";
   const priorXff = trusted ? head.xForwardedFor : null;

@@ -244,6 +244,8 @@ const cases: Case[] = [
     name: "HTTP/1.0 without Host keeps its path",
     bytes: "GET /c/d?q=1 HTTP/1.0\r\n\r\n",
     forward: [{ line: "GET /c/d?q=1 HTTP/1.1", framing: "none", body: "" }],
+    // Forwarded as HTTP/1.1, which needs a Host: an empty one, as RFC 9112 3.2 asks.
+    check: (r) => expect(r.backend.requests[0]?.headers.filter((h) => /^host:/i.test(h))).toEqual(["host: "]),
   },
   { name: "space inside the target", bytes: get("", "GET /a b HTTP/1.1"), reject: 505 },
   { name: "two spaces after the method", bytes: get("", "GET  /c HTTP/1.1"), reject: 400 },

@@ -249,6 +249,11 @@ export class Connection {
   /** A head or body that cannot be read: a plain error answer, then the connection closes. */
   refuse(status: number): void {
     if (this.state >= CLOSING) return;
+    if (this.state === UPGRADED) {
+      // A WebSocket has no HTTP answer to give any more.
+      this.terminate();
+      return;
+    }
     this.body?.fail(new Error(`request refused with ${status}`));
     this.closeAfter = true;
     this.state = BUSY;

@@ -201,7 +201,14 @@ export function startH1Listener(
       );
     },
     refuse(conn, status) {
-      const text = status === 431 ? "Request header fields too large." : "The request is malformed.";
+      const text =
+        status === 431
+          ? "Request header fields too large."
+          : status === 413
+            ? "The request body is too large."
+            : status === 500
+              ? "Internal proxy error."
+              : "The request is malformed.";
       void writeResponse(conn, errorResponse(status, text), "GET", 1, ctx.hsts);
     },
   };
@@ -246,7 +253,13 @@ export function startH1Listener(
         connections.add(conn);
       },
       data(socket: Socket<Connection>, chunk: Uint8Array) {
-        socket.data.received(chunk);
+        try {
+          socket.data.received(chunk);
+        } catch (e) {
+          // A defect in tether: this client gets a 500 and its connection ends; the process goes on.
+          deps.log.error("request handler failed", { listener: config.name, error: String(e) });
+          socket.data.refuse(500);
+        }
       },
       drain(socket: Socket<Connection>) {
         socket.data.flush();
