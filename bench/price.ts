@@ -34,7 +34,7 @@ import { runWrk } from "./lib/wrk.ts";
 import { VARIANTS } from "./price-servers.ts";
 
 const REPO_ROOT = join(import.meta.dir, "..");
-const ALL = ["haproxy", ...VARIANTS, "tether", "tether-plain", "tether-h1", "tether-h1-plain"];
+const ALL = ["haproxy", ...VARIANTS, "tether", "tether-plain", "tether-bun", "tether-bun-plain"];
 
 async function startVariant(name: string, ctx: StartContext): Promise<Running> {
   const port = freePort();
@@ -136,9 +136,9 @@ async function main(): Promise<void> {
   );
   // tether with no persistence rule: the same pool, placed by the ring alone.
   peers.set("tether-plain", tetherPeer({ persistence: false }));
-  // The same two on tether's own HTTP/1.1 front end ("engine": "tether").
-  peers.set("tether-h1", tetherPeer({ engine: "tether" }));
-  peers.set("tether-h1-plain", tetherPeer({ persistence: false, engine: "tether" }));
+  // The same two on Bun.serve's front end ("engine": "bun") instead of tether's own.
+  peers.set("tether-bun", tetherPeer({ engine: "bun" }));
+  peers.set("tether-bun-plain", tetherPeer({ persistence: false, engine: "bun" }));
   const startPeer = (name: string): Promise<Running> => {
     const tether = peers.get("tether");
     if (name === "base" && tether && baseDir) return tether.start(baseContext(ctx, baseDir));

@@ -27,7 +27,7 @@ export interface TetherConfigInput {
   tls?: TlsFiles;
   /** The listener's "protocols" (default: tether's, HTTP/1.1 only). */
   protocols?: string[];
-  /** The listener's "engine" (default: tether's, "bun"). */
+  /** The listener's "engine" (default: the one tether picks for it). */
   engine?: "bun" | "tether";
 }
 

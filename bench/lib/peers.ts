@@ -132,7 +132,7 @@ function tetherVersion(): string {
 
 /**
  * tether; `persistence: false` runs it with no persistence rule (bench/price.ts's "tether-plain"),
- * `engine: "tether"` on its own HTTP/1.1 front end ("tether-h1").
+ * `engine: "bun"` on Bun.serve's front end instead of tether's own ("tether-bun").
  */
 export function tetherPeer({
   persistence: wanted = true,

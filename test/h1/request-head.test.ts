@@ -46,6 +46,14 @@ describe("request heads the front end takes", () => {
     expect(head.headers.get("missing")).toBeNull();
   });
 
+  test("names are lowercased whatever their case; an underscore is never read as a dash", () => {
+    const head = parse(
+      "GET / HTTP/1.1\r\nhOsT: x\r\nCONTENT_LENGTH: 9\r\nX-Forwarded-FOR: 1.2.3.4\r\nX-Custom-Name: v\r\n\r\n",
+    );
+    expect(Object.keys(head.fields)).toEqual(["host", "content_length", "x-forwarded-for", "x-custom-name"]);
+    expect(head.contentLength).toBeNull();
+  });
+
   test("surrounding whitespace is trimmed from values, obs-text kept", () => {
     const head = parse("GET / HTTP/1.1\r\nHost: x\r\nX-A: \t v\xe9 \t\r\n\r\n");
     expect(head.fields["x-a"]).toBe("v\xe9");

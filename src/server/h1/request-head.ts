@@ -97,6 +97,54 @@ function lowerName(raw: string): string {
   return lower;
 }
 
+/** A field name's bytes folded to lowercase and hashed, as the parser scans them. */
+const foldHash = (h: number, b: number): number => (Math.imul(h, 31) + (b | 0x20)) | 0;
+
+/**
+ * The names nearly every request carries, found by the hash of their bytes
+ * and checked byte by byte: no string is sliced or lowercased for them.
+ */
+const COMMON_NAMES = new Map<number, string>();
+for (const name of [
+  "host",
+  "cookie",
+  "user-agent",
+  "accept",
+  "accept-encoding",
+  "accept-language",
+  "connection",
+  "content-length",
+  "content-type",
+  "transfer-encoding",
+  "upgrade",
+  "origin",
+  "referer",
+  "authorization",
+  "cache-control",
+  "x-forwarded-for",
+  "x-forwarded-proto",
+  "x-forwarded-host",
+  "forwarded",
+  "x-request-id",
+  "if-none-match",
+  "if-modified-since",
+]) {
+  let h = 0;
+  for (let i = 0; i < name.length; i++) h = foldHash(h, name.charCodeAt(i));
+  COMMON_NAMES.set(h, name);
+}
+
+/** The lowercase name of buf[start, end), whose fold hash is `hash`. */
+function fieldName(buf: Uint8Array, start: number, end: number, hash: number, text: string): string {
+  const common = COMMON_NAMES.get(hash);
+  if (common !== undefined && common.length === end - start) {
+    let i = 0;
+    while (i < common.length && ((buf[start + i] as number) | 0x20) === common.charCodeAt(i)) i++;
+    if (i === common.length) return common;
+  }
+  return lowerName(text.slice(start, end));
+}
+
 /**
  * Parses the head in buf[0, end), where end is just past its CRLFCRLF
  * (findHeadEnd). Throws RequestHeadError.
@@ -126,9 +174,10 @@ export function parseRequestHead(buf: Uint8Array, end: number): RequestHead {
   let expectContinue = false;
   while (i < end && buf[i] !== CR) {
     const nameStart = i;
-    while (i < end && TCHAR[buf[i] as number] === 1) i++;
+    let hash = 0;
+    while (i < end && TCHAR[buf[i] as number] === 1) hash = foldHash(hash, buf[i++] as number);
     if (i === nameStart || buf[i] !== COLON) throw new RequestHeadError(400, "invalid field line");
-    const name = lowerName(text.slice(nameStart, i));
+    const name = fieldName(buf, nameStart, i, hash, text);
     i++;
     while (buf[i] === SP || buf[i] === HTAB) i++;
     const valueStart = i;
