@@ -5,7 +5,7 @@
 import { describe, expect, test } from "bun:test";
 import type { Effect } from "../../src/persistence/types.ts";
 import type { UpstreamResponse } from "../../src/proxy/upstream/types.ts";
-import { clientResponseHead } from "../../src/server/h1/response-head.ts";
+import { clientResponseHead, encodeHead } from "../../src/server/h1/response-head.ts";
 
 function answer(
   headers: [string, string][],
@@ -15,11 +15,16 @@ function answer(
   return { status: 200, statusText: "OK", headers, body, contentLength } as UpstreamResponse;
 }
 const opts = { method: "GET", minor: 1, close: false, hsts: null };
+/** The head decided, and its bytes as text. */
+function headOf(...args: Parameters<typeof clientResponseHead>) {
+  const head = clientResponseHead(...args);
+  return { ...head, text: encodeHead(head).toString("latin1") };
+}
 const lines = (text: string) => text.split("\r\n");
 
 describe("the client's response head", () => {
   test("hop-by-hop, framing and Connection-listed fields stay behind; the rest go on as sent", () => {
-    const head = clientResponseHead(
+    const head = headOf(
       answer(
         [
           ["Content-Type", "text/plain"],
@@ -49,14 +54,10 @@ describe("the client's response head", () => {
 
   test("Date when the backend sent none; Strict-Transport-Security unless it sent its own", () => {
     const hsts = { ...opts, hsts: "max-age=60" };
-    const head = clientResponseHead(answer([], new Uint8Array()), [], hsts);
+    const head = headOf(answer([], new Uint8Array()), [], hsts);
     expect(head.text).toMatch(/\r\ndate: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\n/);
     expect(head.text).toContain("strict-transport-security: max-age=60\r\n");
-    const own = clientResponseHead(
-      answer([["Strict-Transport-Security", "max-age=1"]], new Uint8Array()),
-      [],
-      hsts,
-    );
+    const own = headOf(answer([["Strict-Transport-Security", "max-age=1"]], new Uint8Array()), [], hsts);
     expect(own.text).not.toContain("max-age=60");
   });
 
@@ -65,7 +66,7 @@ describe("the client's response head", () => {
       { kind: "set-cookie", header: "TETHER=abc; Path=/; HttpOnly" },
       { kind: "cache-private" },
     ];
-    const head = clientResponseHead(
+    const head = headOf(
       answer(
         [
           ["Set-Cookie", "app=1"],
@@ -84,28 +85,28 @@ describe("the client's response head", () => {
 
   test("framing: a stream of known length, chunked for HTTP/1.1, close-delimited for HTTP/1.0", () => {
     const stream = () => new ReadableStream<Uint8Array>();
-    expect(clientResponseHead(answer([], stream(), 10), [], opts)).toMatchObject({ framing: "length" });
-    const chunked = clientResponseHead(answer([], stream()), [], opts);
+    expect(headOf(answer([], stream(), 10), [], opts)).toMatchObject({ framing: "length" });
+    const chunked = headOf(answer([], stream()), [], opts);
     expect(chunked.framing).toBe("chunked");
     expect(chunked.text).toContain("transfer-encoding: chunked\r\n");
-    const old = clientResponseHead(answer([], stream()), [], { ...opts, minor: 0 });
+    const old = headOf(answer([], stream()), [], { ...opts, minor: 0 });
     expect(old).toMatchObject({ framing: "close", close: true });
     expect(old.text).toContain("connection: close\r\n");
   });
 
   test("HEAD, 204 and 304 carry no body; HEAD keeps the length the backend declared", () => {
-    const head = clientResponseHead(answer([], null, 42), [], { ...opts, method: "HEAD" });
+    const head = headOf(answer([], null, 42), [], { ...opts, method: "HEAD" });
     expect(head.framing).toBe("none");
     expect(head.text).toContain("content-length: 42\r\n");
-    const noContent = clientResponseHead({ ...answer([], null, 0), status: 204 }, [], opts);
+    const noContent = headOf({ ...answer([], null, 0), status: 204 }, [], opts);
     expect(noContent.text).not.toContain("content-length");
   });
 
   test("an HTTP/1.0 client that asked to keep the connection is told so; a closing one is told it closes", () => {
-    expect(clientResponseHead(answer([], new Uint8Array()), [], { ...opts, minor: 0 }).text).toContain(
+    expect(headOf(answer([], new Uint8Array()), [], { ...opts, minor: 0 }).text).toContain(
       "connection: keep-alive\r\n",
     );
-    expect(clientResponseHead(answer([], new Uint8Array()), [], { ...opts, close: true }).text).toContain(
+    expect(headOf(answer([], new Uint8Array()), [], { ...opts, close: true }).text).toContain(
       "connection: close\r\n",
     );
   });

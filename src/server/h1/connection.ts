@@ -65,6 +65,10 @@ export class Connection {
   private paused = false;
   private draining = false;
   private ws: H1WebSocket | null = null;
+  /** A pipelined head, parsed once the answer before it is out (not from inside its write). */
+  private readonly nextHeadSoon = () => {
+    if (this.state === AWAIT_HEAD) this.nextHead();
+  };
 
   constructor(
     readonly socket: Socket<Connection>,
@@ -274,7 +278,7 @@ export class Connection {
     this.state = AWAIT_HEAD;
     this.deadline = performance.now() + this.settings.idleMs;
     this.resumeReading();
-    if (this.pending !== null) queueMicrotask(() => this.state === AWAIT_HEAD && this.nextHead());
+    if (this.pending !== null) queueMicrotask(this.nextHeadSoon);
   }
 
   /** Writes what the socket takes now and keeps the rest for drain. */

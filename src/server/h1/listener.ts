@@ -26,7 +26,7 @@ import { type Upgrader, upgradeWebSocket } from "../../proxy/websocket.ts";
 import { hstsValue, tlsOptions } from "../listener-options.ts";
 import { Connection, type ConnectionHandler } from "./connection.ts";
 import { type RequestHead, validAuthority } from "./request-head.ts";
-import { clientResponseHead, httpDate } from "./response-head.ts";
+import { type ClientHead, clientResponseHead, encodeHead, httpDate } from "./response-head.ts";
 import { H1WebSocket, handshakeKey, switchingHead } from "./websocket.ts";
 
 /** How often the sweep looks for connections past their deadline. */
@@ -72,19 +72,23 @@ class H1Request extends ProxiedRequest {
     if (head.close) conn.closeAfter = true;
     const body = res.body;
     if (head.framing === "whole") {
-      conn.sendWhole(withBody(head.text, body as Uint8Array));
+      conn.sendWhole(encodeHead(head, body as Uint8Array));
       this.responded();
       return;
     }
     if (head.framing === "none" || !(body instanceof ReadableStream)) {
-      if (body instanceof ReadableStream) body.cancel().catch(() => {});
-      conn.sendWhole(Buffer.from(head.text, "latin1"));
+      if (body instanceof ReadableStream) body.cancel().catch(ignore);
+      conn.sendWhole(encodeHead(head));
       this.responded();
       return;
     }
-    conn
-      .sendStream(Buffer.from(head.text, "latin1"), body, head.framing === "chunked")
-      .finally(() => this.responded());
+    this.stream(encodeHead(head), body, head.framing === "chunked");
+  }
+
+  /** A streamed answer (apart, so the common path allocates no closure scope). */
+  private async stream(head: Uint8Array, body: ReadableStream<Uint8Array>, chunked: boolean): Promise<void> {
+    await this.conn.sendStream(head, body, chunked);
+    this.responded();
   }
 
   protected override reply(res: Response): void {
@@ -94,13 +98,7 @@ class H1Request extends ProxiedRequest {
   }
 }
 
-/** Head and body in one buffer: one write, one packet for a small answer. */
-function withBody(head: string, body: Uint8Array): Uint8Array {
-  const out = Buffer.allocUnsafe(head.length + body.length);
-  out.write(head, 0, "latin1");
-  out.set(body, head.length);
-  return out;
-}
+function ignore(): void {}
 
 /**
  * A Response tether made itself (an error, a redirect) written to the
@@ -114,21 +112,42 @@ async function writeResponse(
   hsts: string | null,
 ): Promise<void> {
   const body = method === "HEAD" ? null : new Uint8Array(await res.arrayBuffer());
-  let text = `HTTP/1.1 ${res.status} ${res.statusText}\r\n`;
-  for (const [name, value] of res.headers) {
-    if (name === "content-length" || name === "connection") continue;
-    text += `${name}: ${value}\r\n`;
-  }
-  if (!res.headers.has("date")) text += `date: ${httpDate()}\r\n`;
+  const fields: string[] = [];
+  for (const [name, value] of res.headers)
+    if (name !== "content-length" && name !== "connection") fields.push(name, value);
+  if (!res.headers.has("date")) fields.push("date", httpDate());
   if (hsts !== null && !res.headers.has("strict-transport-security"))
-    text += `strict-transport-security: ${hsts}\r\n`;
-  if (res.status !== 204 && res.status !== 304) text += `content-length: ${body?.length ?? 0}\r\n`;
-  if (conn.closeAfter || res.headers.get("connection") === "close") {
-    conn.closeAfter = true;
-    text += "connection: close\r\n";
-  } else if (minor === 0) text += "connection: keep-alive\r\n";
-  text += "\r\n";
-  conn.sendWhole(body === null ? Buffer.from(text, "latin1") : withBody(text, body));
+    fields.push("strict-transport-security", hsts);
+  if (res.headers.get("connection") === "close") conn.closeAfter = true;
+  const close = conn.closeAfter;
+  const head: ClientHead = {
+    status: res.status,
+    statusText: res.statusText,
+    fields,
+    length: res.status === 204 || res.status === 304 ? null : (body?.length ?? 0),
+    framing: body === null ? "none" : "whole",
+    close,
+    keepAlive: !close && minor === 0,
+  };
+  conn.sendWhole(encodeHead(head, body));
+}
+
+/**
+ * An answer that waits for a cluster lookup first (apart, so the common
+ * path allocates no closure scope).
+ */
+async function answerLater(
+  conn: Connection,
+  head: RequestHead,
+  answer: Promise<Response | undefined>,
+  hsts: string | null,
+): Promise<void> {
+  try {
+    const res = await answer;
+    if (res) await writeResponse(conn, res, head.method, head.minor, hsts);
+  } catch {
+    conn.terminate();
+  }
 }
 
 /** The client's address; an IPv4 peer (the common case) needs no normalizing. */
@@ -191,14 +210,8 @@ export function startH1Listener(
       }
       const answer = proxied.run();
       if (answer === undefined) return;
-      if (answer instanceof Response) {
-        void writeResponse(conn, answer, head.method, head.minor, ctx.hsts);
-        return;
-      }
-      answer.then(
-        (res) => res && writeResponse(conn, res, head.method, head.minor, ctx.hsts),
-        () => conn.terminate(),
-      );
+      if (answer instanceof Response) void writeResponse(conn, answer, head.method, head.minor, ctx.hsts);
+      else void answerLater(conn, head, answer, ctx.hsts);
     },
     refuse(conn, status) {
       const text =
