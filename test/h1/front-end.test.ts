@@ -105,67 +105,26 @@ describe("tether's HTTP/1.1 front end", () => {
   });
 
   test("WebSocket: a ping from the client is answered with a pong, and its messages are relayed", async () => {
-    const frames: Buffer[] = [];
-    let text = "";
-    const socket = await Bun.connect({
-      hostname: "127.0.0.1",
-      port: wsProxy.port(),
-      socket: {
-        data(_s, d) {
-          const b = Buffer.from(d);
-          if (text === "") {
-            const end = b.indexOf("\r\n\r\n");
-            text = b.subarray(0, end + 4).toString("latin1");
-            if (end + 4 < b.length) frames.push(b.subarray(end + 4));
-          } else frames.push(b);
-        },
-      },
-    });
-    socket.write(
-      "GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    );
-    for (let i = 0; i < 100 && text === ""; i++) await Bun.sleep(10);
-    expect(text).toStartWith("HTTP/1.1 101");
+    const ws = await rawWebSocket(wsProxy.port());
+    expect(ws.head()).toStartWith("HTTP/1.1 101");
     // RFC 6455 1.3's example key and its accept value.
-    expect(text.toLowerCase()).toContain("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=");
-    socket.write(encodeFrame(OP_PING, Buffer.from("hi")));
-    socket.write(encodeFrame(OP_TEXT, "hello"));
-    const all = () => Buffer.concat(frames);
-    for (let i = 0; i < 100 && !all().includes("echo:hello"); i++) await Bun.sleep(10);
-    const bytes = all();
+    expect(ws.head().toLowerCase()).toContain("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=");
+    ws.socket.write(encodeFrame(OP_PING, Buffer.from("hi")));
+    ws.socket.write(encodeFrame(OP_TEXT, "hello"));
+    await ws.until((b) => b.includes("echo:hello"));
     // A pong (0x8A) carrying "hi", then the echoed message, both unmasked.
-    expect(bytes.subarray(0, 4)).toEqual(Buffer.from([0x8a, 0x02, 0x68, 0x69]));
-    expect(bytes.toString("latin1")).toContain("echo:hello");
-    socket.write(encodeFrame(OP_CLOSE, Buffer.from([0x03, 0xe8])));
-    for (let i = 0; i < 100 && !all().includes(Buffer.from([0x88, 0x02, 0x03, 0xe8])); i++)
-      await Bun.sleep(10);
-    expect(all().includes(Buffer.from([0x88, 0x02, 0x03, 0xe8]))).toBe(true);
-    socket.end();
+    expect(ws.frames().subarray(0, 4)).toEqual(Buffer.from([0x8a, 0x02, 0x68, 0x69]));
+    ws.socket.write(encodeFrame(OP_CLOSE, Buffer.from([0x03, 0xe8])));
+    // The close is echoed with its code, 1000.
+    await ws.until((b) => b.includes(Buffer.from([0x88, 0x02, 0x03, 0xe8])));
+    ws.socket.end();
   });
 
   test("WebSocket: an unmasked client frame closes the socket with 1002", async () => {
-    const got: Buffer[] = [];
-    let closed = false;
-    const socket = await Bun.connect({
-      hostname: "127.0.0.1",
-      port: wsProxy.port(),
-      socket: {
-        data(_s, d) {
-          got.push(Buffer.from(d));
-        },
-        close() {
-          closed = true;
-        },
-      },
-    });
-    socket.write(
-      "GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    );
-    for (let i = 0; i < 100 && !Buffer.concat(got).includes("\r\n\r\n"); i++) await Bun.sleep(10);
-    socket.write(encodeFrame(OP_TEXT, "bare", null));
-    for (let i = 0; i < 100 && !closed; i++) await Bun.sleep(10);
-    expect(closed).toBe(true);
-    expect(Buffer.concat(got).includes(Buffer.from([0x88, 0x02, 0x03, 0xea]))).toBe(true);
+    const ws = await rawWebSocket(wsProxy.port());
+    ws.socket.write(encodeFrame(OP_TEXT, "bare", null));
+    await ws.until(() => ws.closed());
+    expect(ws.frames().includes(Buffer.from([0x88, 0x02, 0x03, 0xea]))).toBe(true);
   });
 
   test("a handshake without a valid Sec-WebSocket-Key gets 400", async () => {
@@ -176,3 +135,39 @@ describe("tether's HTTP/1.1 front end", () => {
     expect(r.statuses).toEqual([400]);
   });
 });
+
+const HANDSHAKE =
+  "GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/** A WebSocket client on a raw socket: the 101 head and the frame bytes after it, as they came. */
+async function rawWebSocket(port: number) {
+  let received = Buffer.alloc(0);
+  let closed = false;
+  const socket = await Bun.connect({
+    hostname: "127.0.0.1",
+    port,
+    socket: {
+      data(_s, d) {
+        received = Buffer.concat([received, d]);
+      },
+      close() {
+        closed = true;
+      },
+    },
+  });
+  socket.write(HANDSHAKE);
+  const headEnd = () => received.indexOf("\r\n\r\n");
+  const until = async (done: (frames: Buffer) => boolean) => {
+    for (let i = 0; i < 200 && !(headEnd() >= 0 && done(frames())); i++) await Bun.sleep(10);
+    expect(done(frames())).toBe(true);
+  };
+  const frames = () => received.subarray(headEnd() + 4);
+  await until(() => true);
+  return {
+    socket,
+    head: () => received.subarray(0, headEnd() + 4).toString("latin1"),
+    frames,
+    closed: () => closed,
+    until,
+  };
+}

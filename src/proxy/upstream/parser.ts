@@ -12,11 +12,11 @@ export class HttpParseError extends Error {
   override readonly name = "HttpParseError";
 }
 
-const HTAB = 0x09;
-const LF = 0x0a;
-const CR = 0x0d;
-const SP = 0x20;
-const COLON = 0x3a;
+export const HTAB = 0x09;
+export const LF = 0x0a;
+export const CR = 0x0d;
+export const SP = 0x20;
+export const COLON = 0x3a;
 const SEMICOLON = 0x3b;
 
 function byteTable(chars: string, from = 0, to = -1): Uint8Array {

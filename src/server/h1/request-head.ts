@@ -14,20 +14,20 @@
 import type { FieldLookup } from "../../persistence/types.ts";
 import type { FieldRecord } from "../../proxy/headers.ts";
 import {
+  COLON,
+  CR,
   countChunked,
   FIELD_CHAR,
+  HTAB,
   HttpParseError,
   hasToken,
+  LF,
   latin1Slice,
   mergeContentLength,
+  SP,
   TCHAR,
 } from "../../proxy/upstream/parser.ts";
 
-const HTAB = 0x09;
-const LF = 0x0a;
-const CR = 0x0d;
-const SP = 0x20;
-const COLON = 0x3a;
 const SLASH = 0x2f;
 
 export class RequestHeadError extends Error {
