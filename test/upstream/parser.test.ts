@@ -6,6 +6,8 @@ import {
   HttpParseError,
   parseResponseHead,
   type ResponseHead,
+  spelled,
+  spellings,
 } from "../../src/proxy/upstream/parser.ts";
 
 const bytes = (s: string) => Buffer.from(s, "latin1");
@@ -104,6 +106,39 @@ describe("parseResponseHead: valid heads", () => {
     ["HTTP/1.2", "X: y", false],
   ])("%s with %j: close %p", (version, field, close) => {
     expect(parse(`${version} 200 OK\r\n${field}\r\n\r\n`).close).toBe(close);
+  });
+});
+
+describe("spellings: strings for common byte runs, without slicing", () => {
+  const hashOf = (word: string, fold: boolean) => {
+    let h = 0;
+    for (const c of Buffer.from(word, "latin1")) h = (Math.imul(h, 31) + (fold ? c | 0x20 : c)) | 0;
+    return h;
+  };
+  const find = (table: ReturnType<typeof spellings>, word: string, fold: boolean) =>
+    spelled(table, bytes(word), 0, word.length, hashOf(word, fold));
+
+  test("an exact table answers only the spelling it holds", () => {
+    const table = spellings(["Content-Type", "OK"], false);
+    expect(find(table, "Content-Type", false)).toBe("Content-Type");
+    expect(find(table, "content-type", false)).toBeUndefined();
+    expect(find(table, "OK", false)).toBe("OK");
+    expect(find(table, "Ok", false)).toBeUndefined();
+  });
+
+  test("a folding table answers any letter case with the lowercase word, and nothing else", () => {
+    const table = spellings(["content-length", "host"], true);
+    expect(find(table, "Content-Length", true)).toBe("content-length");
+    expect(find(table, "HOST", true)).toBe("host");
+    // "_" folds to DEL, never to "-": a look-alike is not taken for the real name.
+    expect(find(table, "Content_Length", true)).toBeUndefined();
+    expect(find(table, "hosts", true)).toBeUndefined();
+  });
+
+  test("the response parser keeps every name as the server spelled it", () => {
+    const head = parse("HTTP/1.1 200 OK\r\ncontent-type: a\r\nCONTENT-LENGTH: 0\r\nDate: d\r\n\r\n");
+    expect(head.headers.map(([n]) => n)).toEqual(["content-type", "CONTENT-LENGTH", "Date"]);
+    expect(head.statusText).toBe("OK");
   });
 });
 

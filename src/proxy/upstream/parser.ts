@@ -64,6 +64,54 @@ export const latin1Slice = (Buffer.prototype as unknown as { latin1Slice: Latin1
 /** Buffer's native substring search, applied to any Uint8Array. */
 const bytesIndexOf = Buffer.prototype.indexOf as unknown as BytesIndexOf;
 
+/**
+ * Strings for byte runs that come message after message (common field
+ * names, reason phrases, methods), found by a hash of the bytes taken while
+ * a parser scans them and then checked in place: no string is sliced for
+ * them. `fold` tables match any letter case and answer in lowercase;
+ * the others match the spelling exactly.
+ */
+export const exactHash = (h: number, b: number): number => (Math.imul(h, 31) + b) | 0;
+export const foldHash = (h: number, b: number): number => (Math.imul(h, 31) + (b | 0x20)) | 0;
+
+export interface Spellings {
+  readonly fold: boolean;
+  readonly byHash: Map<number, string>;
+}
+
+export function spellings(words: readonly string[], fold: boolean): Spellings {
+  const byHash = new Map<number, string>();
+  const step = fold ? foldHash : exactHash;
+  for (const word of words) {
+    let h = 0;
+    for (let i = 0; i < word.length; i++) h = step(h, word.charCodeAt(i));
+    byHash.set(h, word);
+  }
+  return { fold, byHash };
+}
+
+/** The table's string for buf[start, end) (whose hash is `hash`), or undefined. */
+export function spelled(table: Spellings, buf: Uint8Array, start: number, end: number, hash: number) {
+  const word = table.byHash.get(hash);
+  if (word === undefined || word.length !== end - start) return undefined;
+  const mask = table.fold ? 0x20 : 0;
+  for (let i = 0; i < word.length; i++)
+    if (((buf[start + i] as number) | mask) !== word.charCodeAt(i)) return undefined;
+  return word;
+}
+
+/** Response field names as servers commonly spell them. */
+const RESPONSE_NAMES = spellings(
+  [
+    ...["content-type", "content-length", "date", "connection", "keep-alive", "transfer-encoding"],
+    ...["cache-control", "set-cookie", "etag", "last-modified", "vary", "server", "location"],
+    ...["Content-Type", "Content-Length", "Date", "Connection", "Keep-Alive", "Transfer-Encoding"],
+    ...["Cache-Control", "Set-Cookie", "ETag", "Last-Modified", "Vary", "Server", "Location"],
+  ],
+  false,
+);
+const REASONS = spellings(["OK", "No Content", "Found", "Not Modified", "Not Found"], false);
+
 const HEAD_END = Buffer.from("\r\n\r\n");
 const LF_LF = Buffer.from("\n\n");
 
@@ -136,15 +184,16 @@ function parseStatusLine(
   }
   let i = start + 12;
   let reasonStart = i;
+  let hash = 0;
   // Some servers omit the SP before an empty reason; accepting that is harmless.
   if (buf[i] === SP) {
     reasonStart = ++i;
-    while (i < end && FIELD_CHAR[buf[i] as number] === 1) i++;
+    while (i < end && FIELD_CHAR[buf[i] as number] === 1) hash = exactHash(hash, buf[i++] as number);
   }
   if (buf[i] !== CR || buf[i + 1] !== LF) throw new HttpParseError("malformed status line");
   head.minor = minor === 0 ? 0 : 1;
   head.status = status;
-  head.statusText = text.slice(reasonStart - start, i - start);
+  head.statusText = spelled(REASONS, buf, reasonStart, i, hash) ?? text.slice(reasonStart - start, i - start);
   return i + 2;
 }
 
@@ -167,7 +216,8 @@ function parseFieldLine(
   headers: [string, string][],
 ): number {
   const nameStart = i;
-  while (i < end && TCHAR[buf[i] as number] === 1) i++;
+  let hash = 0;
+  while (i < end && TCHAR[buf[i] as number] === 1) hash = exactHash(hash, buf[i++] as number);
   if (i === nameStart || buf[i] !== COLON) {
     const b = buf[nameStart];
     throw new HttpParseError(b === SP || b === HTAB ? "obs-fold in response head" : "invalid field name");
@@ -180,7 +230,8 @@ function parseFieldLine(
   let valueEnd = i;
   while (valueEnd > valueStart && (buf[valueEnd - 1] === SP || buf[valueEnd - 1] === HTAB)) valueEnd--;
   headers.push([
-    text.slice(nameStart - offset, nameEnd - offset),
+    spelled(RESPONSE_NAMES, buf, nameStart, nameEnd, hash) ??
+      text.slice(nameStart - offset, nameEnd - offset),
     text.slice(valueStart - offset, valueEnd - offset),
   ]);
   return i + 2;

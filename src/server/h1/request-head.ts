@@ -17,7 +17,9 @@ import {
   COLON,
   CR,
   countChunked,
+  exactHash,
   FIELD_CHAR,
+  foldHash,
   HTAB,
   HttpParseError,
   hasToken,
@@ -25,6 +27,8 @@ import {
   latin1Slice,
   mergeContentLength,
   SP,
+  spelled,
+  spellings,
   TCHAR,
 } from "../../proxy/upstream/parser.ts";
 
@@ -97,53 +101,20 @@ function lowerName(raw: string): string {
   return lower;
 }
 
-/** A field name's bytes folded to lowercase and hashed, as the parser scans them. */
-const foldHash = (h: number, b: number): number => (Math.imul(h, 31) + (b | 0x20)) | 0;
-
 /**
- * The names nearly every request carries, found by the hash of their bytes
- * and checked byte by byte: no string is sliced or lowercased for them.
+ * The names nearly every request carries, found by the case-folded hash of
+ * their bytes: no string is sliced or lowercased for them.
  */
-const COMMON_NAMES = new Map<number, string>();
-for (const name of [
-  "host",
-  "cookie",
-  "user-agent",
-  "accept",
-  "accept-encoding",
-  "accept-language",
-  "connection",
-  "content-length",
-  "content-type",
-  "transfer-encoding",
-  "upgrade",
-  "origin",
-  "referer",
-  "authorization",
-  "cache-control",
-  "x-forwarded-for",
-  "x-forwarded-proto",
-  "x-forwarded-host",
-  "forwarded",
-  "x-request-id",
-  "if-none-match",
-  "if-modified-since",
-]) {
-  let h = 0;
-  for (let i = 0; i < name.length; i++) h = foldHash(h, name.charCodeAt(i));
-  COMMON_NAMES.set(h, name);
-}
-
-/** The lowercase name of buf[start, end), whose fold hash is `hash`. */
-function fieldName(buf: Uint8Array, start: number, end: number, hash: number, text: string): string {
-  const common = COMMON_NAMES.get(hash);
-  if (common !== undefined && common.length === end - start) {
-    let i = 0;
-    while (i < common.length && ((buf[start + i] as number) | 0x20) === common.charCodeAt(i)) i++;
-    if (i === common.length) return common;
-  }
-  return lowerName(text.slice(start, end));
-}
+const COMMON_NAMES = spellings(
+  [
+    ...["host", "cookie", "user-agent", "accept", "accept-encoding", "accept-language", "connection"],
+    ...["content-length", "content-type", "transfer-encoding", "upgrade", "origin", "referer"],
+    ...["authorization", "cache-control", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"],
+    ...["forwarded", "x-request-id", "if-none-match", "if-modified-since"],
+  ],
+  true,
+);
+const METHODS = spellings(["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"], false);
 
 /**
  * Parses the head in buf[0, end), where end is just past its CRLFCRLF
@@ -153,9 +124,10 @@ export function parseRequestHead(buf: Uint8Array, end: number): RequestHead {
   const text = latin1Slice.call(buf, 0, end);
   let i = 0;
   // request-line = method SP request-target SP HTTP-version CRLF (RFC 9112 3)
-  while (i < end && TCHAR[buf[i] as number] === 1) i++;
+  let hash = 0;
+  while (i < end && TCHAR[buf[i] as number] === 1) hash = exactHash(hash, buf[i++] as number);
   if (i === 0 || buf[i] !== SP) throw new RequestHeadError(400, "invalid method");
-  const method = text.slice(0, i);
+  const method = spelled(METHODS, buf, 0, i, hash) ?? text.slice(0, i);
   const targetStart = ++i;
   while (i < end && (buf[i] as number) > SP && (buf[i] as number) < 0x7f) i++;
   if (i === targetStart || buf[i] !== SP) throw new RequestHeadError(400, "invalid request target");
@@ -174,10 +146,10 @@ export function parseRequestHead(buf: Uint8Array, end: number): RequestHead {
   let expectContinue = false;
   while (i < end && buf[i] !== CR) {
     const nameStart = i;
-    let hash = 0;
+    hash = 0;
     while (i < end && TCHAR[buf[i] as number] === 1) hash = foldHash(hash, buf[i++] as number);
     if (i === nameStart || buf[i] !== COLON) throw new RequestHeadError(400, "invalid field line");
-    const name = fieldName(buf, nameStart, i, hash, text);
+    const name = spelled(COMMON_NAMES, buf, nameStart, i, hash) ?? lowerName(text.slice(nameStart, i));
     i++;
     while (buf[i] === SP || buf[i] === HTAB) i++;
     const valueStart = i;
