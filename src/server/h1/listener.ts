@@ -82,23 +82,37 @@ class H1Request extends ProxiedRequest {
       this.responded();
       return;
     }
-    this.stream(encodeHead(head), body, head.framing === "chunked");
+    void this.stream(encodeHead(head), body, head.framing === "chunked");
   }
 
   /** A streamed answer (apart, so the common path allocates no closure scope). */
   private async stream(head: Uint8Array, body: ReadableStream<Uint8Array>, chunked: boolean): Promise<void> {
-    await this.conn.sendStream(head, body, chunked);
-    this.responded();
+    try {
+      await this.conn.sendStream(head, body, chunked);
+    } catch {
+      this.conn.terminate();
+    } finally {
+      this.responded();
+    }
   }
 
   protected override reply(res: Response): void {
-    writeResponse(this.conn, res, this.method, this.head.minor, this.ctx.hsts).catch(() =>
-      this.conn.terminate(),
-    );
+    answerWith(this.conn, res, this.method, this.head.minor, this.ctx.hsts);
   }
 }
 
 function ignore(): void {}
+
+/** writeResponse, with a failure ending the connection rather than left unhandled. */
+function answerWith(
+  conn: Connection,
+  res: Response,
+  method: string,
+  minor: number,
+  hsts: string | null,
+): void {
+  writeResponse(conn, res, method, minor, hsts).catch(() => conn.terminate());
+}
 
 /**
  * A Response tether made itself (an error, a redirect) written to the
@@ -195,13 +209,13 @@ export function startH1Listener(
       const malformed = proxied.malformed();
       if (malformed) {
         conn.closeAfter = true;
-        void writeResponse(conn, malformed, head.method, head.minor, ctx.hsts);
+        answerWith(conn, malformed, head.method, head.minor, ctx.hsts);
         return;
       }
       const location = httpsLocation(head, config);
       if (location !== null) {
         const redirect = new Response(null, { status: 308, headers: { location } });
-        void writeResponse(conn, redirect, head.method, head.minor, ctx.hsts);
+        answerWith(conn, redirect, head.method, head.minor, ctx.hsts);
         return;
       }
       if (proxied.isWebSocketUpgrade) {
@@ -210,7 +224,7 @@ export function startH1Listener(
       }
       const answer = proxied.run();
       if (answer === undefined) return;
-      if (answer instanceof Response) void writeResponse(conn, answer, head.method, head.minor, ctx.hsts);
+      if (answer instanceof Response) answerWith(conn, answer, head.method, head.minor, ctx.hsts);
       else void answerLater(conn, head, answer, ctx.hsts);
     },
     refuse(conn, status) {
@@ -222,7 +236,7 @@ export function startH1Listener(
             : status === 500
               ? "Internal proxy error."
               : "The request is malformed.";
-      void writeResponse(conn, errorResponse(status, text), "GET", 1, ctx.hsts);
+      answerWith(conn, errorResponse(status, text), "GET", 1, ctx.hsts);
     },
   };
 
