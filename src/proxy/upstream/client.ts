@@ -9,7 +9,7 @@ import { IDEMPOTENT } from "../methods.ts";
 import { Conn, type ConnOwner } from "./connection.ts";
 import { Exchange, type ExchangeSink } from "./exchange.ts";
 import { IdlePool } from "./pool.ts";
-import { serializeRequestHead } from "./serialize.ts";
+import { requestHeadLength } from "./serialize.ts";
 import type { RequestOptions, UpstreamRequest, UpstreamResponse, UpstreamTarget } from "./types.ts";
 
 export interface UpstreamClientOptions {
@@ -56,14 +56,14 @@ export class UpstreamClient implements ConnOwner {
       sink.reject(signal.reason);
       return;
     }
-    let head: string;
+    let headLength: number;
     try {
-      head = serializeRequestHead(req);
+      headLength = requestHeadLength(req);
     } catch (err) {
       sink.reject(err);
       return;
     }
-    const ex = new Exchange(target, req, opts, head, sink);
+    const ex = new Exchange(target, req, opts, headLength, sink);
     signal?.addEventListener("abort", ex);
     // A non-idempotent request cannot be retried if a pooled socket turns out
     // to be closed, so it only reuses one that was busy moments ago.

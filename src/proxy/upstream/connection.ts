@@ -12,8 +12,9 @@ import type { Exchange } from "./exchange.ts";
 import { HttpParseError, type ResponseHead } from "./parser.ts";
 import type { Pooled } from "./pool.ts";
 import { BODY, HEAD, IDLE, type ResponseEvents, ResponseReader } from "./response-reader.ts";
+import { writeRequestHead } from "./serialize.ts";
 import { connectSocket, errorDetail } from "./socket.ts";
-import type { UpstreamResponse, UpstreamTarget } from "./types.ts";
+import type { UpstreamRequest, UpstreamResponse, UpstreamTarget } from "./types.ts";
 
 /** What a connection needs from the client that owns it. */
 export interface ConnOwner {
@@ -102,16 +103,18 @@ export class Conn implements Pooled, ResponseEvents {
 
   // --- writing -------------------------------------------------------------
 
-  /** Queues the request head, with a small body in the same write. */
-  writeHead(head: string, body: Uint8Array | null): void {
+  /** Queues the request head, written straight into the scratch buffer, with a small body in the same write. */
+  writeHead(req: UpstreamRequest, headLength: number, body: Uint8Array | null): void {
     const bodyLength = body === null ? 0 : body.byteLength;
-    if (bodyLength <= COALESCE_LIMIT && head.length + bodyLength <= scratch.length) {
-      const n = scratch.write(head, 0, "latin1");
+    if (bodyLength <= COALESCE_LIMIT && headLength + bodyLength <= scratch.length) {
+      const n = writeRequestHead(req, scratch, 0);
       if (body !== null) scratch.set(body, n);
       this.write(scratch.subarray(0, n + bodyLength), true);
       return;
     }
-    this.write(Buffer.from(head, "latin1"));
+    const head = Buffer.allocUnsafe(headLength);
+    writeRequestHead(req, head, 0);
+    this.write(head);
     if (body !== null) this.write(body);
   }
 

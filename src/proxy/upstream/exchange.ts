@@ -44,7 +44,8 @@ export interface ExchangeSink {
 export interface RequestChannel {
   /** The connection came from the keep-alive pool (a stale one may fail the request). */
   readonly fromPool: boolean;
-  writeHead(head: string, body: Uint8Array | null): void;
+  /** Writes the request's head (headLength bytes: requestHeadLength), with a small body in the same write. */
+  writeHead(req: UpstreamRequest, headLength: number, body: Uint8Array | null): void;
   /** Writes what the socket takes now and queues the rest; true when everything went out. */
   write(bytes: Uint8Array): boolean;
   /** The whole request is queued. */
@@ -79,7 +80,8 @@ export class Exchange {
     readonly target: UpstreamTarget,
     readonly req: UpstreamRequest,
     readonly opts: RequestOptions,
-    private readonly head: string,
+    /** The head's length in bytes, its pieces checked (requestHeadLength). */
+    private readonly headLength: number,
     private readonly outcome: ExchangeSink,
   ) {
     this.isHead = req.method === "HEAD";
@@ -90,11 +92,11 @@ export class Exchange {
   writeRequest(conn: RequestChannel): void {
     const body = this.req.body;
     if (body === null || body instanceof Uint8Array) {
-      conn.writeHead(this.head, body);
+      conn.writeHead(this.req, this.headLength, body);
       conn.endRequest();
       return;
     }
-    conn.writeHead(this.head, null);
+    conn.writeHead(this.req, this.headLength, null);
     if (this.replay !== null) for (const bytes of this.replay) conn.write(bytes);
     // Only a request on a pooled socket can be retried, and only once.
     this.replay = conn.fromPool && !this.retried ? [] : null;
