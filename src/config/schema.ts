@@ -552,6 +552,15 @@ export const listenerSchema = z.strictObject({
     .max(255_000, "must be at most 255000 (Bun's limit)")
     .default(60_000)
     .describe("Idle keep-alive connections close after this (default 60000, at most 255000)"),
+  webSocketIdleMs: z
+    .number()
+    .int()
+    .min(2_000)
+    .max(960_000, "must be at most 960000 (Bun's limit)")
+    .default(120_000)
+    .describe(
+      "An open WebSocket with no frame from its client for this long is closed; halfway through, the client is pinged (default 120000)",
+    ),
   hsts: z.union([z.boolean(), hstsSchema]).default(false).describe("Send Strict-Transport-Security on https"),
   redirectToHttps: z
     .union([z.boolean(), z.strictObject({ port: z.number().int().min(1).max(65535) })])

@@ -131,7 +131,12 @@ function serveHttp(
     ...(versions.http2 ? { http2: true } : {}),
     ...(versions.http3 ? { http3: true } : {}),
     ...(versions.http1 ? {} : { http1: false }),
-    websocket: websocketHandler,
+    // Bun pings an idle client and closes it at idleTimeout (seconds), as tether's own front end does.
+    websocket: {
+      ...websocketHandler,
+      idleTimeout: Math.ceil(config.webSocketIdleMs / 1000),
+      sendPings: true,
+    },
     fetch(req, srv) {
       const res = answer(req, srv);
       return served.altSvc === null ? res : withAltSvc(res, served.altSvc);

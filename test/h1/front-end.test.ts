@@ -127,6 +127,37 @@ describe("tether's HTTP/1.1 front end", () => {
     expect(ws.frames().includes(Buffer.from([0x88, 0x02, 0x03, 0xea]))).toBe(true);
   });
 
+  test("WebSocket: a quiet client is pinged halfway through webSocketIdleMs, and closed at its end if it never answers", async () => {
+    const config = simpleConfig([`http://127.0.0.1:${ws.port}`]);
+    const idle = startInProcess({
+      ...config,
+      listeners: [{ ...config.listeners[0], webSocketIdleMs: 2000 }],
+    } as never);
+    try {
+      const silent = await rawWebSocket(idle.port());
+      const started = performance.now();
+      // An empty ping, unmasked (0x89 0x00), then the connection closes: the raw client never answers.
+      await silent.until((b) => b.includes(Buffer.from([0x89, 0x00])));
+      await silent.until(() => silent.closed());
+      const after = performance.now() - started;
+      expect(after).toBeGreaterThan(1500);
+      expect(after).toBeLessThan(4000);
+      // A client that answers pings (Bun's WebSocket does) stays open past the idle time.
+      const live = new WebSocket(`ws://127.0.0.1:${idle.port()}/ws`);
+      await new Promise((resolve) => live.addEventListener("open", resolve, { once: true }));
+      await Bun.sleep(3000);
+      expect(live.readyState).toBe(WebSocket.OPEN);
+      const echoed = new Promise<string>((resolve) =>
+        live.addEventListener("message", (e) => resolve(String(e.data))),
+      );
+      live.send("still here");
+      expect(await echoed).toBe("echo:still here");
+      live.close();
+    } finally {
+      await idle.stop();
+    }
+  });
+
   test("a handshake without a valid Sec-WebSocket-Key gets 400", async () => {
     const r = await rawExchange(
       wsProxy.port(),

@@ -24,6 +24,8 @@ export interface ConnectionSettings {
   maxBodyBytes: number;
   /** How long a connection may wait for a complete head, or for its client to read. */
   idleMs: number;
+  /** A WebSocket whose client sends nothing for this long is closed; halfway, it is pinged. */
+  webSocketIdleMs: number;
 }
 
 /** What a connection asks of its listener. */
@@ -65,6 +67,8 @@ export class Connection {
   private paused = false;
   private draining = false;
   private ws: H1WebSocket | null = null;
+  /** The WebSocket's client was pinged for being quiet, and has not answered yet. */
+  private pinged = false;
   /** A pipelined head, parsed once the answer before it is out (not from inside its write). */
   private readonly nextHeadSoon = () => {
     if (this.state === AWAIT_HEAD) this.nextHead();
@@ -107,7 +111,7 @@ export class Connection {
     this.write(head);
     this.state = UPGRADED;
     this.inFlight = null;
-    this.deadline = 0;
+    this.deadline = performance.now() + this.settings.webSocketIdleMs / 2;
     this.ws = ws;
     ws.opened();
     const pending = this.pending;
@@ -119,6 +123,8 @@ export class Connection {
   received(chunk: Uint8Array): void {
     if (this.state >= CLOSING) return;
     if (this.ws !== null) {
+      this.pinged = false;
+      if (this.outbox.length === 0) this.deadline = performance.now() + this.settings.webSocketIdleMs / 2;
       this.ws.received(chunk);
       return;
     }
@@ -309,7 +315,8 @@ export class Connection {
       }
       outbox.shift();
     }
-    if (this.state !== AWAIT_HEAD) this.deadline = 0;
+    if (this.state === UPGRADED) this.deadline = performance.now() + this.settings.webSocketIdleMs / 2;
+    else if (this.state !== AWAIT_HEAD) this.deadline = 0;
     const waiter = this.drainWaiter;
     this.drainWaiter = null;
     waiter?.();
@@ -339,6 +346,13 @@ export class Connection {
    * already received stays readable; its request, if any, is told.
    */
   expire(): void {
+    if (this.state === UPGRADED && this.outbox.length === 0 && !this.pinged && this.ws !== null) {
+      // Quiet for half the WebSocket idle time: a ping; a live client answers with a pong.
+      this.pinged = true;
+      this.deadline = performance.now() + this.settings.webSocketIdleMs / 2;
+      this.ws.ping();
+      return;
+    }
     this.socket.end();
     this.gone(new Error("client idle past the deadline"));
   }

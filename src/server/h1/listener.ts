@@ -198,6 +198,7 @@ export function startH1Listener(
     maxHeadBytes: currentRuntime().config.maxHeaderBytes,
     maxBodyBytes: config.maxBodyBytes,
     idleMs: config.clientIdleMs,
+    webSocketIdleMs: config.webSocketIdleMs,
   };
   const connections = new Set<Connection>();
 

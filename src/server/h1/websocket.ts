@@ -17,6 +17,7 @@ import {
   isValidCloseCode,
   OP_BINARY,
   OP_CLOSE,
+  OP_PING,
   OP_PONG,
   OP_TEXT,
 } from "../../proxy/upstream/ws-frames.ts";
@@ -101,6 +102,11 @@ export class H1WebSocket implements ClientSocket {
     const frame = encodeFrame(opcode, payload, null);
     this.conn.write(frame);
     return this.conn.buffered > 0 ? -1 : frame.length;
+  }
+
+  /** Asks the client for a pong (an idle check). */
+  ping(): void {
+    if (!this.closeSent) this.conn.write(encodeFrame(OP_PING, new Uint8Array(0), null));
   }
 
   close(code?: number, reason = ""): void {
