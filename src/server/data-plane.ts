@@ -75,6 +75,8 @@ export function startDataPlane(
     log.info("listening", {
       name: h.config.name,
       protocol: h.config.protocol,
+      // Which front end reads its HTTP (tls-passthrough reads none).
+      ...(h.config.protocol === "tls-passthrough" ? {} : { engine: h.config.engine }),
       address: h.server.hostname,
       port: h.server.port,
     });

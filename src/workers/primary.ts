@@ -290,11 +290,13 @@ export async function startPrimary(
   // One at a time: several Workers spawned at once under load have crashed Bun.
   for (const slot of slots) await spawn(slot);
   for (const [name, port] of Object.entries(ports)) {
+    const listener = config.listeners.find((l) => l.name === name);
     log.info("listening", {
       name,
       workers: count,
+      ...(listener && listener.protocol !== "tls-passthrough" ? { engine: listener.engine } : {}),
       port,
-      address: config.listeners.find((l) => l.name === name)?.hostname,
+      address: listener?.hostname,
     });
   }
 

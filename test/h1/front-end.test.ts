@@ -51,6 +51,11 @@ describe("tether's HTTP/1.1 front end", () => {
     ws.stop(true);
   });
 
+  test("the log says which front end each listener runs", () => {
+    const listening = proxy.log.lines.find((l) => l.msg === "listening");
+    expect(listening).toMatchObject({ name: "web", protocol: "http", engine: "tether" });
+  });
+
   test("pipelined requests are answered in order, a slow first one holding back the rest", async () => {
     const get = (path: string) => `GET ${path} HTTP/1.1\r\nHost: shop.example\r\n\r\n`;
     const r = await rawExchange(proxy.port(), get("/slow?ms=150") + get("/b") + get("/c"), { quietMs: 400 });
