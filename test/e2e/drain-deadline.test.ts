@@ -10,6 +10,7 @@ import { adminClient } from "../support/admin.ts";
 import { getOnFreshConnection, wsEchoBackend } from "../support/backends.ts";
 import { tempDir, writeConfig } from "../support/files.ts";
 import { type Child, spawnCli, workersListening } from "../support/tether.ts";
+import { until } from "../support/wait.ts";
 
 const TOKEN = "drain-deadline-token";
 const KEY = Buffer.alloc(32, 9).toString("base64");
@@ -103,9 +104,12 @@ describe("drain with a deadline (workers: 2)", () => {
     expect(view?.drain?.sessionsPinned).toBeGreaterThanOrEqual(mine.length);
 
     // At the deadline: the WebSocket is closed as "going away", and the backend is in maintenance.
+    // Each thread reaches the deadline by its own timer: the primary's (the API's view, the audit
+    // line) may fire just after the worker's closed the socket.
     expect(await closed).toBe(1001);
+    const inMaint = async () => (await backends()).find((b) => b.id === home)?.state === "maint";
+    await until(inMaint, 5000, "the primary to put the backend in maintenance");
     expect((await backends()).find((b) => b.id === home)).toMatchObject({ state: "maint", drain: null });
-    // The primary writes the audit line on its own timer: it may land just after a worker acted.
     const isDeadline = (l: Record<string, unknown>) => l.event === "backend.state" && l.by === "deadline";
     await child.waitFor(isDeadline, 5000);
     expect(child.lines.filter(isDeadline)).toEqual([
