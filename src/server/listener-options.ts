@@ -1,9 +1,11 @@
 /**
  * What both HTTP front ends (Bun.serve's and tether's own) take from a
- * listener's config: TLS options and the Strict-Transport-Security value.
+ * listener's config: TLS options, the Strict-Transport-Security value, the
+ * redirect to https; and the client's address as both report it.
  */
 import type { TLSOptions } from "bun";
 import type { ResolvedListener } from "../config/load.ts";
+import { normalizeIp } from "../proxy/trusted-proxies.ts";
 
 /**
  * TLS 1.2 suites: AEAD with forward secrecy only (Mozilla "intermediate").
@@ -36,4 +38,23 @@ export function hstsValue(l: ResolvedListener): string | null {
   if (h.includeSubDomains) v += "; includeSubDomains";
   if (h.preload) v += "; preload";
   return v;
+}
+
+/**
+ * The 308 answer an http listener with redirectToHttps gives (308 keeps the
+ * method and body, RFC 9110 15.4.9), or null: none asked for, or no Host to
+ * name (the request is then proxied as it is).
+ */
+export function redirectToHttps(host: string | null, target: string, l: ResolvedListener): Response | null {
+  if (l.protocol !== "http" || l.redirectToHttps === false || !host) return null;
+  // The port goes: the https URL names its own (or none, for 443).
+  const name = host.startsWith("[") ? host.slice(0, host.indexOf("]") + 1) : host.split(":")[0];
+  const port = typeof l.redirectToHttps === "object" ? `:${l.redirectToHttps.port}` : "";
+  return new Response(null, { status: 308, headers: { location: `https://${name}${port}${target}` } });
+}
+
+/** The client's address; an IPv4 peer (the common case) needs no normalizing. */
+export function peerAddress(address: string | undefined, ipv4: boolean): string {
+  if (address === undefined) return "0.0.0.0";
+  return ipv4 ? address : normalizeIp(address) || "0.0.0.0";
 }

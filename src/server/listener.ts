@@ -18,27 +18,14 @@ import { ClientAbort } from "../proxy/client-abort.ts";
 import { errorResponse } from "../proxy/errors.ts";
 import { ProxiedRequest } from "../proxy/forward.ts";
 import { requestTarget } from "../proxy/request-target.ts";
-import { normalizeIp } from "../proxy/trusted-proxies.ts";
 import { type Upgrader, upgradeWebSocket, type WsData, websocketHandler } from "../proxy/websocket.ts";
 import { startH1Listener } from "./h1/listener.ts";
-import { hstsValue, tlsOptions } from "./listener-options.ts";
+import { hstsValue, peerAddress, redirectToHttps, tlsOptions } from "./listener-options.ts";
 import { altSvcValue, protocolLabel, servePlan } from "./protocols.ts";
 import { RequestClock } from "./request-clock.ts";
 
-/** 308 keeps the method and body (RFC 9110 §15.4.9). */
-function redirectToHttps(req: Request, l: ResolvedListener): Response | null {
-  if (l.protocol !== "http" || l.redirectToHttps === false) return null;
-  const url = new URL(req.url);
-  url.protocol = "https:";
-  url.port = typeof l.redirectToHttps === "object" ? String(l.redirectToHttps.port) : "";
-  return new Response(null, { status: 308, headers: { location: url.href } });
-}
-
-/** The client's address; an IPv4 peer (the common case) needs no normalizing. */
-function peerAddress(peer: { address: string; family: string } | null): string {
-  if (peer === null) return "0.0.0.0";
-  if (peer.family === "IPv4") return peer.address;
-  return normalizeIp(peer.address) || "0.0.0.0";
+function clientAddress(peer: { address: string; family: string } | null): string {
+  return peerAddress(peer?.address, peer?.family === "IPv4");
 }
 
 export function startListener(
@@ -159,11 +146,11 @@ function serveHttp(
       req.headers.toJSON(),
       ctx,
       runtime,
-      peerAddress(srv.requestIP(req)),
+      clientAddress(srv.requestIP(req)),
     );
     const malformed = proxied.malformed();
     if (malformed) return malformed;
-    const redirect = redirectToHttps(req, config);
+    const redirect = redirectToHttps(proxied.host, proxied.target, config);
     if (redirect) return redirect;
     if (proxied.isWebSocketUpgrade) return upgrade(req, srv, runtime, proxied.peerIp);
     return proxied.run();

@@ -20,10 +20,9 @@ import type { Effect } from "../../persistence/types.ts";
 import { ClientAbort } from "../../proxy/client-abort.ts";
 import { errorResponse } from "../../proxy/errors.ts";
 import { ProxiedRequest } from "../../proxy/forward.ts";
-import { normalizeIp } from "../../proxy/trusted-proxies.ts";
 import type { UpstreamResponse } from "../../proxy/upstream/types.ts";
 import { type Upgrader, upgradeWebSocket } from "../../proxy/websocket.ts";
-import { hstsValue, tlsOptions } from "../listener-options.ts";
+import { hstsValue, peerAddress, redirectToHttps, tlsOptions } from "../listener-options.ts";
 import { Connection, type ConnectionHandler } from "./connection.ts";
 import { type RequestHead, validAuthority } from "./request-head.ts";
 import { type ClientHead, clientResponseHead, encodeHead, httpDate } from "./response-head.ts";
@@ -164,22 +163,6 @@ async function answerLater(
   }
 }
 
-/** The client's address; an IPv4 peer (the common case) needs no normalizing. */
-function peerAddress(address: string): string {
-  return address.includes(":") ? normalizeIp(address) || "0.0.0.0" : address;
-}
-
-/** 308 keeps the method and body (RFC 9110 §15.4.9). */
-function httpsLocation(head: RequestHead, l: ResolvedListener): string | null {
-  if (l.protocol !== "http" || l.redirectToHttps === false) return null;
-  const host = head.get("host");
-  if (host === null || !validAuthority(host)) return null;
-  // The port goes: the https URL names its own (or none, for 443).
-  const name = host.startsWith("[") ? host.slice(0, host.indexOf("]") + 1) : host.split(":")[0];
-  const port = typeof l.redirectToHttps === "object" ? `:${l.redirectToHttps.port}` : "";
-  return `https://${name}${port}${head.target}`;
-}
-
 export function startH1Listener(
   config: ResolvedListener,
   currentRuntime: () => Runtime,
@@ -213,9 +196,8 @@ export function startH1Listener(
         answerWith(conn, malformed, head.method, head.minor, ctx.hsts);
         return;
       }
-      const location = httpsLocation(head, config);
-      if (location !== null) {
-        const redirect = new Response(null, { status: 308, headers: { location } });
+      const redirect = redirectToHttps(proxied.host, head.target, config);
+      if (redirect !== null) {
         answerWith(conn, redirect, head.method, head.minor, ctx.hsts);
         return;
       }
@@ -276,7 +258,12 @@ export function startH1Listener(
     ...(tls ? { tls: tls[0] } : {}),
     socket: {
       open(socket: Socket<Connection>) {
-        const conn = new Connection(socket, peerAddress(socket.remoteAddress), settings, handler);
+        const conn = new Connection(
+          socket,
+          peerAddress(socket.remoteAddress, !socket.remoteAddress.includes(":")),
+          settings,
+          handler,
+        );
         socket.data = conn;
         connections.add(conn);
       },
